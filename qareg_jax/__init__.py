@@ -1,0 +1,46 @@
+"""qareg_jax: quantization-aware regularization for JAX, Flax and Optax.
+
+Weights are pushed during training towards K quantization levels by per-layer
+penalties; the levels of the dynamic penalties are trainable representatives
+living in the same parameter tree. Afterwards every selected weight is snapped
+to its level and fine-tuned with the weights kept exactly quantized.
+"""
+
+from . import regularizers
+from .codebook import (
+    QuantSpec,
+    attach,
+    check_tree,
+    default_rule,
+    init_representatives,
+    levels,
+    make_specs,
+    select,
+)
+from .penalty import elementwise, layer_penalties, penalty, penalty_stats
+from .regularizers import cosine, nearest, product, sine, softmin, static_levels, wells
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QuantSpec",
+    "attach",
+    "check_tree",
+    "cosine",
+    "default_rule",
+    "elementwise",
+    "init_representatives",
+    "layer_penalties",
+    "levels",
+    "make_specs",
+    "nearest",
+    "penalty",
+    "penalty_stats",
+    "product",
+    "regularizers",
+    "select",
+    "sine",
+    "softmin",
+    "static_levels",
+    "wells",
+]

@@ -1,0 +1,316 @@
+"""Which leaves are quantized, how (``QuantSpec``), and their representatives.
+
+The trainable tree is one pytree::
+
+    train_params = {"model": params, "reps": {"params/Conv_0/kernel": c (K,), ...}}
+
+``params`` is any pytree (a linen variables dict, an ``nnx.State``, nested
+dicts); leaves are named by their '/'-joined key path (see ``_tree.py``).
+Dynamic regularizers get a ``(K,)`` representatives vector in ``"reps"``, with
+the weight's dtype, updated by the same optax step as the weights. Static
+regularizers (sine, cosine) have fixed levels and no entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import regularizers as R
+from ._tree import named_leaves
+
+Schedule = Callable[[Any], Any]
+INTERVALS = ("minmax", "percentile", "std")
+INITS = ("grid", "quantile", "kmeans")
+REDUCTIONS = ("mean", "sum")
+# Norm statistics and scales, and biases, are never quantized by the default rule.
+_NEVER = re.compile(r"(^|/)(batch_stats|bias|scale|mean|var)(/|$)")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """How one leaf is regularized and quantized.
+
+    Attributes:
+      k: number of levels (>= 2).
+      regularizer: one of ``regularizers.REGULARIZERS``.
+      lam: lambda >= 0, a float or a schedule ``step -> float`` (e.g. an optax schedule).
+      interval: how ``[lo, hi]`` is chosen when attached: "minmax" (the leaf's
+        min and max), "percentile" (``[p, 100 - p]`` percentiles, ``p =
+        interval_param``, default 1.0) or "std" (``mean +- s * std``, ``s =
+        interval_param``, default 3.0, clipped to min/max).
+      interval_param: the ``p`` or ``s`` above.
+      lo, hi: explicit interval; when set, ``interval`` is ignored. Filled in by ``attach``.
+      init: representatives' start for dynamic regularizers: "grid" (K points on
+        ``[lo, hi]`` including the ends), "quantile" (quantiles ``(j + 1/2) / K``
+        of the weights) or "kmeans" (1-D k-means of the weights).
+      reduction: "mean" (default, lambda independent of layer size) or "sum".
+      tau: softmin temperature; default ``(spacing / 4)^2`` with ``spacing =
+        (hi - lo) / (K - 1)``, filled in by ``attach``.
+      sigma: wells width; default ``spacing / 2``, filled in by ``attach``.
+      wells_mode: "max" or "mean" (see ``regularizers.wells``).
+    """
+
+    k: int = 4
+    regularizer: str = "nearest"
+    lam: float | Schedule = 1.0
+    interval: str = "minmax"
+    interval_param: float | None = None
+    lo: float | None = None
+    hi: float | None = None
+    init: str = "kmeans"
+    reduction: str = "mean"
+    tau: float | None = None
+    sigma: float | None = None
+    wells_mode: str = "max"
+
+    def __post_init__(self) -> None:
+        R.check_k(self.k)
+        _check_choice("regularizer", self.regularizer, R.REGULARIZERS)
+        _check_choice("interval", self.interval, INTERVALS)
+        _check_choice("init", self.init, INITS)
+        _check_choice("reduction", self.reduction, REDUCTIONS)
+        _check_choice("wells_mode", self.wells_mode, ("max", "mean"))
+        if callable(self.lam):
+            start = self.lam(0)
+            if not isinstance(start, jax.core.Tracer) and float(start) < 0:
+                raise ValueError(f"lam schedule must be >= 0, got {float(start)} at step 0")
+        elif not np.isfinite(self.lam) or self.lam < 0:
+            raise ValueError(f"lam must be a finite number >= 0 or a schedule, got {self.lam!r}")
+        if (self.lo is None) != (self.hi is None):
+            raise ValueError("lo and hi must be given together (or neither)")
+        if self.lo is not None:
+            R.check_interval(self.lo, self.hi)
+        for name in ("tau", "sigma", "interval_param"):
+            if getattr(self, name) is not None:
+                R.check_positive(getattr(self, name), name)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the regularizer has trainable representatives."""
+        return self.regularizer in R.DYNAMIC
+
+    def lam_at(self, step: Any = None) -> Any:
+        """Lambda at ``step`` (a schedule needs a step)."""
+        if callable(self.lam):
+            if step is None:
+                raise ValueError("step is required when lam is a schedule")
+            return self.lam(step)
+        return self.lam
+
+
+def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+# ----------------------------------------------------------------------- selection
+
+
+def default_rule(path: str, leaf: Any) -> bool:
+    """Conv and dense kernels: leaves named ``kernel`` with >= 2 dims, outside norm stats."""
+    return path.split("/")[-1] == "kernel" and np.ndim(leaf) >= 2 and not _NEVER.search(path)
+
+
+def select(
+    params: Any,
+    include: str | None = None,
+    exclude: str | None = None,
+    predicate: Callable[[str, Any], bool] | None = None,
+) -> list[str]:
+    """Paths of the leaves to quantize.
+
+    Args:
+      params: any pytree of arrays.
+      include: regex searched in each '/'-joined path; replaces the default rule
+        (conv and dense kernels) when given.
+      exclude: regex; matching paths are dropped.
+      predicate: ``(path, leaf) -> bool``; must also hold.
+
+    Returns:
+      The selected paths, in flattening order.
+
+    Raises:
+      ValueError: nothing is selected. TypeError: a selected leaf is not floating point.
+    """
+    leaves = named_leaves(params)
+    out = []
+    for path, leaf in leaves.items():
+        ok = re.search(include, path) is not None if include else default_rule(path, leaf)
+        ok = ok and not (exclude and re.search(exclude, path))
+        ok = ok and (predicate is None or predicate(path, leaf))
+        if ok:
+            out.append(path)
+    if not out:
+        shown = ", ".join(list(leaves)[:8]) + (" ..." if len(leaves) > 8 else "")
+        raise ValueError(
+            f"the selection (include={include!r}, exclude={exclude!r}, predicate="
+            f"{'given' if predicate else None}) matches no leaf; paths are: {shown}"
+        )
+    for path in out:
+        dtype = jnp.asarray(leaves[path]).dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"selected leaf {path!r} must be floating point, got dtype {dtype}")
+    return out
+
+
+def make_specs(
+    params: Any,
+    *,
+    include: str | None = None,
+    exclude: str | None = None,
+    predicate: Callable[[str, Any], bool] | None = None,
+    overrides: Mapping[str, Mapping[str, Any] | None] | None = None,
+    **spec_kwargs: Any,
+) -> dict[str, QuantSpec]:
+    """One ``QuantSpec`` per selected leaf.
+
+    ``spec_kwargs`` are ``QuantSpec`` fields shared by every layer. ``overrides``
+    maps a regex (searched in the path) to field changes for the matching layers,
+    or to ``None`` to skip them: ``overrides={"Conv_0": dict(k=16), "Dense_2": None}``.
+    Overrides apply in order; later ones win.
+    """
+    base = QuantSpec(**spec_kwargs)
+    specs: dict[str, QuantSpec] = {}
+    for path in select(params, include, exclude, predicate):
+        spec: QuantSpec | None = base
+        for pattern, change in (overrides or {}).items():
+            if spec is not None and re.search(pattern, path):
+                spec = None if change is None else dataclasses.replace(spec, **change)
+        if spec is not None:
+            specs[path] = spec
+    if not specs:
+        raise ValueError("overrides skipped every selected leaf; nothing is left to quantize")
+    return specs
+
+
+# ------------------------------------------------------------------ representatives
+
+
+def resolve_interval(w: np.ndarray, spec: QuantSpec) -> tuple[float, float]:
+    """``[lo, hi]`` for a leaf under ``spec`` (explicit bounds win)."""
+    if spec.lo is not None:
+        return float(spec.lo), float(spec.hi)
+    flat = np.asarray(w, np.float64).ravel()
+    if spec.interval == "minmax":
+        lo, hi = flat.min(), flat.max()
+    elif spec.interval == "percentile":
+        p = 1.0 if spec.interval_param is None else spec.interval_param
+        if not 0 < p < 50:
+            raise ValueError(f"interval_param (percentile) must be in (0, 50), got {p}")
+        lo, hi = np.percentile(flat, [p, 100 - p])
+    else:
+        s = 3.0 if spec.interval_param is None else spec.interval_param
+        mu, sd = flat.mean(), flat.std()
+        lo, hi = max(mu - s * sd, flat.min()), min(mu + s * sd, flat.max())
+    if not lo < hi:
+        raise ValueError(
+            f"the {spec.interval!r} interval of a leaf is empty (lo={lo}, hi={hi}): the leaf "
+            "is constant; give lo/hi explicitly"
+        )
+    return float(lo), float(hi)
+
+
+def init_representatives(w: Any, k: int, method: str, lo: float, hi: float) -> np.ndarray:
+    """``(k,)`` sorted float64 starting representatives for weights ``w``."""
+    k = R.check_k(k)
+    _check_choice("init", method, INITS)
+    if method == "grid":
+        return np.linspace(lo, hi, k)
+    flat = np.asarray(w, np.float64).ravel()
+    if method == "quantile":
+        return np.quantile(flat, (np.arange(k) + 0.5) / k)
+    from .quantizers import kmeans_1d  # host-side, one-off
+
+    return np.sort(np.asarray(kmeans_1d(flat, k)[0], np.float64))
+
+
+def attach(params: Any, specs: Mapping[str, QuantSpec]) -> tuple[dict[str, Any], dict[str, QuantSpec]]:
+    """Build the trainable tree ``{"model": params, "reps": {...}}`` and resolve the specs.
+
+    Each spec gets concrete ``lo``/``hi`` (and ``tau``/``sigma``) from its leaf;
+    dynamic specs get representatives initialised by ``spec.init``. ``params`` is
+    not modified.
+
+    Raises:
+      ValueError: a spec names a missing leaf, a leaf holds NaN/inf, or the specs are empty.
+      TypeError: a selected leaf is not floating point.
+    """
+    if not specs:
+        raise ValueError("specs is empty: select at least one leaf (see make_specs)")
+    leaves = named_leaves(params)
+    missing = [p for p in specs if p not in leaves]
+    if missing:
+        raise ValueError(f"specs name leaves that params does not have: {missing}")
+    resolved: dict[str, QuantSpec] = {}
+    reps: dict[str, jax.Array] = {}
+    for path, spec in specs.items():
+        leaf = leaves[path]
+        dtype = jnp.asarray(leaf).dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"leaf {path!r} must be floating point, got dtype {dtype}")
+        host = np.asarray(jax.device_get(leaf), np.float64)
+        if not np.isfinite(host).all():
+            raise ValueError(f"leaf {path!r} holds NaN or inf values; cannot attach")
+        lo, hi = resolve_interval(host, spec)
+        spacing = (hi - lo) / (spec.k - 1)
+        spec = dataclasses.replace(
+            spec,
+            lo=lo,
+            hi=hi,
+            tau=spec.tau if spec.tau is not None else (spacing / 4) ** 2,
+            sigma=spec.sigma if spec.sigma is not None else spacing / 2,
+        )
+        resolved[path] = spec
+        if spec.dynamic:
+            c = init_representatives(host, spec.k, spec.init, lo, hi)
+            reps[path] = jnp.asarray(c, dtype)
+    return {"model": params, "reps": reps}, resolved
+
+
+def levels(train_params: Mapping[str, Any], spec: QuantSpec, path: str) -> jax.Array:
+    """The ``(K,)`` quantization levels of leaf ``path``: its reps, or the static minima."""
+    if spec.dynamic:
+        return train_params["reps"][path]
+    if spec.lo is None:
+        raise ValueError(f"spec for {path!r} has no interval; resolve it with attach()")
+    return jnp.asarray(R.static_levels(spec.regularizer, spec.k, spec.lo, spec.hi))
+
+
+def check_tree(train_params: Any, specs: Mapping[str, QuantSpec]) -> dict[str, Any]:
+    """Validate ``train_params`` against ``specs``; return the model's named leaves.
+
+    Raises ValueError naming the first mismatch: not a ``{"model", "reps"}`` dict,
+    a spec without its leaf, a dynamic spec without reps of shape ``(k,)``, or
+    reps for a path that has no dynamic spec.
+    """
+    if not isinstance(train_params, Mapping) or set(train_params) != {"model", "reps"}:
+        got = sorted(train_params) if isinstance(train_params, Mapping) else type(train_params)
+        raise ValueError(f'train_params must be a dict with keys "model" and "reps" '
+                         f"(see attach), got {got}")
+    if not specs:
+        raise ValueError("specs is empty: select at least one leaf (see make_specs)")
+    leaves = named_leaves(train_params["model"])
+    reps = train_params["reps"]
+    for path, spec in specs.items():
+        if path not in leaves:
+            raise ValueError(f"specs name a leaf that the model does not have: {path!r}")
+        if spec.dynamic:
+            if path not in reps:
+                raise ValueError(f"reps tree does not match specs: no representatives for {path!r}")
+            if tuple(reps[path].shape) != (spec.k,):
+                raise ValueError(f"reps tree does not match specs: reps[{path!r}] has shape "
+                                 f"{tuple(reps[path].shape)}, expected ({spec.k},)")
+        elif spec.lo is None:
+            raise ValueError(f"spec for {path!r} has no interval; resolve it with attach()")
+    extra = [p for p in reps if p not in specs or not specs[p].dynamic]
+    if extra:
+        raise ValueError(f"reps tree does not match specs: reps for paths without a dynamic "
+                         f"spec: {extra}")
+    return leaves

@@ -1,0 +1,93 @@
+"""The per-layer regularization sum over a trainable tree, and its per-layer stats.
+
+``penalty(train_params, specs, step)`` is ``sum_l lambda_l(step) * R_l`` with
+``R_l`` the mean (or sum) of the element-wise penalty of layer ``l``. Specs are
+static Python data: close over them (``jax.jit(lambda tp: penalty(tp, specs))``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import regularizers as R
+from .codebook import QuantSpec, check_tree, levels
+
+
+def elementwise(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) -> jax.Array:
+    """The element-wise penalty of one leaf under a resolved ``spec`` (shape of ``w``)."""
+    name = spec.regularizer
+    if name == "sine":
+        return R.sine(w, spec.k, spec.lo, spec.hi)
+    if name == "cosine":
+        return R.cosine(w, spec.k, spec.lo, spec.hi)
+    if reps is None:
+        raise ValueError(f"regularizer {name!r} needs representatives")
+    if name == "nearest":
+        return R.nearest(w, reps)
+    if name == "softmin":
+        return R.softmin(w, reps, spec.tau)
+    if name == "product":
+        return R.product(w, reps)
+    if name == "wells":
+        return R.wells(w, reps, spec.sigma, spec.wells_mode)
+    raise ValueError(f"regularizer must be one of {list(R.REGULARIZERS)}, got {name!r}")
+
+
+def _reduce(values: jax.Array, reduction: str) -> jax.Array:
+    total = jnp.sum(values, dtype=jnp.float32)
+    return total / values.size if reduction == "mean" else total
+
+
+def layer_penalties(
+    train_params: Mapping[str, Any], specs: Mapping[str, QuantSpec]
+) -> dict[str, jax.Array]:
+    """``{path: R_l}``: each layer's reduced penalty, before lambda (float32 scalars)."""
+    leaves = check_tree(train_params, specs)
+    reps = train_params["reps"]
+    return {
+        path: _reduce(elementwise(leaves[path], spec, reps.get(path)), spec.reduction)
+        for path, spec in specs.items()
+    }
+
+
+def penalty(
+    train_params: Mapping[str, Any], specs: Mapping[str, QuantSpec], step: Any = None
+) -> jax.Array:
+    """``sum_l lambda_l(step) * R_l`` as a float32 scalar; differentiable in weights and reps.
+
+    ``step`` is required when any lambda is a schedule.
+    """
+    per_layer = layer_penalties(train_params, specs)
+    total = jnp.zeros((), jnp.float32)
+    for path, value in per_layer.items():
+        total = total + jnp.asarray(specs[path].lam_at(step), jnp.float32) * value
+    return total
+
+
+def penalty_stats(
+    train_params: Mapping[str, Any], specs: Mapping[str, QuantSpec], step: Any = None
+) -> dict[str, dict[str, jax.Array]]:
+    """Per-layer logging values: ``{path: {"penalty", "lambda", "distance"}}``.
+
+    ``penalty`` is ``R_l`` (before lambda); ``distance`` is the mean absolute
+    distance of the layer's weights to their nearest quantization level (its
+    representatives, or the static minima), the quantity snapping will cost.
+    Jit-able; call it every N steps, not necessarily every step.
+    """
+    leaves = check_tree(train_params, specs)
+    per_layer = layer_penalties(train_params, specs)
+    out = {}
+    for path, spec in specs.items():
+        w = leaves[path]
+        c = levels(train_params, spec, path).astype(jnp.float32)
+        d = jnp.sqrt(R.nearest(w.astype(jnp.float32), jax.lax.stop_gradient(c)))
+        out[path] = {
+            "penalty": per_layer[path],
+            "lambda": jnp.asarray(spec.lam_at(step), jnp.float32),
+            "distance": jnp.mean(d),
+        }
+    return out
