@@ -48,9 +48,7 @@ def replace_leaves(tree: Any, new: Mapping[str, Any]) -> Any:
     unknown = set(new) - set(named_leaves(tree))
     if unknown:
         raise ValueError(f"paths not in the tree: {sorted(unknown)}")
-    return jax.tree_util.tree_map_with_path(
-        lambda kp, leaf: new.get(path_str(kp), leaf), tree
-    )
+    return jax.tree_util.tree_map_with_path(lambda kp, leaf: new.get(path_str(kp), leaf), tree)
 
 
 def map_named(fn: Callable[[str, Any], Any], tree: Any) -> Any:

@@ -231,7 +231,9 @@ def init_representatives(w: Any, k: int, method: str, lo: float, hi: float) -> n
     return np.sort(np.asarray(kmeans_1d(flat, k)[0], np.float64))
 
 
-def attach(params: Any, specs: Mapping[str, QuantSpec]) -> tuple[dict[str, Any], dict[str, QuantSpec]]:
+def attach(
+    params: Any, specs: Mapping[str, QuantSpec]
+) -> tuple[dict[str, Any], dict[str, QuantSpec]]:
     """Build the trainable tree ``{"model": params, "reps": {...}}`` and resolve the specs.
 
     Each spec gets concrete ``lo``/``hi`` (and ``tau``/``sigma``) from its leaf;
@@ -292,8 +294,9 @@ def check_tree(train_params: Any, specs: Mapping[str, QuantSpec]) -> dict[str, A
     """
     if not isinstance(train_params, Mapping) or set(train_params) != {"model", "reps"}:
         got = sorted(train_params) if isinstance(train_params, Mapping) else type(train_params)
-        raise ValueError(f'train_params must be a dict with keys "model" and "reps" '
-                         f"(see attach), got {got}")
+        raise ValueError(
+            f'train_params must be a dict with keys "model" and "reps" (see attach), got {got}'
+        )
     if not specs:
         raise ValueError("specs is empty: select at least one leaf (see make_specs)")
     leaves = named_leaves(train_params["model"])
@@ -305,12 +308,15 @@ def check_tree(train_params: Any, specs: Mapping[str, QuantSpec]) -> dict[str, A
             if path not in reps:
                 raise ValueError(f"reps tree does not match specs: no representatives for {path!r}")
             if tuple(reps[path].shape) != (spec.k,):
-                raise ValueError(f"reps tree does not match specs: reps[{path!r}] has shape "
-                                 f"{tuple(reps[path].shape)}, expected ({spec.k},)")
+                raise ValueError(
+                    f"reps tree does not match specs: reps[{path!r}] has shape "
+                    f"{tuple(reps[path].shape)}, expected ({spec.k},)"
+                )
         elif spec.lo is None:
             raise ValueError(f"spec for {path!r} has no interval; resolve it with attach()")
     extra = [p for p in reps if p not in specs or not specs[p].dynamic]
     if extra:
-        raise ValueError(f"reps tree does not match specs: reps for paths without a dynamic "
-                         f"spec: {extra}")
+        raise ValueError(
+            f"reps tree does not match specs: reps for paths without a dynamic spec: {extra}"
+        )
     return leaves

@@ -52,7 +52,9 @@ Array = jax.Array
 _CHAIN_MAX_K = 32
 # A float32 sin(pi t) on |t| <= 1/2: Taylor series to degree 11 (|error| < 6e-8),
 # cheaper than the general-purpose sin since the range reduction is exact here.
-_SIN_COEFFS = tuple((-1) ** n * math.pi ** (2 * n + 1) / math.factorial(2 * n + 1) for n in range(6))
+_SIN_COEFFS = tuple(
+    (-1) ** n * math.pi ** (2 * n + 1) / math.factorial(2 * n + 1) for n in range(6)
+)
 _COS_COEFFS = tuple((-1) ** n * math.pi ** (2 * n) / math.factorial(2 * n) for n in range(7))
 
 
@@ -345,8 +347,9 @@ def _softmin_bwd(tau, res, g):
     cd = _compute_dtype(w.dtype)
     wc, gc = w.astype(cd), g.astype(cd)
     # d value / d w = sum_k a_k 2 (w - c_k), a_k = softmax_k(-(w - c_k)^2 / tau).
-    dw, dc = _backward_over_reps(lambda d: gc * 2 * d * jnp.exp(-(d * d) / tau - lse), wc,
-                                 reps.astype(cd))
+    dw, dc = _backward_over_reps(
+        lambda d: gc * 2 * d * jnp.exp(-(d * d) / tau - lse), wc, reps.astype(cd)
+    )
     return dw.astype(w.dtype), dc.astype(reps.dtype)
 
 
@@ -437,8 +440,9 @@ def _wells_mean_bwd(sigma, res, g):
     wc, gc = w.astype(cd), g.astype(cd)
     inv = 1.0 / (2 * sigma * sigma)
     k = reps.shape[0]
-    dw, dc = _backward_over_reps(lambda d: gc * (2 * inv / k) * d * jnp.exp(-(d * d) * inv), wc,
-                                 reps.astype(cd))
+    dw, dc = _backward_over_reps(
+        lambda d: gc * (2 * inv / k) * d * jnp.exp(-(d * d) * inv), wc, reps.astype(cd)
+    )
     return dw.astype(w.dtype), dc.astype(reps.dtype)
 
 
