@@ -18,7 +18,7 @@ flows into them.
 Dynamic (representatives ``reps`` of shape ``(K,)`` are differentiable too):
 
 - ``nearest``: ``min_k (w - c_k)^2`` (our reading of RM);
-- ``product``: ``(prod_k ((w - c_k)^2 + eps))^(1/K)`` (alternative RM);
+- ``product``: ``(prod_k (w - c_k)^2)^(1/K)`` (alternative RM);
 - ``softmin``: ``-tau log((1/K) sum_k exp(-(w - c_k)^2 / tau))`` (our reading of RE);
 - ``wells``:   ``1 - max_k exp(-(w - c_k)^2 / (2 sigma^2))`` (``mode="max"``) or
   ``1 - mean_k ...`` (``mode="mean"``) (alternative RE).
@@ -376,48 +376,48 @@ def softmin(w: Array, reps: Array, tau: float) -> Array:
     return _softmin(w, reps, float(tau))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _product(w, reps, eps):
-    return _product_fwd(w, reps, eps)[0]
+@jax.custom_vjp
+def _product(w, reps):
+    return _product_fwd(w, reps)[0]
 
 
-def _product_fwd(w, reps, eps):
+def _product_fwd(w, reps):
     cd = _compute_dtype(w.dtype)
     wc, rc = w.astype(cd), reps.astype(cd)
-    k = reps.shape[0]
-    logsum = _scan_reps(lambda acc, c: acc + jnp.log((wc - c) ** 2 + eps), jnp.zeros_like(wc), rc)
-    value = jnp.exp(logsum / k)
+    # log(0) = -inf gives an exact 0 at every representative.
+    logsum = _scan_reps(lambda acc, c: acc + jnp.log((wc - c) ** 2), jnp.zeros_like(wc), rc)
+    value = jnp.exp(logsum / reps.shape[0])
     return value.astype(w.dtype), (w, reps, value)
 
 
-def _product_bwd(eps, res, g):
+def _product_bwd(res, g):
     w, reps, value = res
     cd = _compute_dtype(w.dtype)
     wc = w.astype(cd)
-    k = reps.shape[0]
-    coef = g.astype(cd) * value.astype(cd) * (2.0 / k)
-    dw, dc = _backward_over_reps(lambda d: coef * d / (d * d + eps), wc, reps.astype(cd))
+    # d value / d w = value * (2/K) sum_k 1 / (w - c_k); zero (a subgradient) where value is 0.
+    coef = g.astype(cd) * value.astype(cd) * (2.0 / reps.shape[0])
+    safe = lambda d: jnp.where(d == 0, 0.0, coef / jnp.where(d == 0, 1.0, d))  # noqa: E731
+    dw, dc = _backward_over_reps(safe, wc, reps.astype(cd))
     return dw.astype(w.dtype), dc.astype(reps.dtype)
 
 
 _product.defvjp(_product_fwd, _product_bwd)
 
 
-def product(w: Array, reps: Array, eps: float = 1e-12) -> Array:
-    """``(prod_k ((w - reps_k)^2 + eps))^(1/K)``: the product penalty, scaled.
+def product(w: Array, reps: Array) -> Array:
+    """``(prod_k (w - reps_k)^2)^(1/K)``: the product penalty, scaled.
 
     The K-th root (a geometric mean of squared distances) keeps the zero set of
-    ``prod_k (w - c_k)^2`` while staying in squared-weight units for every K
-    (the raw product spans ~4^K orders across the range and overflows for
-    K >= ~40). ``eps`` > 0 keeps the gradient finite at the representatives;
-    near a minimum the penalty grows like ``|w - c|^(2/K)``, i.e. it pulls
-    hardest on weights that are already close. O(N K) time, O(N) memory.
-    Shape and dtype of ``w``.
+    ``prod_k (w - c_k)^2`` (exactly 0 at every representative) while staying in
+    squared-weight units for every K; the raw product spans ~4^K orders of
+    magnitude across the range and overflows float32 from K ~ 40. Near a
+    representative it grows like ``|w - c|^(2/K)``: it pulls hardest on the
+    weights that are already close (a kink like L1's at K = 2); the gradient at
+    an exact hit is taken as 0. O(N K) time, O(N) memory. Shape and dtype of ``w``.
     """
     w = check_float(w)
     reps = _check_reps(reps, w)
-    check_positive(eps, "eps")
-    return _product(w, reps, float(eps))
+    return _product(w, reps)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))

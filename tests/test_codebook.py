@@ -1,0 +1,279 @@
+"""Selection, specs, representatives in the param tree, penalty, one optax step."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import qareg_jax as q
+
+
+class LinenNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = nn.relu(x).reshape(x.shape[0], -1)
+        x = nn.Dense(8)(x)
+        return nn.Dense(3)(nn.relu(x))
+
+
+class NnxNet(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(2, 4, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(4, use_running_average=True, rngs=rngs)
+        self.lin = nnx.Linear(4 * 6 * 6, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.bn(self.conv(x)))
+        return self.lin(x.reshape(x.shape[0], -1))
+
+
+def linen_variables():
+    return LinenNet().init(jax.random.PRNGKey(0), jnp.ones((2, 6, 6, 2)))
+
+
+def test_default_selection_takes_kernels_only():
+    v = linen_variables()
+    paths = q.select(v)
+    assert paths == ["params/Conv_0/kernel", "params/Dense_0/kernel", "params/Dense_1/kernel"]
+    _, state = nnx.split(NnxNet(nnx.Rngs(0)))
+    assert q.select(state) == ["conv/kernel", "lin/kernel"]
+
+
+def test_selection_rules_compose():
+    v = linen_variables()
+    assert q.select(v, include=r"Dense_\d/kernel") == [
+        "params/Dense_0/kernel",
+        "params/Dense_1/kernel",
+    ]
+    assert q.select(v, exclude="Dense_1") == ["params/Conv_0/kernel", "params/Dense_0/kernel"]
+    big = q.select(v, predicate=lambda p, x: x.size > 50)
+    assert big == ["params/Conv_0/kernel", "params/Dense_0/kernel"]
+
+
+def test_overrides_are_one_line_per_layer():
+    v = linen_variables()
+    specs = q.make_specs(v, k=4, overrides={"Conv_0": dict(k=16), "Dense_1": None})
+    assert set(specs) == {"params/Conv_0/kernel", "params/Dense_0/kernel"}
+    assert specs["params/Conv_0/kernel"].k == 16 and specs["params/Dense_0/kernel"].k == 4
+
+
+@pytest.mark.parametrize("init", ["grid", "quantile", "kmeans"])
+def test_attach_builds_reps_for_dynamic_only(init):
+    v = linen_variables()
+    specs = q.make_specs(
+        v, k=4, regularizer="nearest", init=init, overrides={"Dense_1": dict(regularizer="sine")}
+    )
+    tp, resolved = q.attach(v, specs)
+    assert tp["model"] is v
+    assert set(tp["reps"]) == {"params/Conv_0/kernel", "params/Dense_0/kernel"}
+    for path, spec in resolved.items():
+        w = np.asarray(q._tree.named_leaves(v)[path])
+        assert spec.lo == pytest.approx(w.min()) and spec.hi == pytest.approx(w.max())
+        assert spec.tau > 0 and spec.sigma > 0
+        if spec.dynamic:
+            c = np.asarray(tp["reps"][path])
+            assert c.shape == (4,) and c.dtype == w.dtype
+            assert np.all(np.diff(c) > 0) and w.min() <= c.min() and c.max() <= w.max()
+    if init == "grid":
+        c = np.asarray(tp["reps"]["params/Conv_0/kernel"])
+        np.testing.assert_allclose(np.diff(c), np.diff(c)[0], rtol=1e-5)
+
+
+def test_robust_intervals():
+    w = {
+        "kernel": jnp.asarray(np.r_[np.random.default_rng(0).normal(0, 1, 4999), 40.0]).reshape(
+            50, 100
+        )
+    }
+    for interval in ("percentile", "std"):
+        _, specs = q.attach(w, q.make_specs(w, interval=interval, init="grid"))
+        spec = specs["kernel"]
+        assert -5 < spec.lo < -1.5 and 1.5 < spec.hi < 5, (interval, spec.lo, spec.hi)
+    _, specs = q.attach(w, q.make_specs(w, lo=-1.0, hi=2.0, init="grid"))
+    assert (specs["kernel"].lo, specs["kernel"].hi) == (-1.0, 2.0)
+
+
+def _task_loss(model, variables, x, y):
+    logits = model.apply(variables, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+@pytest.mark.parametrize("regularizer", ["nearest", "softmin", "product", "wells", "sine"])
+def test_one_optax_step_moves_weights_and_reps_linen(regularizer):
+    v = linen_variables()
+    params = {"params": v["params"]}
+    stats = {"batch_stats": v["batch_stats"]}
+    specs = q.make_specs(params, k=4, regularizer=regularizer, lam=10.0, init="quantile")
+    tp, specs = q.attach(params, specs)
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 6, 6, 2))
+    y = jnp.arange(8) % 3
+    model = LinenNet()
+
+    def loss(tp):
+        task = _task_loss(model, {**tp["model"], **stats}, x, y)
+        return task + q.penalty(tp, specs)
+
+    opt = optax.adam(1e-2)
+    state = opt.init(tp)
+
+    @jax.jit
+    def step(tp, state):
+        value, grads = jax.value_and_grad(loss)(tp)
+        updates, state = opt.update(grads, state, tp)
+        return optax.apply_updates(tp, updates), state, value, grads
+
+    tp2, state, _, grads = step(tp, state)
+    for path in specs:
+        w0 = q._tree.named_leaves(tp["model"])[path]
+        w1 = q._tree.named_leaves(tp2["model"])[path]
+        assert not np.allclose(w0, w1)
+        if specs[path].dynamic:
+            assert np.abs(np.asarray(grads["reps"][path])).sum() > 0
+            assert not np.allclose(tp["reps"][path], tp2["reps"][path])
+    if regularizer == "sine":
+        assert tp2["reps"] == {}
+    losses = []
+    for _ in range(30):
+        tp2, state, value, _ = step(tp2, state)
+        losses.append(float(value))
+    assert losses[-1] < losses[0]
+
+
+def test_one_optax_step_moves_weights_and_reps_nnx():
+    model = NnxNet(nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    specs = q.make_specs(params, k=3, lam=5.0, init="grid")
+    tp, specs = q.attach(params, specs)
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 6, 6, 2))
+    y = jnp.arange(8) % 3
+
+    def loss(tp):
+        logits = nnx.merge(graphdef, tp["model"], rest)(x)
+        task = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return task + q.penalty(tp, specs)
+
+    opt = optax.adam(1e-2)
+    state = opt.init(tp)
+    grads = jax.jit(jax.grad(loss))(tp)
+    updates, state = opt.update(grads, state, tp)
+    tp2 = optax.apply_updates(tp, updates)
+    assert set(tp2["reps"]) == {"conv/kernel", "lin/kernel"}
+    for path in specs:
+        assert np.abs(np.asarray(grads["reps"][path])).sum() > 0
+        assert not np.allclose(tp["reps"][path], tp2["reps"][path])
+
+
+def test_penalty_is_lambda_weighted_sum_of_layer_means_and_handles_any_pytree():
+    tree = {
+        "a": {"kernel": jnp.array([[0.1, 0.9], [0.4, 0.6]])},
+        "b": [{"kernel": jnp.ones((1, 3))}],
+    }
+    specs = q.make_specs(
+        tree,
+        k=2,
+        regularizer="nearest",
+        init="grid",
+        lo=0.0,
+        hi=1.0,
+        lam=2.0,
+        overrides={"b/": dict(reduction="sum", lam=0.5, lo=-1.0)},
+    )
+    tp, specs = q.attach(tree, specs)
+    per = q.layer_penalties(tp, specs)
+    a = np.mean(np.min((np.array([0.1, 0.9, 0.4, 0.6])[:, None] - np.array([0, 1])) ** 2, 1))
+    np.testing.assert_allclose(per["a/kernel"], a, rtol=1e-6)
+    np.testing.assert_allclose(per["b/0/kernel"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(jax.jit(lambda t: q.penalty(t, specs))(tp), 2.0 * a, rtol=1e-6)
+
+
+def test_lambda_schedule_and_stats():
+    tree = {"kernel": jnp.array([[0.1, 0.9], [0.4, 0.6]])}
+    ramp = optax.linear_schedule(0.0, 4.0, 10)
+    specs = q.make_specs(tree, k=2, lam=ramp, init="grid", lo=0.0, hi=1.0)
+    tp, specs = q.attach(tree, specs)
+    with pytest.raises(ValueError, match="step is required"):
+        q.penalty(tp, specs)
+    fn = jax.jit(lambda t, s: q.penalty(t, specs, s))
+    assert float(fn(tp, 0)) == 0.0
+    assert float(fn(tp, 10)) == pytest.approx(4.0 * float(q.layer_penalties(tp, specs)["kernel"]))
+    stats = jax.jit(lambda t, s: q.penalty_stats(t, specs, s))(tp, 5)["kernel"]
+    assert float(stats["lambda"]) == pytest.approx(2.0)
+    assert float(stats["distance"]) == pytest.approx(np.mean([0.1, 0.1, 0.4, 0.4]), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dtypes_preserved_through_attach_and_grad(dtype):
+    tree = {"kernel": jnp.linspace(-1, 1, 12, dtype=dtype).reshape(3, 4)}
+    tp, specs = q.attach(tree, q.make_specs(tree, k=3, regularizer="softmin", init="quantile"))
+    assert tp["reps"]["kernel"].dtype == dtype
+    grads = jax.jit(jax.grad(lambda t: q.penalty(t, specs)))(tp)
+    assert grads["model"]["kernel"].dtype == dtype and grads["reps"]["kernel"].dtype == dtype
+
+
+# --------------------------------------------------------------------- bad input
+
+
+def test_bad_specs():
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
+        q.QuantSpec(k=1)
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
+        q.QuantSpec(k=3.0)
+    with pytest.raises(ValueError, match="regularizer must be one of"):
+        q.QuantSpec(regularizer="cubic")
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
+        q.QuantSpec(lam=-1.0)
+    with pytest.raises(ValueError, match="lam schedule must be >= 0"):
+        q.QuantSpec(lam=optax.constant_schedule(-2.0))
+    with pytest.raises(ValueError, match="lo < hi"):
+        q.QuantSpec(lo=1.0, hi=0.5)
+    with pytest.raises(ValueError, match="tau must be"):
+        q.QuantSpec(tau=0.0)
+    with pytest.raises(ValueError, match="sigma must be"):
+        q.QuantSpec(sigma=-1.0)
+    with pytest.raises(ValueError, match="init must be one of"):
+        q.QuantSpec(init="random")
+
+
+def test_bad_selection_and_attach():
+    v = linen_variables()
+    with pytest.raises(ValueError, match="matches no leaf"):
+        q.select(v, include="nothing_here")
+    with pytest.raises(TypeError, match="must be floating point"):
+        q.select({"kernel": jnp.ones((2, 2), jnp.int32)})
+    with pytest.raises(ValueError, match="skipped every selected leaf"):
+        q.make_specs(v, overrides={"kernel": None})
+    bad = {"kernel": jnp.array([[0.0, jnp.nan]])}
+    with pytest.raises(ValueError, match="NaN or inf"):
+        q.attach(bad, {"kernel": q.QuantSpec()})
+    with pytest.raises(ValueError, match="does not have"):
+        q.attach(v, {"params/Conv_9/kernel": q.QuantSpec()})
+    with pytest.raises(ValueError, match="specs is empty"):
+        q.attach(v, {})
+    const = {"kernel": jnp.ones((2, 2))}
+    with pytest.raises(ValueError, match="constant"):
+        q.attach(const, {"kernel": q.QuantSpec()})
+
+
+def test_mismatched_reps_tree_is_rejected():
+    tree = {"kernel": jnp.linspace(-1, 1, 8).reshape(2, 4)}
+    tp, specs = q.attach(tree, q.make_specs(tree, k=3, init="grid"))
+    with pytest.raises(ValueError, match="expected \\(3,\\)"):
+        q.penalty({"model": tree, "reps": {"kernel": jnp.zeros(4)}}, specs)
+    with pytest.raises(ValueError, match="no representatives"):
+        q.penalty({"model": tree, "reps": {}}, specs)
+    with pytest.raises(ValueError, match="without a dynamic spec"):
+        q.penalty({"model": tree, "reps": {**tp["reps"], "other": jnp.zeros(3)}}, specs)
+    with pytest.raises(ValueError, match='keys "model" and "reps"'):
+        q.penalty(tree, specs)
+    unresolved = {
+        "kernel": dataclasses.replace(specs["kernel"], regularizer="sine", lo=None, hi=None)
+    }
+    with pytest.raises(ValueError, match="no interval"):
+        q.penalty(tp | {"reps": {}}, unresolved)

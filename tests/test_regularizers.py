@@ -1,0 +1,249 @@
+"""Element-wise penalties: minima, gradients, dtypes, jit, clustering, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from qareg_jax import regularizers as R
+
+INTERVALS = [(-1.0, 1.0), (-0.3, 0.05), (0.0, 2.5)]
+KS = [2, 3, 4, 7, 16]
+
+
+def _expected_minima(kind, k, lo, hi):
+    # Independent of the library: the K evenly spread points the paper names.
+    if kind == "sine":
+        return [lo + j * (hi - lo) / (k - 1) for j in range(k)]
+    return [lo + (j + 0.5) * (hi - lo) / k for j in range(k)]
+
+
+def _zero_runs(values, xs, thresh=1e-3):
+    """The arg-min of each contiguous run of near-zero values (the penalty's zeros)."""
+    v = np.asarray(values, np.float64)
+    low = np.concatenate([[False], v < thresh, [False]]).astype(int)
+    starts, ends = np.flatnonzero(np.diff(low) == 1), np.flatnonzero(np.diff(low) == -1)
+    return np.array([xs[a + np.argmin(v[a:b])] for a, b in zip(starts, ends, strict=True)])
+
+
+@pytest.mark.parametrize("kind", ["sine", "cosine"])
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("interval", INTERVALS)
+def test_static_minima_match_independent_points(kind, k, interval):
+    lo, hi = interval
+    fn = jax.jit(getattr(R, kind), static_argnums=1)
+    expected = np.array(_expected_minima(kind, k, lo, hi))
+    np.testing.assert_allclose(R.static_levels(kind, k, lo, hi), expected, rtol=1e-12, atol=1e-12)
+    at_min = fn(jnp.asarray(expected, jnp.float32), k, lo, hi)
+    assert np.all(np.asarray(at_min) < 1e-6)
+    mids = (expected[1:] + expected[:-1]) / 2
+    assert np.all(np.asarray(fn(jnp.asarray(mids, jnp.float32), k, lo, hi)) > 0.1)
+    # The zeros on a fine grid over a widened range are exactly the expected set.
+    width = hi - lo
+    xs = np.linspace(lo - 0.3 * width, hi + 0.3 * width, 40001)
+    found = _zero_runs(fn(jnp.asarray(xs, jnp.float32), k, lo, hi), xs)
+    step = xs[1] - xs[0]
+    assert len(found) == k, (found, expected)
+    np.testing.assert_allclose(found, expected, atol=2 * step)
+
+
+@pytest.mark.parametrize("kind", ["sine", "cosine"])
+@pytest.mark.parametrize("k", [2, 4, 9])
+def test_static_gradient_vanishes_at_minima_and_points_to_nearest(kind, k):
+    lo, hi = -0.7, 0.4
+    fn = getattr(R, kind)
+    grad = jax.jit(jax.vmap(jax.grad(lambda x: fn(x, k, lo, hi))))
+    mins = np.array(_expected_minima(kind, k, lo, hi))
+    np.testing.assert_allclose(grad(jnp.asarray(mins, jnp.float32)), 0.0, atol=1e-3)
+    xs = np.random.default_rng(0).uniform(lo - 0.5, hi + 0.5, 2000)
+    nearest_min = mins[np.argmin(np.abs(xs[:, None] - mins[None, :]), axis=1)]
+    g = np.asarray(grad(jnp.asarray(xs, jnp.float32)))
+    # Descent direction -g points to the nearest minimum, except close to the maxima
+    # (half-way between minima, and for cosine the interval ends) where it is flat.
+    spacing = mins[1] - mins[0] if k > 1 else hi - lo
+    dist = np.abs(xs - nearest_min)
+    clear = (dist > 1e-3 * spacing) & (dist < 0.45 * spacing)
+    if kind == "cosine":
+        clear |= (xs < lo) | (xs > hi)
+        clear &= np.abs(xs - lo) > 1e-3 * spacing
+        clear &= np.abs(xs - hi) > 1e-3 * spacing
+    assert clear.sum() > 500
+    assert np.all(np.sign(-g[clear]) == np.sign(nearest_min[clear] - xs[clear]))
+
+
+def test_static_wall_is_continuous_and_grows():
+    for kind, k in [("sine", 3), ("cosine", 4)]:
+        fn = getattr(R, kind)
+        eps = 1e-4
+        for edge in (-1.0, 1.0):
+            inside = float(fn(jnp.float32(edge - np.sign(edge) * eps), k, -1.0, 1.0))
+            outside = float(fn(jnp.float32(edge + np.sign(edge) * eps), k, -1.0, 1.0))
+            assert abs(inside - outside) < 1e-3
+        far = np.asarray(fn(jnp.array([-3.0, -2.0, 2.0, 3.0]), k, -1.0, 1.0))
+        assert far[0] > far[1] and far[3] > far[2] and far.min() > 1.0
+
+
+DYNAMIC = {
+    "nearest": lambda w, c: R.nearest(w, c),
+    "softmin": lambda w, c: R.softmin(w, c, 1e-4),
+    "product": lambda w, c: R.product(w, c),
+    "wells_max": lambda w, c: R.wells(w, c, 0.05),
+    "wells_mean": lambda w, c: R.wells(w, c, 0.05, "mean"),
+}
+
+
+@pytest.mark.parametrize("name", list(DYNAMIC))
+def test_dynamic_zero_at_reps_positive_between(name):
+    fn = jax.jit(DYNAMIC[name])
+    c = jnp.array([0.3, -0.5, 0.0, 0.9], jnp.float32)  # unsorted on purpose
+    at = np.asarray(fn(c, c))
+    between = np.asarray(fn(jnp.array([-0.25, 0.15, 0.6]), c))
+    if name == "softmin":
+        # Minimum is tau*log(K) minus a vanishing term at well-separated reps.
+        np.testing.assert_allclose(at, 1e-4 * np.log(4), rtol=1e-3)
+        assert np.all(between > 10 * at.max())
+    elif name == "wells_mean":
+        # 1 - mean of the wells: every other well is far, so 1 - 1/K at a rep.
+        np.testing.assert_allclose(at, 0.75, atol=1e-4)
+        assert np.all(between > at.max() + 0.05)
+    else:
+        assert np.all(at < 1e-5), at
+        assert np.all(between > 1e-3)
+
+
+@pytest.mark.parametrize("name", list(DYNAMIC))
+def test_dynamic_gradients_match_finite_differences(name):
+    fn = DYNAMIC[name]
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.normal(0, 0.4, 64), jnp.float64 if jax.config.x64_enabled else jnp.float32)
+    c = jnp.array([-0.6, -0.1, 0.25, 0.7], w.dtype)
+
+    def loss(w, c):
+        return jnp.sum(fn(w, c) * jnp.linspace(0.5, 1.5, w.size))
+
+    gw, gc = jax.jit(jax.grad(loss, argnums=(0, 1)))(w, c)
+    assert np.abs(np.asarray(gc)).sum() > 0, "reps receive no gradient"
+    eps = 1e-3
+    for i in range(4):
+        e = jnp.zeros_like(c).at[i].set(eps)
+        fd = (loss(w, c + e) - loss(w, c - e)) / (2 * eps)
+        np.testing.assert_allclose(gc[i], fd, rtol=2e-2, atol=2e-3)
+    for i in [0, 5, 17]:
+        e = jnp.zeros_like(w).at[i].set(eps)
+        fd = (loss(w + e, c) - loss(w - e, c)) / (2 * eps)
+        np.testing.assert_allclose(gw[i], fd, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("k", [2, 5, 33, 100])
+def test_nearest_matches_bruteforce_for_chain_and_binary_search(k):
+    rng = np.random.default_rng(k)
+    c = rng.normal(size=k).astype(np.float32)
+    w = rng.normal(size=5000).astype(np.float32)
+    want = np.min((w[:, None] - c[None, :]) ** 2, axis=1)
+    got = np.asarray(jax.jit(R.nearest)(w, c))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    gc = jax.grad(lambda c: R.nearest(w, c).sum())(jnp.asarray(c))
+    owner = np.argmin((w[:, None] - c[None, :]) ** 2, axis=1)
+    want_gc = np.array([-2 * np.sum(w[owner == j] - c[j]) for j in range(k)])
+    np.testing.assert_allclose(gc, want_gc, rtol=1e-4, atol=1e-3)
+
+
+def test_nearest_ties_go_to_lower_representative():
+    cs = jnp.array([-1.0, 1.0])
+    mid = (cs[1:] + cs[:-1]) / 2
+    assert int(R.nearest_index(jnp.array([0.0]), cs, mid)[0]) == 0
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda w, c: R.sine(w, 4, -1.0, 1.0),
+        lambda w, c: R.cosine(w, 4, -1.0, 1.0),
+        *DYNAMIC.values(),
+    ],
+)
+def test_dtype_preserved_under_jit(dtype, fn):
+    w = jnp.linspace(-1, 1, 37).astype(dtype).reshape(37, 1)
+    c = jnp.array([-0.5, 0.0, 0.5, 0.8], dtype)
+    out = jax.jit(fn)(w, c)
+    assert out.dtype == dtype and out.shape == w.shape
+    gw, gc = jax.jit(jax.grad(lambda w, c: fn(w, c).astype(jnp.float32).sum(), (0, 1)))(w, c)
+    assert gw.dtype == dtype and gc.dtype == dtype
+    assert np.isfinite(np.asarray(gw, np.float32)).all()
+
+
+@pytest.mark.parametrize("name", ["nearest", "softmin", "product", "wells_max"])
+def test_sgd_on_weights_and_reps_forms_k_tight_clusters(name):
+    k = 3
+    fn = DYNAMIC[name]
+    if name == "softmin":
+        fn = lambda w, c: R.softmin(w, c, 1e-5)  # noqa: E731
+    if name == "wells_max":
+        # Wells only reach weights within a few sigma: make them as wide as the spacing.
+        fn = lambda w, c: R.wells(w, c, 0.3)  # noqa: E731
+    w0 = jnp.asarray(np.random.default_rng(0).normal(0, 0.3, 400), jnp.float32)
+    params = {"w": w0, "c": jnp.array([-0.4, 0.0, 0.4], jnp.float32)}
+    # A data term pulls each weight to where it started; the penalty wins as lambda grows.
+    lam = 50.0
+
+    def loss(p):
+        return 0.01 * jnp.mean((p["w"] - w0) ** 2) + lam * jnp.mean(fn(p["w"], p["c"]))
+
+    opt = optax.adam(3e-3)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(p, s):
+        g = jax.grad(loss)(p)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    for _ in range(400):
+        params, state = step(params, state)
+    w, c = np.asarray(params["w"]), np.asarray(params["c"])
+    dist = np.min(np.abs(w[:, None] - c[None, :]), axis=1)
+    spread = float(w0.max() - w0.min())
+    assert np.quantile(dist, 0.95) < 0.01 * spread, np.quantile(dist, 0.95)
+    # At most k tight groups: the sorted weights (bar 2% stragglers) break into <= k runs.
+    core = np.sort(w[dist <= np.quantile(dist, 0.98)])
+    assert 1 + np.sum(np.diff(core) > 0.05 * spread) <= k
+    assert not np.allclose(c, [-0.4, 0.0, 0.4]), "representatives did not move"
+
+
+# --------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("k", [1, 0, -3, 2.5, True, "4"])
+def test_bad_k(k):
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
+        R.sine(jnp.ones(3), k, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("lo,hi", [(1.0, 1.0), (2.0, 1.0), (np.nan, 1.0), (0.0, np.inf)])
+def test_bad_interval(lo, hi):
+    with pytest.raises(ValueError, match="lo"):
+        R.cosine(jnp.ones(3), 3, lo, hi)
+
+
+def test_bad_temperatures_and_modes():
+    c = jnp.array([0.0, 1.0])
+    for bad in (0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="tau must be"):
+            R.softmin(jnp.ones(3), c, bad)
+        with pytest.raises(ValueError, match="sigma must be"):
+            R.wells(jnp.ones(3), c, bad)
+    with pytest.raises(ValueError, match="mode must be"):
+        R.wells(jnp.ones(3), c, 0.1, mode="min")
+
+
+def test_bad_dtypes_and_reps_shape():
+    with pytest.raises(TypeError, match="w must be a floating-point array"):
+        R.nearest(jnp.arange(3), jnp.array([0.0, 1.0]))
+    with pytest.raises(TypeError, match="reps must be a floating-point array"):
+        R.nearest(jnp.ones(3), jnp.array([0, 1]))
+    with pytest.raises(ValueError, match=r"reps must have shape \(K,\)"):
+        R.nearest(jnp.ones(3), jnp.ones((2, 2)))
+    with pytest.raises(ValueError, match="K >= 2"):
+        R.softmin(jnp.ones(3), jnp.ones(1), 0.1)
