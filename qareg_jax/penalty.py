@@ -37,9 +37,13 @@ def elementwise(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) ->
     raise ValueError(f"regularizer must be one of {list(R.REGULARIZERS)}, got {name!r}")
 
 
-def _reduce(values: jax.Array, reduction: str) -> jax.Array:
-    total = jnp.sum(values, dtype=jnp.float32)
-    return total / values.size if reduction == "mean" else total
+def reduced(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) -> jax.Array:
+    """``R_l``: the layer's penalty reduced by ``spec.reduction``, a float32 scalar."""
+    if spec.regularizer == "nearest" and reps is not None:
+        total = R.nearest_total(w, reps).astype(jnp.float32)
+    else:
+        total = jnp.sum(elementwise(w, spec, reps), dtype=jnp.float32)
+    return total / w.size if spec.reduction == "mean" else total
 
 
 def layer_penalties(
@@ -48,10 +52,7 @@ def layer_penalties(
     """``{path: R_l}``: each layer's reduced penalty, before lambda (float32 scalars)."""
     leaves = check_tree(train_params, specs)
     reps = train_params["reps"]
-    return {
-        path: _reduce(elementwise(leaves[path], spec, reps.get(path)), spec.reduction)
-        for path, spec in specs.items()
-    }
+    return {path: reduced(leaves[path], spec, reps.get(path)) for path, spec in specs.items()}
 
 
 def penalty(

@@ -247,3 +247,17 @@ def test_bad_dtypes_and_reps_shape():
         R.nearest(jnp.ones(3), jnp.ones((2, 2)))
     with pytest.raises(ValueError, match="K >= 2"):
         R.softmin(jnp.ones(3), jnp.ones(1), 0.1)
+
+
+@pytest.mark.parametrize("k", [2, 8, 9, 40])
+def test_nearest_total_equals_sum_of_nearest_in_value_and_gradient(k):
+    rng = np.random.default_rng(k)
+    w = jnp.asarray(rng.normal(size=(300, 7)), jnp.float32)
+    c = jnp.asarray(rng.normal(size=k), jnp.float32)
+    scale = jnp.float32(0.7)
+    f1 = jax.jit(jax.value_and_grad(lambda w, c: scale * R.nearest_total(w, c), (0, 1)))
+    f2 = jax.jit(jax.value_and_grad(lambda w, c: scale * R.nearest(w, c).sum(), (0, 1)))
+    (v1, (gw1, gc1)), (v2, (gw2, gc2)) = f1(w, c), f2(w, c)
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    np.testing.assert_allclose(gw1, gw2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gc1, gc2, rtol=1e-4, atol=1e-4)
