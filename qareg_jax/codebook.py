@@ -288,11 +288,12 @@ def levels(train_params: Mapping[str, Any], spec: QuantSpec, path: str) -> jax.A
 def check_tree(train_params: Any, specs: Mapping[str, QuantSpec]) -> dict[str, Any]:
     """Validate ``train_params`` against ``specs``; return the model's named leaves.
 
-    Raises ValueError naming the first mismatch: not a ``{"model", "reps"}`` dict,
+    Other top-level keys (e.g. learnable range-regularizer parameters) are allowed.
+    Raises ValueError naming the first mismatch: not a dict with "model" and "reps",
     a spec without its leaf, a dynamic spec without reps of shape ``(k,)``, or
     reps for a path that has no dynamic spec.
     """
-    if not isinstance(train_params, Mapping) or set(train_params) != {"model", "reps"}:
+    if not isinstance(train_params, Mapping) or not {"model", "reps"} <= set(train_params):
         got = sorted(train_params) if isinstance(train_params, Mapping) else type(train_params)
         raise ValueError(
             f'train_params must be a dict with keys "model" and "reps" (see attach), got {got}'

@@ -1,0 +1,175 @@
+"""Train-step cost of each regularizer relative to the plain step, measured in one run.
+
+For a CIFAR-size model (AlexNet by default, ~23M params, batch 128, random
+data) it jit-compiles the plain Adam train step and, for every regularizer and
+K, the same step with ``task_loss + penalty`` over all conv/dense kernels
+(representatives in the param tree, updated by the same step). Plain and
+regularized steps are timed alternately so that machine noise hits both; the
+ratio of medians and the compiled peak-memory ratio go to JSON.
+
+    python benchmarks/regularizer_overhead.py                 # full run
+    python benchmarks/regularizer_overhead.py --smoke         # seconds, for tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import qareg_jax as q  # noqa: E402
+from qareg_jax.models import get_model  # noqa: E402
+
+REGULARIZERS = ("sine", "cosine", "nearest", "softmin", "product", "wells")
+
+
+def build_steps(model: Any, variables: dict[str, Any], batch: dict[str, jax.Array]):
+    """``make_step(specs)``: a jitted Adam step (plain when ``specs`` is None)."""
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    opt = optax.adam(1e-3)
+
+    def task_loss(params, rng):
+        out = model.apply(
+            {"params": params, **rest},
+            batch["image"],
+            train=True,
+            rngs={"dropout": rng},
+            mutable=list(rest),
+        )
+        logits = out[0] if rest else out
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+    def make_step(specs):
+        if specs is None:
+            loss = task_loss
+        else:
+
+            def loss(tp, rng):
+                return task_loss(tp["model"]["params"], rng) + q.penalty(tp, specs)
+
+        def step(p, state, rng):
+            value, grads = jax.value_and_grad(loss)(p, rng)
+            updates, state = opt.update(grads, state, p)
+            return optax.apply_updates(p, updates), state, value
+
+        return jax.jit(step, donate_argnums=(0, 1)), opt
+
+    return make_step
+
+
+def measure(step, tree, opt):
+    """A zero-argument call of the compiled step (state carried along) and its peak bytes."""
+    state = opt.init(tree)
+    rng = jax.random.PRNGKey(0)
+    compiled = step.lower(tree, state, rng).compile()
+    mem = common.compiled_bytes(compiled)
+    tree, state, _ = compiled(tree, state, rng)  # warm-up
+    jax.block_until_ready(tree)
+    holder = {"tree": tree, "state": state}
+
+    def call():
+        holder["tree"], holder["state"], value = compiled(holder["tree"], holder["state"], rng)
+        return value
+
+    return call, mem
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    shape = tuple(int(s) for s in args.image_shape.split(","))
+    model = get_model(args.model, num_classes=10)
+    key = jax.random.PRNGKey(0)
+    batch = {
+        "image": jax.random.normal(key, (args.batch, *shape), jnp.float32),
+        "label": jax.random.randint(key, (args.batch,), 0, 10),
+    }
+    variables = model.init({"params": key, "dropout": key}, batch["image"], train=False)
+    variables = jax.tree.map(jnp.asarray, dict(variables))
+    n_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
+    make_step = build_steps(model, variables, batch)
+
+    plain_step, opt = make_step(None)
+    plain_call, plain_mem = measure(plain_step, jax.tree.map(jnp.copy, variables["params"]), opt)
+    rows = []
+    for reg in args.regularizers.split(","):
+        for k in (int(s) for s in args.ks.split(",")):
+            params = {"params": jax.tree.map(jnp.copy, variables["params"])}
+            specs = q.make_specs(params, k=k, regularizer=reg, init="quantile", lam=1e-3)
+            tp, specs = q.attach(params, specs)
+            reg_step, _ = make_step(specs)
+            reg_call, reg_mem = measure(reg_step, tp, opt)
+            plain_t, reg_t = [], []
+            for _ in range(args.repeats):  # alternate so that noise hits both
+                plain_t.append(common.time_call(plain_call))
+                reg_t.append(common.time_call(reg_call))
+            row = {
+                "regularizer": reg,
+                "k": k,
+                "plain_ms": 1e3 * common.median(plain_t),
+                "regularized_ms": 1e3 * common.median(reg_t),
+                "time_ratio": common.median(reg_t) / common.median(plain_t),
+                "plain_bytes": plain_mem,
+                "regularized_bytes": reg_mem,
+                "memory_ratio": (reg_mem / plain_mem) if plain_mem and reg_mem else None,
+            }
+            rows.append(row)
+            print(
+                f"{reg:8s} K={k:<4d} plain {row['plain_ms']:8.1f} ms  reg "
+                f"{row['regularized_ms']:8.1f} ms  ratio {row['time_ratio']:.3f}  mem "
+                f"{row['memory_ratio'] or float('nan'):.3f}",
+                flush=True,
+            )
+    return {
+        "benchmark": "regularizer_overhead",
+        "machine": common.machine_info(),
+        "config": {
+            "model": args.model,
+            "params": int(n_params),
+            "batch": args.batch,
+            "image_shape": shape,
+            "repeats": args.repeats,
+            "optimizer": "adam",
+            "selection": "all conv/dense kernels (default rule)",
+            "init": "quantile",
+            "timing": "median over alternating plain/regularized calls after one warm-up",
+            "memory": "compiled memory_analysis: arguments + outputs + temps - aliases",
+            "targets": {"time_ratio": 1.10, "memory_ratio": 1.2},
+        },
+        "rows": rows,
+    }
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="alexnet", help="alexnet | vgg16 | small")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--image-shape", default="32,32,3")
+    p.add_argument("--ks", default="2,4,16,256")
+    p.add_argument("--regularizers", default=",".join(REGULARIZERS))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default=str(common.RESULTS / "regularizer_overhead.json"))
+    p.add_argument("--smoke", action="store_true", help="tiny model and sizes (seconds)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.model, args.batch, args.image_shape = "small", 8, "8,8,1"
+        args.ks, args.repeats = "2,40", 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    result = run(args)
+    path = common.write_json(result, args.out)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
