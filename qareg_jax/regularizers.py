@@ -52,6 +52,8 @@ Array = jax.Array
 _CHAIN_MAX_K = 32
 # Up to this K, per-representative sums use one variadic reduction, above it a scatter-add.
 _VARIADIC_MAX_K = 8
+# Block length for the scatter-add path of nearest_total (bounds its temporaries).
+_BLOCK = 1 << 20
 # A float32 sin(pi t) on |t| <= 1/2: Taylor series to degree 11 (|error| < 6e-8),
 # cheaper than the general-purpose sin since the range reduction is exact here.
 _SIN_COEFFS = tuple(
@@ -308,11 +310,24 @@ def _nearest_total_fwd(w, reps):
     # the backward pass needs for the reps, so it only recomputes d for dw.
     cd = _compute_dtype(w.dtype)
     order, cs, mid = _sorted_reps(reps, cd)
-    wc = w.astype(cd)
-    idx = nearest_index(wc, cs, mid)
-    d = wc - cs[idx]
-    total = jnp.sum(d * d)
-    return total, (w, reps, _unsort(_cluster_sums(d, idx, cs.shape[0]), order))
+    k = cs.shape[0]
+
+    def block_stats(wb):
+        idx = nearest_index(wb, cs, mid)
+        d = wb - cs[idx]
+        return jnp.sum(d * d), _cluster_sums(d, idx, k)
+
+    wc = w.astype(cd).ravel()
+    if k <= _VARIADIC_MAX_K or wc.size <= _BLOCK:
+        total, sums = block_stats(wc)
+    else:
+        # The scatter-add needs its operands in memory: go block by block so the
+        # temporaries are O(block), not O(N). Padding sits on a rep (d = 0).
+        pad = -wc.size % _BLOCK
+        blocks = jnp.concatenate([wc, jnp.full((pad,), cs[0], cd)]).reshape(-1, _BLOCK)
+        totals, block_sums = jax.lax.map(block_stats, blocks)
+        total, sums = jnp.sum(totals), jnp.sum(block_sums, axis=0)
+    return total, (w, reps, _unsort(sums, order))
 
 
 def _nearest_total_bwd(res, g):

@@ -261,3 +261,15 @@ def test_nearest_total_equals_sum_of_nearest_in_value_and_gradient(k):
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     np.testing.assert_allclose(gw1, gw2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gc1, gc2, rtol=1e-4, atol=1e-4)
+
+
+def test_nearest_total_blocked_path_matches_direct_sum():
+    # Above the block length and K > 8 the forward pass runs block by block.
+    w = jax.random.normal(jax.random.PRNGKey(0), ((1 << 20) + 12345,), jnp.float32)
+    c = jnp.linspace(-2.0, 2.0, 40)
+    f1 = jax.jit(jax.value_and_grad(lambda w, c: R.nearest_total(w, c), (0, 1)))
+    f2 = jax.jit(jax.value_and_grad(lambda w, c: R.nearest(w, c).sum(), (0, 1)))
+    (v1, (gw1, gc1)), (v2, (gw2, gc2)) = f1(w, c), f2(w, c)
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    np.testing.assert_allclose(gw1, gw2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gc1, gc2, rtol=1e-3, atol=1e-2)
