@@ -37,14 +37,12 @@ def build_steps(model: Any, variables: dict[str, Any], batch: dict[str, jax.Arra
     opt = optax.adam(1e-3)
 
     def task_loss(params, rng):
-        out = model.apply(
-            {"params": params, **rest},
-            batch["image"],
-            train=True,
-            rngs={"dropout": rng},
-            mutable=list(rest),
-        )
-        logits = out[0] if rest else out
+        variables = {"params": params, **rest}
+        kw = {"train": True, "rngs": {"dropout": rng}}
+        if rest:  # BatchNorm statistics
+            logits, _ = model.apply(variables, batch["image"], mutable=list(rest), **kw)
+        else:
+            logits = model.apply(variables, batch["image"], **kw)
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
     def make_step(specs):
