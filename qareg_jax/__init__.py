@@ -6,7 +6,7 @@ living in the same parameter tree. Afterwards every selected weight is snapped
 to its level and fine-tuned with the weights kept exactly quantized.
 """
 
-from . import regularizers
+from . import quantizers, regularizers
 from .codebook import (
     QuantSpec,
     attach,
@@ -18,28 +18,44 @@ from .codebook import (
     select,
 )
 from .penalty import elementwise, layer_penalties, penalty, penalty_stats
-from .regularizers import cosine, nearest, product, sine, softmin, static_levels, wells
+from .regularizers import (
+    cosine,
+    nearest,
+    nearest_total,
+    product,
+    sine,
+    softmin,
+    static_levels,
+    wells,
+)
+from .snap import QuantizedFinetuneState, finetune_specs, quantized_finetune, snap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "QuantSpec",
+    "QuantizedFinetuneState",
     "attach",
     "check_tree",
     "cosine",
     "default_rule",
     "elementwise",
+    "finetune_specs",
     "init_representatives",
     "layer_penalties",
     "levels",
     "make_specs",
     "nearest",
+    "nearest_total",
     "penalty",
     "penalty_stats",
     "product",
+    "quantized_finetune",
+    "quantizers",
     "regularizers",
     "select",
     "sine",
+    "snap",
     "softmin",
     "static_levels",
     "wells",
