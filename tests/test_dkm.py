@@ -1,0 +1,202 @@
+"""DKM: agreement with the O(NK) reference, memory, snapping, the tree API, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qareg_jax import dkm as D
+
+
+def _w(shape, seed=0, scale=0.1):
+    return jnp.asarray(np.random.default_rng(seed).normal(0, scale, shape), jnp.float32)
+
+
+@pytest.mark.parametrize(
+    ("shape", "k", "block", "iters"),
+    [((37, 29), 4, None, 1), ((37, 29), 8, 100, 3), ((1000,), 16, 7, 2), ((3, 3, 4, 8), 2, 64, 5)],
+)
+def test_matches_reference_values_and_gradients(shape, k, block, iters):
+    w = _w(shape, seed=k)
+    c = jnp.linspace(-0.15, 0.15, k)
+    tau = (0.3 / k) ** 2
+    r = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
+
+    def run(fn):
+        out, cn = jax.jit(fn)(w, c)
+        g = jax.jit(jax.grad(lambda w: jnp.sum(fn(w, c)[0] * r)))(w)
+        return np.asarray(out), np.asarray(cn), np.asarray(g)
+
+    ours = run(lambda w, c: D.dkm_layer(w, c, tau, iters, block_size=block))
+    ref = run(lambda w, c: D.dkm_layer_reference(w, c, tau, iters))
+    assert ours[0].shape == shape and ours[1].shape == (k,)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours[1], ref[1], rtol=1e-5, atol=1e-6)
+    scale = np.abs(ref[2]).max()
+    assert np.isfinite(ours[2]).all() and scale > 0
+    np.testing.assert_allclose(ours[2], ref[2], rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_reference_gradient_matches_finite_differences():
+    # The reference itself is checked against numbers independent of autodiff.
+    jax.config.update("jax_enable_x64", True)
+    try:
+        w = jnp.asarray(np.random.default_rng(3).normal(0, 0.1, 40))
+        c = jnp.array([-0.1, 0.0, 0.12])
+        r = jnp.linspace(-1.0, 1.0, 40)
+
+        @jax.jit
+        def f(w):
+            return jnp.sum(D.dkm_layer(w, c, 2e-3, 3, block_size=16)[0] * r)
+
+        g = jax.jit(jax.grad(f))(w)
+        eps = 1e-6
+        for i in (0, 7, 33):
+            e = jnp.zeros_like(w).at[i].set(eps)
+            fd = (f(w + e) - f(w - e)) / (2 * eps)
+            np.testing.assert_allclose(g[i], fd, rtol=1e-5, atol=1e-8)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def test_centroids_are_weighted_means_and_weights_move_towards_them():
+    w = jnp.concatenate([_w(300, 0, 0.01) - 0.5, _w(300, 1, 0.01) + 0.5])
+    out, c = jax.jit(lambda w: D.dkm_layer(w, jnp.array([-0.3, 0.3]), 1e-3, 3))(w)
+    np.testing.assert_allclose(np.asarray(c), [float(w[:300].mean()), float(w[300:].mean())])
+    # Hard clusters this far apart: every weight becomes its cluster's mean.
+    np.testing.assert_allclose(np.asarray(out[:300]), float(c[0]), atol=1e-6)
+
+
+def test_gradients_finite_with_sharp_tau_and_unreachable_centroids():
+    w = _w((64, 16))
+    c = jnp.array([-0.1, 0.0, 0.1, 50.0])  # the last centroid gets no weight at all
+    fwd = jax.jit(lambda w, tau: D.dkm_layer(w, c, tau, 3, block_size=100))
+    grad = jax.jit(jax.grad(lambda w, tau: jnp.sum(D.dkm_layer(w, c, tau, 3)[0] ** 2)))
+    for tau in (1e-8, 1e-3, 10.0):
+        out, cn = fwd(w, tau)
+        g = grad(w, tau)
+        assert np.isfinite(np.asarray(out)).all() and np.isfinite(np.asarray(g)).all()
+        assert float(cn[3]) == 50.0  # a dead centroid stays where it was
+
+
+def test_no_gradient_into_starting_centroids_and_bfloat16():
+    w = _w((16, 8)).astype(jnp.bfloat16)
+    c = jnp.array([-0.1, 0.0, 0.1], jnp.bfloat16)
+    gc = jax.grad(lambda c: jnp.sum(D.dkm_layer(w, c, 1e-3, 2)[0].astype(jnp.float32)))(c)
+    assert np.all(np.asarray(gc, np.float32) == 0)
+    out, cn = D.dkm_layer(w, c, 1e-3, 2)
+    assert out.dtype == jnp.bfloat16 and out.shape == w.shape and cn.dtype == jnp.float32
+
+
+def test_compiled_memory_is_far_below_n_times_k():
+    n, k = 1 << 18, 256
+    w, c = _w(n), jnp.linspace(-0.2, 0.2, k)
+
+    def peak(fn):
+        f = jax.jit(jax.value_and_grad(lambda w: jnp.sum(fn(w, c, 1e-4, 3)[0] ** 2)))
+        m = f.lower(w).compile().memory_analysis()
+        return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+
+    nk_bytes = n * k * 4
+    assert peak(D.dkm_layer_reference) > nk_bytes
+    assert peak(D.dkm_layer) < nk_bytes / 8
+
+
+_SNAP_N = 300
+
+
+@jax.jit
+def _transform_and_snap(params, cents, tau):
+    _, cents = D.dkm_transform(params, cents, tau, 2)
+    return cents, *D.dkm_snap(params, cents)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    k=st.sampled_from([2, 3, 12]),
+    seed=st.integers(0, 2**16),
+    scale=st.floats(1e-3, 10.0),
+    log_tau=st.floats(-8, -1),
+)
+def test_snap_gives_at_most_k_values_and_is_idempotent(k, seed, scale, log_tau):
+    # Fixed shapes (one compilation per k); hypothesis varies the values.
+    params = {"layer": {"kernel": _w((_SNAP_N, 1), seed, scale), "bias": jnp.ones(1)}}
+    cents = D.dkm_init(params, ["layer/kernel"], k, init="quantile")
+    cents, snapped, books = _transform_and_snap(params, cents, 10.0**log_tau * scale**2)
+    w_snap = np.asarray(snapped["layer"]["kernel"])
+    assert len(np.unique(w_snap)) <= k
+    codebook, idx = books["layer/kernel"]
+    np.testing.assert_array_equal(np.asarray(codebook)[np.asarray(idx)], w_snap)
+    # Each weight went to its nearest centroid.
+    w = np.asarray(params["layer"]["kernel"])
+    dist = np.abs(w[..., None] - np.asarray(codebook)).min(-1)
+    np.testing.assert_allclose(np.abs(w - w_snap), dist, rtol=1e-6, atol=1e-7 * scale)
+    again, _ = jax.jit(D.dkm_snap)(snapped, cents)
+    np.testing.assert_array_equal(np.asarray(again["layer"]["kernel"]), w_snap)
+    np.testing.assert_array_equal(np.asarray(snapped["layer"]["bias"]), 1.0)
+
+
+def test_transform_in_a_training_loop_clusters_the_weights():
+    # Regression onto a target made of 3 levels: training through DKM, then snapping,
+    # loses little relative to the soft weights.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(256, 32)), jnp.float32)
+    levels = np.array([-0.3, 0.05, 0.4])
+    target_w = levels[rng.integers(0, 3, (32, 4))]
+    y = x @ target_w
+    params = {"Dense_0": {"kernel": _w((32, 4), 5, 0.2)}}
+    tp = {"model": params, "dkm": D.dkm_init(params, None, 3)}
+    opt = optax.adam(3e-2)
+    state = opt.init(tp)
+
+    def loss_fn(tp):
+        # tau ~ (spacing / 3)^2: soft enough for weights to change clusters.
+        soft, cents = D.dkm_transform(tp["model"], tp["dkm"], 1e-2, 3)
+        return jnp.mean((x @ soft["Dense_0"]["kernel"] - y) ** 2), cents
+
+    @jax.jit
+    def step(tp, state):
+        (loss, cents), g = jax.value_and_grad(loss_fn, has_aux=True)(tp)
+        u, state = opt.update(g, state, tp)
+        return {**optax.apply_updates(tp, u), "dkm": cents}, state, loss
+
+    first = None
+    for _ in range(400):
+        tp, state, loss = step(tp, state)
+        first = float(loss) if first is None else first
+    snapped, books = D.dkm_snap(tp["model"], tp["dkm"])
+    snap_loss = float(jnp.mean((x @ snapped["Dense_0"]["kernel"] - y) ** 2))
+    assert float(loss) < 1e-3 * first
+    assert snap_loss < 1e-3 * first
+    np.testing.assert_allclose(np.asarray(books["Dense_0/kernel"][0]), levels, atol=0.01)
+
+
+def test_errors():
+    w = _w(10)
+    c = jnp.array([-0.1, 0.1])
+    with pytest.raises(ValueError, match="tau must be a finite number > 0"):
+        D.dkm_layer(w, c, 0.0)
+    with pytest.raises(ValueError, match="tau must be a finite number > 0"):
+        D.dkm_layer_reference(w, c, -1.0)
+    with pytest.raises(ValueError, match="iters must be an integer >= 1"):
+        D.dkm_layer(w, c, 1e-3, 0)
+    with pytest.raises(ValueError, match="K must be an integer >= 2"):
+        D.dkm_layer(w, jnp.array([0.1]), 1e-3)
+    with pytest.raises(ValueError, match="block_size"):
+        D.dkm_layer(w, c, 1e-3, block_size=0)
+    params = {"Dense_0": {"kernel": _w((4, 3))}}
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
+        D.dkm_init(params, None, 1)
+    with pytest.raises(ValueError, match="init must be one of"):
+        D.dkm_init(params, None, 4, init="random")
+    with pytest.raises(ValueError, match="paths is empty"):
+        D.dkm_init(params, [], 4)
+    with pytest.raises(ValueError, match="does not have"):
+        D.dkm_transform(params, {"Dense_1/kernel": c}, 1e-3)
+    with pytest.raises(ValueError, match="tau has no entry"):
+        D.dkm_transform(params, {"Dense_0/kernel": c}, {"other": 1e-3})
+    with pytest.raises(ValueError, match="centroids is empty"):
+        D.dkm_snap(params, {})
