@@ -1,0 +1,142 @@
+"""Peak memory and time of a DKM forward+backward: blocked ``dkm_layer`` vs the O(NK) reference.
+
+For each layer size N and cluster count K it jit-compiles ``value_and_grad`` of
+``0.5 * sum(W~^2)`` with ``W~ = dkm_layer(w, c, tau, iters)`` (ours: blocks with
+recomputation) and with ``dkm_layer_reference`` (the straightforward N x K version),
+reads the compiled memory analysis (arguments + outputs + temps - aliases; no
+allocation needed, so it is reported even where the run is skipped) and times the
+compiled call. A reference run whose compiled footprint exceeds ``--max-gb`` is
+not executed (said so in the JSON).
+
+    python benchmarks/dkm_memory.py            # N in {1M, 8M}, K in {16, 256}
+    python benchmarks/dkm_memory.py --smoke    # tiny sizes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from qareg_jax import dkm  # noqa: E402
+
+IMPLS = {"blocked": dkm.dkm_layer, "reference": dkm.dkm_layer_reference}
+
+
+def compile_case(impl: str, n: int, k: int, iters: int):
+    """The compiled forward+backward for one case and its inputs."""
+    w = jnp.asarray(np.random.default_rng(0).normal(0.0, 0.05, n), jnp.float32)
+    c = jnp.linspace(-0.15, 0.15, k, dtype=jnp.float32)
+    tau = float((0.3 / (k - 1) / 2) ** 2)  # (half the centroid spacing)^2
+    fn = IMPLS[impl]
+
+    def loss(w):
+        return 0.5 * jnp.sum(jnp.square(fn(w, c, tau, iters)[0]))
+
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(w).compile()
+    return compiled, w
+
+
+def time_case(compiled: Any, w: jax.Array, repeats: int) -> list[float]:
+    """Seconds per call of ``compiled(w)`` after one warm-up call."""
+    jax.block_until_ready(compiled(w))
+    return [common.time_call(lambda: compiled(w)) for _ in range(repeats)]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows = []
+    for n in (int(s) for s in args.ns.split(",")):
+        for k in (int(s) for s in args.ks.split(",")):
+            for impl in IMPLS:
+                compiled, w = compile_case(impl, n, k, args.iters)
+                stats = compiled.memory_analysis()
+                total = common.compiled_bytes(compiled)
+                row: dict[str, Any] = {
+                    "impl": impl,
+                    "n": n,
+                    "k": k,
+                    "peak_bytes": total,
+                    "temp_bytes": int(stats.temp_size_in_bytes),
+                    "n_times_k_float32_bytes": 4 * n * k,
+                }
+                if total is not None and total > args.max_gb * 2**30:
+                    row["skipped"] = (
+                        f"compiled footprint {total / 2**30:.1f} GiB > {args.max_gb} GiB"
+                    )
+                else:
+                    times = time_case(compiled, w, args.repeats)
+                    row["time_s"] = common.median(times)
+                    row["times_s"] = times
+                del compiled, w
+                rows.append(row)
+                t = f"{row['time_s']:8.3f} s" if "time_s" in row else "  skipped"
+                print(
+                    f"N={n:>9d} K={k:<4d} {impl:9s} {t}  peak {(total or 0) / 2**20:10.1f} MiB",
+                    flush=True,
+                )
+    for row in rows:
+        if row["impl"] == "blocked":
+            ref = next(
+                r
+                for r in rows
+                if r["impl"] == "reference" and r["n"] == row["n"] and r["k"] == row["k"]
+            )
+            if row["peak_bytes"] and ref["peak_bytes"]:
+                row["memory_ratio_reference_over_blocked"] = ref["peak_bytes"] / row["peak_bytes"]
+            if "time_s" in ref and "time_s" in row:
+                row["time_ratio_blocked_over_reference"] = row["time_s"] / ref["time_s"]
+    return {
+        "benchmark": "dkm_memory",
+        "command": "python benchmarks/dkm_memory.py " + " ".join(args.argv),
+        "machine": common.machine_info(),
+        "config": {
+            "ns": args.ns,
+            "ks": args.ks,
+            "iters": args.iters,
+            "repeats": args.repeats,
+            "max_gb": args.max_gb,
+            "computation": "jit(value_and_grad(0.5 * sum(dkm(w)^2))), float32, 1-D weights",
+            "block_size": "default (2**19 // K weights per block)",
+            "memory": "compiled memory_analysis: arguments + outputs + temps - aliases",
+            "timing": "median of repeats after one warm-up call",
+        },
+        "rows": rows,
+    }
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--ns", default=f"{2**20},{2**23}")
+    p.add_argument("--ks", default="16,256")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max-gb", type=float, default=8.0, help="skip running larger references")
+    p.add_argument("--out", default=str(common.RESULTS / "dkm_memory.json"))
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.smoke:
+        args.ns, args.ks, args.repeats = "4096,20000", "4,32", 1
+        if "--out" not in args.argv:
+            args.out = str(common.RESULTS / "dkm_memory_smoke.json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    result = run(args)
+    path = common.write_json(result, args.out)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
