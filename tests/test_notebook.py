@@ -1,0 +1,45 @@
+"""The Colab quickstart notebook runs top to bottom (on CPU, with a tiny parameter setting)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="nbformat is needed (pip install -e .[dev])")
+nbclient = pytest.importorskip("nbclient", reason="nbclient is needed (pip install -e .[dev])")
+pytest.importorskip(
+    "ipykernel", reason="ipykernel is needed to run notebooks (pip install -e .[dev])"
+)
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+# Appended to the cell tagged "parameters": one epoch of training and one of fine-tuning.
+TINY = "EPOCHS, FINETUNE_EPOCHS, RAMP_EPOCHS = 1, 1, 1"
+ACCURACIES = re.compile(
+    r"accuracy: float ([\d.]+) \| snapped ([\d.]+) \| fine-tuned ([\d.]+) \| loaded ([\d.]+)"
+)
+
+
+def test_quickstart_runs_and_reports_accuracies(tmp_path):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
+    params[0].source += f"\n{TINY}\n"
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
+
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert re.search(r"backend: (CPU|GPU|TPU), \d+ device", text)
+    match = ACCURACIES.search(text)
+    assert match, text[-2000:]
+    acc_float, acc_snapped, acc_finetuned, acc_loaded = map(float, match.groups())
+    assert acc_float > 0.5 and 0.0 <= acc_snapped <= 1.0  # 10 classes: chance is 0.1
+    assert acc_loaded == acc_finetuned
+    assert "**total**" in text and "1/psi" in text  # the size report
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the histogram
+    assert (tmp_path / "quickstart.qareg").stat().st_size > 0
