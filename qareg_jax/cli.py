@@ -1,0 +1,234 @@
+"""The ``qareg`` command: demo, run, report, prepare-data.
+
+    qareg demo [--fast] [--workdir DIR] [--overwrite]
+    qareg run --model small --dataset digits --regularizer nearest sine --k 2 4 \\
+        [--baseline kmeans uniform] [--lambda X] [--epochs N] [--config FILE.py] \\
+        [--workdir DIR] [--data-dir DIR] [--resume | --overwrite]
+    qareg report WORKDIR
+    qareg prepare-data cifar10 [--data-dir DIR]
+
+Bad input (unknown names, K out of range, a workdir holding another run, missing or
+malformed data, a diverging loss) ends with ``qareg: error: <message>`` on stderr and a
+non-zero exit status, before any training where it can be checked before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import data, report, train
+from . import regularizers as R
+from .models import MODELS
+
+# The README's main job: the embedded digits set, SmallCNN, three regularizers and two
+# baselines at K = 2 and 4 (about a minute on a 2-core CPU, mostly XLA compilation).
+DEMO = train.Config(
+    regularizers=("nearest", "softmin", "sine"),
+    ks=(2, 4),
+    baselines=("kmeans", "uniform"),
+)
+# ``--fast`` / QAREG_DEMO_FAST=1 (CI and tests): fewer methods and epochs.
+DEMO_FAST = DEMO.replace(
+    pretrain_epochs=6,
+    reg_epochs=4,
+    finetune_epochs=1,
+    regularizers=("nearest", "sine"),
+    ks=(2,),
+    baselines=("kmeans",),
+)
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _list(values: Sequence[str] | None) -> list[str] | None:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``: both spellings of a list are accepted."""
+    if values is None:
+        return None
+    return [v for value in values for v in value.split(",") if v]
+
+
+def _ints(values: Sequence[str] | None) -> tuple[int, ...] | None:
+    items = _list(values)
+    if items is None:
+        return None
+    try:
+        return tuple(int(v) for v in items)
+    except ValueError:
+        raise ValueError(f"--k takes integers (numbers of levels), got {' '.join(items)}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``qareg``."""
+    parser = argparse.ArgumentParser(
+        prog="qareg", description="Quantization-aware regularization: train, snap, compare."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="the whole pipeline on the embedded digits set")
+    demo.add_argument("--fast", action="store_true", help="tiny settings (also QAREG_DEMO_FAST=1)")
+    demo.add_argument("--workdir", help="default: qareg_demo (or qareg_demo_fast) here")
+    demo.add_argument("--overwrite", action="store_true", help="delete a previous demo run")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    run = sub.add_parser("run", help="one experiment (flags override --config)")
+    run.add_argument("--config", help="Python file defining get_config() -> train.Config")
+    run.add_argument("--model", help=f"one of {', '.join(MODELS)}")
+    run.add_argument("--dataset", help=f"one of {', '.join(data.DATASET_NAMES)}")
+    run.add_argument("--dataset-label", help="name of the dataset in tables")
+    run.add_argument("--data-dir", help="tensorflow-datasets directory (cifar10)")
+    run.add_argument(
+        "--regularizer", nargs="+", help=f"one or more of {', '.join(R.REGULARIZERS)}, or none"
+    )
+    run.add_argument("--k", nargs="+", help="numbers of levels, e.g. --k 2 4 8")
+    run.add_argument(
+        "--baseline", nargs="+", help=f"one or more of {', '.join(train.BASELINES)}, or none"
+    )
+    run.add_argument("--lambda", dest="lam", type=float, help="lambda of every regularizer")
+    run.add_argument("--lam-warmup", type=float, help="fraction of the phase ramping lambda up")
+    run.add_argument("--epochs", type=int, help="pretraining and regularized epochs")
+    run.add_argument("--finetune-epochs", type=int, help="quantized fine-tuning epochs")
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--train-subset", type=int, help="use this many training examples")
+    run.add_argument("--index-dtype", help="dtype of the packed indices, e.g. uint8")
+    run.add_argument(
+        "--from-scratch", action="store_true", help="regularize from random init, not pretrained"
+    )
+    run.add_argument(
+        "--freeze-reps",
+        choices=("no", "yes", "both"),
+        help="keep representatives at their initial values (both: also run the ablation)",
+    )
+    run.add_argument("--workdir", default="qareg_run", help="run directory (default: qareg_run)")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    group.add_argument("--overwrite", action="store_true", help="delete the run in --workdir")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    rep = sub.add_parser("report", help="tables and plots of a run directory")
+    rep.add_argument("workdir")
+
+    prep = sub.add_parser("prepare-data", help="download and prepare a dataset (needs internet)")
+    prep.add_argument("dataset", choices=("cifar10",))
+    prep.add_argument("--data-dir", help="tensorflow-datasets directory")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> train.Config:
+    """The ``train.Config`` of ``qareg run``: ``--config`` (or the defaults) plus the flags."""
+    config = train.load_config(args.config) if args.config else train.Config()
+    changes: dict[str, Any] = {}
+    for flag, field in (
+        ("model", "model"),
+        ("dataset", "dataset"),
+        ("dataset_label", "dataset_label"),
+        ("data_dir", "data_dir"),
+        ("lam", "lam"),
+        ("lam_warmup", "lam_warmup"),
+        ("finetune_epochs", "finetune_epochs"),
+        ("batch_size", "batch_size"),
+        ("seed", "seed"),
+        ("train_subset", "train_subset"),
+        ("index_dtype", "index_dtype"),
+    ):
+        if getattr(args, flag) is not None:
+            changes[field] = getattr(args, flag)
+    if args.epochs is not None:
+        changes.update(pretrain_epochs=args.epochs, reg_epochs=args.epochs)
+    if args.regularizer is not None:
+        changes["regularizers"] = tuple(r for r in _list(args.regularizer) if r != "none")
+    if args.baseline is not None:
+        changes["baselines"] = tuple(b for b in _list(args.baseline) if b != "none")
+    if args.k is not None:
+        changes["ks"] = _ints(args.k)
+    if args.from_scratch:
+        changes["from_pretrained"] = False
+    if args.freeze_reps is not None:
+        changes["freeze_reps"] = {"no": (False,), "yes": (True,), "both": (False, True)}[
+            args.freeze_reps
+        ]
+    return config.replace(**changes)
+
+
+def _finish(workdir: str, results: dict[str, Any], start: float) -> None:
+    out = report.write_report(workdir)
+    print(out["table"])
+    print(f"\nwall time {time.perf_counter() - start:.1f} s on {results['device']}")
+    print("files:")
+    for path in out["files"]:
+        print(f"  {path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    fast = args.fast or os.environ.get("QAREG_DEMO_FAST", "") not in ("", "0")
+    config = DEMO_FAST if fast else DEMO
+    workdir = args.workdir or ("qareg_demo_fast" if fast else "qareg_demo")
+    start = time.perf_counter()
+    # A finished or interrupted demo with the same settings is continued, not refused.
+    resume = not args.overwrite and os.path.exists(os.path.join(workdir, "config.json"))
+    results = train.train_and_evaluate(
+        config, workdir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    _finish(workdir, results, start)
+
+
+def _run(args: argparse.Namespace) -> None:
+    config = config_from_args(args)
+    start = time.perf_counter()
+    results = train.train_and_evaluate(
+        config,
+        args.workdir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    _finish(args.workdir, results, start)
+
+
+def _report(args: argparse.Namespace) -> None:
+    out = report.write_report(args.workdir)
+    print(out["table"])
+    print("files:")
+    for path in out["files"]:
+        print(f"  {path}")
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    print(f"prepared {data.prepare_cifar10(args.data_dir)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``qareg`` console script; returns the exit status.
+
+    Expected failures print ``qareg: error: <message>`` (no traceback) and return 1;
+    usage errors return 2.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed the usage error
+        return EXIT_USAGE if e.code else 0
+    commands = {"demo": _demo, "run": _run, "report": _report, "prepare-data": _prepare}
+    try:
+        commands[args.command](args)
+    except (
+        ValueError,
+        OSError,  # FileNotFoundError, DataNotFoundError, FileExistsError
+        ImportError,
+        train.TrainingDivergedError,
+    ) as e:
+        print(f"qareg: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("qareg: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The ``qareg`` command, in process: demo --fast, report, and the error paths."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+from PIL import Image
+
+from qareg_jax import cli, train
+
+
+def test_demo_fast_writes_table_and_plots_then_report_works(tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    assert cli.main(["demo", "--fast", "--workdir", str(workdir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| small | digits | nearest | 2 |" in out and "| small | digits | kmeans | 2 |" in out
+    pngs = {
+        "accuracy_vs_bits.png",
+        "training_k2.png",
+        "hist_reg-nearest-k2.png",
+        "hist_reg-sine-k2.png",
+    }
+    assert {p.name for p in (workdir / "plots").glob("*.png")} == pngs
+    for name in pngs:
+        assert str(workdir / "plots" / name) in out
+        assert (workdir / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (workdir / "table.md").read_text().count("| small | digits |") == 3
+    csv_lines = (workdir / "table.csv").read_text().splitlines()
+    assert len(csv_lines) == 4 and "acc_post" in csv_lines[0]
+
+    (workdir / "table.md").unlink()
+    assert cli.main(["report", str(workdir)]) == 0
+    assert (workdir / "table.md").exists()
+    assert "hist_reg-sine-k2.png" in capsys.readouterr().out
+    # A second demo finds the finished run and only prints it again.
+    assert cli.main(["demo", "--fast", "--workdir", str(workdir), "--no-progress"]) == 0
+
+
+def _run(tmp_path, *args):
+    return ["run", "--workdir", str(tmp_path / "run"), "--no-progress", *args]
+
+
+def _images(root: pathlib.Path, sizes: dict) -> None:
+    for split, size in sizes.items():
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            Image.new("RGB", size).save(root / split / cls / "0.png")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet"], "unknown model 'resnet'; allowed: alexnet, vgg16, small"),
+        (["--dataset", "mnist"], "unknown dataset 'mnist'; allowed: cifar10, digits, folder:PATH"),
+        (["--regularizer", "l2"], "allowed: sine, cosine, nearest, softmin, product, wells"),
+        (["--baseline", "gptq"], "allowed: kmeans, uniform, pws, ecsq, binary"),
+        (["--k", "2", "300", "--index-dtype", "uint8"], "K=300 does not fit the index dtype"),
+        (["--k", "1"], "integer >= 2"),
+        (["--k", "two"], "--k takes integers"),
+        (["--config", "missing.py"], "config file 'missing.py' does not exist"),
+    ],
+)
+def test_bad_names_and_values_exit_nonzero_with_a_message(tmp_path, capsys, args, message):
+    assert cli.main(_run(tmp_path, *args)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("qareg: error: ") and message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before creating anything
+
+
+def test_bad_data_exits_nonzero_before_training(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(_run(tmp_path, "--dataset", f"folder:{tmp_path / 'empty'}")) == 1
+    assert "no images" in capsys.readouterr().err
+    _images(tmp_path / "mixed", {"train": (8, 8), "test": (9, 8)})
+    assert cli.main(_run(tmp_path, "--dataset", f"folder:{tmp_path / 'mixed'}")) == 1
+    assert "all images must have the same size" in capsys.readouterr().err
+    assert cli.main(_run(tmp_path, "--dataset", "cifar10", "--data-dir", str(tmp_path))) == 1
+    assert "qareg prepare-data cifar10" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_workdir_with_another_run_needs_resume_or_overwrite(tmp_path, capsys):
+    train.prepare_workdir(tmp_path / "run", train.Config())
+    assert cli.main(_run(tmp_path)) == 1
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert cli.main(_run(tmp_path, "--resume", "--k", "8")) == 1
+    assert "holds a different run (ks: [2, 4] -> [8])" in capsys.readouterr().err
+    assert cli.main(_run(tmp_path, "--resume", "--overwrite")) == 2  # mutually exclusive
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_nan_loss_exits_nonzero_naming_the_step(tmp_path, capsys):
+    args = ["--regularizer", "nearest", "--k", "2", "--baseline", "none", "--from-scratch"]
+    args += ["--epochs", "1", "--lambda", "1e39"]  # inf in float32
+    assert cli.main(_run(tmp_path, *args)) == 1
+    err = capsys.readouterr().err
+    assert "NaN or infinite at step 0 of reg-nearest-k2 reg" in err and "Traceback" not in err
+
+
+def test_report_and_usage_errors(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 1
+    assert "holds no qareg run" in capsys.readouterr().err
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main([]) == 2
+    assert cli.main(["prepare-data", "imagenet"]) == 2
