@@ -1,0 +1,111 @@
+"""Run an experiment config (or a chosen subset of it) and write its result table.
+
+    python experiments/run_table.py experiments/configs/digits_small.py
+    python experiments/run_table.py experiments/configs/alexnet_cifar10.py \\
+        --regularizers nearest sine --ks 2 4 --baselines kmeans --name alexnet_k2_k4
+
+The run lives in ``--workdir`` (default ``runs/<name>``, git-ignored; ``--resume``
+continues it). The table goes to ``experiments/results/<name>/``: ``table.md`` (with a
+header naming the command, date, machine and git commit), ``table.csv``,
+``results.json`` (rows + the same provenance + the full config) and the PNG plots
+(accuracy vs bits, training curves, and the weight histograms of the first K).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from qareg_jax import report, train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> str:
+    """HEAD's hash, with ``+dirty`` when tracked files differ from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def machine() -> str:
+    """Host, CPU count and the JAX device, e.g. ``"x86_64, 2 CPUs, cpu (2 cores, ...)"``."""
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {train.device_name()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="experiments/configs/<name>.py")
+    parser.add_argument("--name", help="results name (default: the config file's stem)")
+    parser.add_argument("--regularizers", nargs="*", help="subset of the config's regularizers")
+    parser.add_argument("--ks", nargs="*", type=int, help="subset of the config's K values")
+    parser.add_argument("--baselines", nargs="*", help="subset of the config's baselines")
+    parser.add_argument("--workdir", help="run directory (default: runs/<name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run in --workdir")
+    parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
+    args = parser.parse_args(argv)
+
+    config = train.load_config(args.config)
+    changes = {}
+    for field in ("regularizers", "ks", "baselines"):
+        chosen = getattr(args, field)
+        if chosen is not None:
+            extra = [c for c in chosen if c not in getattr(config, field)]
+            if extra:
+                parser.error(f"--{field} {extra} are not in the config's {field}")
+            changes[field] = tuple(chosen)
+    config = dataclasses.replace(config, **changes)
+    name = args.name or pathlib.Path(args.config).stem
+    workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
+
+    start = time.perf_counter()
+    results = train.train_and_evaluate(
+        config, workdir, resume=args.resume, overwrite=args.overwrite
+    )
+    out = report.write_report(workdir)
+    provenance = {
+        "command": shlex.join([sys.executable.split("/")[-1], *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "git_commit": git_commit(),
+        "wall_s": time.perf_counter() - start,
+        "workdir": str(workdir),
+    }
+    dest = pathlib.Path(args.results) / name
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "results.json").write_text(json.dumps({**provenance, **results}, indent=1) + "\n")
+    header = "\n".join(f"- {key}: `{value}`" for key, value in provenance.items())
+    label = config.dataset_label or config.dataset
+    (dest / "table.md").write_text(f"# {config.model} on {label}\n\n{header}\n\n{out['table']}\n")
+    shutil.copy(workdir / "table.csv", dest / "table.csv")
+    first_k = min(config.ks)
+    for png in sorted((workdir / "plots").glob("*.png")):
+        if not png.name.startswith("hist_") or png.stem.endswith(f"-k{first_k}"):
+            shutil.copy(png, dest / png.name)
+    print(out["table"])
+    print(f"\nwritten to {dest} in {provenance['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
