@@ -48,8 +48,12 @@ def git_commit() -> str:
 
 
 def machine() -> str:
-    """Host, CPU count and the JAX device, e.g. ``"x86_64, 2 CPUs, cpu (2 cores, ...)"``."""
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {train.device_name()}"
+    """OS, memory and the JAX device, e.g. ``"Linux x86_64, 24 GB RAM, cpu: 2 cores, ..."``."""
+    try:
+        ram = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB RAM"
+    except (ValueError, OSError, AttributeError):
+        ram = "RAM unknown"
+    return f"{platform.system()} {platform.machine()}, {ram}, {train.device_name()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -350,11 +350,17 @@ class Context:
 
 
 def device_name() -> str:
-    """E.g. ``"cpu (2 cores)"`` or ``"gpu: NVIDIA H100"``."""
+    """E.g. ``"cpu: 2 cores, Intel(R) Xeon(R) ..."`` or ``"gpu: NVIDIA H100 80GB HBM3"``."""
     dev = jax.devices()[0]
-    if dev.platform == "cpu":
-        return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-    return f"{dev.platform}: {dev.device_kind}"
+    if dev.platform != "cpu":
+        return f"{dev.platform}: {dev.device_kind}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass  # not Linux: keep platform's name
+    return f"cpu: {os.cpu_count()} cores, {model}"
 
 
 def subset(ds: data.Dataset, train: int | None, test: int | None, seed: int = 0) -> data.Dataset:
@@ -950,9 +956,8 @@ def planned_stages(config: Config) -> list[tuple[str, str, int, bool | None]]:
     out: list[tuple[str, str, int, bool | None]] = []
     for k in config.ks:
         for reg in config.regularizers:
-            for frozen in config.freeze_reps:
-                if frozen and reg in R.STATIC:
-                    continue  # static penalties have no representatives to freeze
+            # Static penalties have no representatives to freeze: they run once.
+            for frozen in (False,) if reg in R.STATIC else config.freeze_reps:
                 out.append((stage_name(reg, k, frozen), reg, k, frozen))
         for method in config.baselines:
             if method == "binary" and k != 2:

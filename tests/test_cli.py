@@ -93,11 +93,28 @@ def test_workdir_with_another_run_needs_resume_or_overwrite(tmp_path, capsys):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_nan_loss_exits_nonzero_naming_the_step(tmp_path, capsys):
-    args = ["--regularizer", "nearest", "--k", "2", "--baseline", "none", "--from-scratch"]
-    args += ["--epochs", "1", "--lambda", "1e39"]  # inf in float32
+    # From scratch without baselines needs no pretraining: only the regularized step runs.
+    config = tmp_path / "cfg.py"
+    config.write_text(
+        "from qareg_jax.train import Config\n\n\ndef get_config():\n"
+        "    return Config(pretrain_epochs=0, from_pretrained=False, baselines=(), reg_epochs=1)\n"
+    )
+    args = ["--config", str(config), "--regularizer", "nearest", "--k", "2"]
+    args += ["--lambda", "1e39"]  # inf in float32
     assert cli.main(_run(tmp_path, *args)) == 1
     err = capsys.readouterr().err
     assert "NaN or infinite at step 0 of reg-nearest-k2 reg" in err and "Traceback" not in err
+
+
+def test_prepare_data_without_tensorflow_names_the_extra(tmp_path, capsys):
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorFlow is installed: prepare-data would download CIFAR-10")
+    assert cli.main(["prepare-data", "cifar10", "--data-dir", str(tmp_path)]) == 1
+    assert "qareg_jax[prepare]" in capsys.readouterr().err
 
 
 def test_report_and_usage_errors(tmp_path, capsys):

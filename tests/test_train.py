@@ -181,6 +181,10 @@ def test_planned_stages_skip_frozen_static_and_binary_above_k2():
         "ptq-kmeans-k2", "reg-sine-k4", "reg-nearest-k4", "reg-nearest-frozen-k4",
         "ptq-kmeans-k4",
     ]  # fmt: skip
+    frozen_only = config.replace(ks=(2,), baselines=(), freeze_reps=(True,))
+    assert [s[0] for s in train.planned_stages(frozen_only)] == [
+        "reg-sine-k2", "reg-nearest-frozen-k2",
+    ]  # fmt: skip
 
 
 def test_frozen_reps_keep_their_values_and_lambda_ramps():
