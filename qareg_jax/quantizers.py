@@ -179,12 +179,13 @@ def inertia(w: Any, codebook: Any, assignments: Any) -> float:
 class _Prefix:
     """Sorted 1-D data with float64 prefix sums; segments are index ranges [s, e).
 
-    Values are shifted by their median so the per-segment SSE ``Q - S**2 / W``
-    suffers little cancellation.
+    Values are shifted by their median (unless that merges distinct values) so the
+    per-segment SSE ``Q - S**2 / W`` suffers little cancellation.
     """
 
     x: np.ndarray  # (n,) sorted, shifted
     shift: float
+    w: np.ndarray | None  # (n,) weights in sorted order; None: all 1
     cw: np.ndarray  # (n + 1,) cumulative weights
     c1: np.ndarray  # (n + 1,) cumulative weight * x
     c2: np.ndarray  # (n + 1,) cumulative weight * x**2
@@ -193,14 +194,19 @@ class _Prefix:
     def build(cls, values: np.ndarray, weights: np.ndarray | None) -> _Prefix:
         values = values.ravel()
         if weights is None:
-            x = values.astype(np.float64)  # a copy, sorted and shifted in place
-            x.sort()
+            x = np.sort(values.astype(np.float64))
             wts = None
         else:
             order = np.argsort(values, kind="stable")
             x, wts = values[order].astype(np.float64), weights.ravel()[order].astype(np.float64)
         shift = float(x[x.size // 2])
-        x -= shift
+        centred = x - shift
+        # Centring is monotone but can merge values far smaller than the shift;
+        # then keep the raw values (distinct values must stay distinct).
+        if np.count_nonzero(np.diff(centred)) == np.count_nonzero(np.diff(x)):
+            x = centred
+        else:
+            shift = 0.0
 
         def cum(v: np.ndarray) -> np.ndarray:
             out = np.empty(v.size + 1)
@@ -209,8 +215,9 @@ class _Prefix:
             return out
 
         if wts is None:
-            return cls(x, shift, np.arange(x.size + 1, dtype=np.float64), cum(x), cum(x * x))
-        return cls(x, shift, cum(wts), cum(wts * x), cum(wts * x * x))
+            unit = np.arange(x.size + 1, dtype=np.float64)
+            return cls(x, shift, None, unit, cum(x), cum(x * x))
+        return cls(x, shift, wts, cum(wts), cum(wts * x), cum(wts * x * x))
 
     @property
     def n(self) -> int:
@@ -230,6 +237,19 @@ class _Prefix:
     def means(self, edges: np.ndarray) -> np.ndarray:
         wsum, s1, _ = self.sums(edges)
         return s1 / wsum
+
+    def levels(self, edges: np.ndarray) -> np.ndarray:
+        """Final float32 levels (data units) of a partition without empty segments.
+
+        Direct O(N) sums per segment: prefix-sum differences lose digits when |x|
+        spans many orders of magnitude. Sorted, as rounding could swap close means.
+        """
+        s = edges[:-1]
+        if self.w is None:
+            means = np.add.reduceat(self.x, s) / np.diff(edges)
+        else:
+            means = np.add.reduceat(self.w * self.x, s) / np.add.reduceat(self.w, s)
+        return np.sort((means + self.shift).astype(np.float32))
 
     def edges_for(self, thresholds: np.ndarray) -> np.ndarray:
         """Segment edges: x < thresholds[j] goes left of edge j + 1, x >= it right."""
@@ -253,6 +273,8 @@ def _repair(p: _Prefix, edges: np.ndarray, k: int) -> np.ndarray:
         sse[p.x[e - 1] <= p.x[s]] = -1.0  # constant segments cannot be split
         pick = np.argsort(-sse, kind="stable")[:missing]
         pick = pick[sse[pick] >= 0]
+        if not pick.size:  # cannot happen with > k distinct values; never loop forever
+            raise RuntimeError("k-means repair found no segment to split")
         cuts = np.searchsorted(p.x, p.means(edges)[pick], side="right")
         edges = np.unique(np.concatenate([edges, np.clip(cuts, s[pick] + 1, e[pick] - 1)]))
     return edges
@@ -509,7 +531,7 @@ def kmeans_1d(
         return KMeansResult(few[0], few[1], 0.0, 0)
     p = _Prefix.build(arr, None)
     edges, n_iter = _kmeans_sorted(p, k, max_iter, tol, init_arg, seed)
-    codebook = (p.means(edges) + p.shift).astype(np.float32)
+    codebook = p.levels(edges)
     assignments = _assign(arr, codebook.astype(np.float64))
     return KMeansResult(codebook, assignments, inertia(arr, codebook, assignments), n_iter)
 
@@ -544,7 +566,7 @@ def kmeans_1d_weighted(
     else:
         p = _Prefix.build(vals[live], wts[live])
         edges, n_iter = _kmeans_sorted(p, k, max_iter, tol, init_arg, seed)
-        codebook = (p.means(edges) + p.shift).astype(np.float32)
+        codebook = p.levels(edges)
     assignments = _assign(vals, codebook.astype(np.float64))
     diff = vals.astype(np.float64) - codebook.astype(np.float64)[assignments]
     return KMeansResult(codebook, assignments, float(np.sum(wts * diff * diff)), n_iter)
@@ -630,7 +652,7 @@ def pws(w: Any, k: int, *, seed: int | None = None) -> tuple[np.ndarray, np.ndar
 
 
 def _envelope(c: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lower envelope of the parabolas (x - c_j)**2 + cost_j, c strictly ascending.
+    """Lower envelope of the parabolas (x - c_j)**2 + cost_j, c ascending.
 
     Equal curvature makes each pair cross once, at
     t_ij = (c_i + c_j)/2 + (cost_j - cost_i) / (2 (c_j - c_i)); a convex-hull stack
@@ -642,14 +664,23 @@ def _envelope(c: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for j in range(c.size):
         while hull:
             i = hull[-1]
+            if c[j] <= c[i]:  # equal centres (rounding): only the cheaper one can win
+                if cost[j] >= cost[i]:
+                    break
+                hull.pop()
+                if breaks:
+                    breaks.pop()
+                continue
             t = 0.5 * (c[i] + c[j]) + (cost[j] - cost[i]) / (2.0 * (c[j] - c[i]))
             if breaks and t <= breaks[-1]:  # level i is never the minimum
                 hull.pop()
                 breaks.pop()
-            else:
-                breaks.append(t)
-                break
-        hull.append(j)
+                continue
+            breaks.append(t)
+            hull.append(j)
+            break
+        else:
+            hull.append(j)
     return np.asarray(hull), np.asarray(breaks, np.float64)
 
 
@@ -680,7 +711,7 @@ def ecsq(
     p = _Prefix.build(arr, None)
     edges, _ = _kmeans_sorted(p, k, 300, 0.0, "auto", 0)
     mu = float(p.sse(edges).sum()) / p.n if mu is None else float(mu)
-    c = p.means(edges)  # (k,) centred coordinates, strictly ascending
+    c = p.means(edges)  # (k,) centred coordinates, ascending
     prob = np.diff(edges) / p.n
     for _ in range(max_iter):
         live = np.flatnonzero(prob > 0)

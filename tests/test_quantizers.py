@@ -99,6 +99,15 @@ def test_property_at_most_k_levels(w, k, method):
     assert np.all(np.isfinite(codebook))
 
 
+@pytest.mark.parametrize("method", ["kmeans", "ecsq"])
+def test_values_tiny_next_to_a_huge_median_stay_distinct(method):
+    # Centring on the median (-4.85e16) would merge the small values: found by hypothesis.
+    small = [1.6e-11, -9.2e-10, -4.1e-9, -1e-5, -0.5, 0.0, 9.3e29, -1.27e30]
+    w = np.array([-4.85e16] * 20 + small, np.float32)
+    codebook, assignments = q.QUANTIZERS[method](w, 8)
+    _check_output(w, 8, codebook, assignments)
+
+
 def test_assign_nearest_matches_brute_force_and_ties_go_up():
     rng = np.random.default_rng(3)
     codebook = np.sort(rng.normal(size=7)).astype(np.float32)
