@@ -590,7 +590,7 @@ def load(
                 codebook = np.frombuffer(buf[:cb_bytes], cb_dtype)
                 n = int(np.prod(shape))
                 a = unpack_indices(np.frombuffer(buf[cb_bytes:], np.uint8), k, n).reshape(shape)
-                value = codebook[a].astype(dtype)
+                value = codebook.astype(dtype)[a]  # cast k values, not n
                 quantized[e["path"]] = (codebook.astype(np.float32), a)
             else:
                 value = np.frombuffer(buf, dtype).reshape(shape).copy()

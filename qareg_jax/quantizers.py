@@ -829,6 +829,6 @@ def quantize_tree(
         codebook, assignments = fn(leaves[p], ks[p], **layer_kw)
         out[p] = (codebook, assignments)
         leaf = leaves[p]
-        snapped = codebook[assignments].astype(leaf.dtype)
+        snapped = codebook.astype(leaf.dtype)[assignments]
         new[p] = jnp.asarray(snapped) if isinstance(leaf, jax.Array) else snapped
     return replace_leaves(params, new), out
