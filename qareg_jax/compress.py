@@ -332,10 +332,14 @@ def _leaf_info(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
     return arr.shape, arr.dtype
 
 
+def _host_pair(pair: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(pair[0]), np.asarray(pair[1])
+
+
 def _check_quantized(
     leaves: Mapping[str, Any], quantized: Quantized, codebook_dtype: str
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Validate ``quantized`` against the tree; host (codebook, assignments) per path."""
+) -> dict[str, int]:
+    """Validate ``quantized`` against the tree, one layer at a time; {path: k}."""
     if codebook_dtype not in _CODEBOOK_DTYPES:
         raise ValueError(
             f"codebook_dtype must be one of {_CODEBOOK_DTYPES}, got {codebook_dtype!r}"
@@ -344,9 +348,8 @@ def _check_quantized(
     if unknown:
         raise ValueError(f"quantized paths not in params: {unknown}")
     out = {}
-    for path, (codebook, assignments) in quantized.items():
-        cb = np.asarray(codebook)
-        a = np.asarray(assignments)
+    for path, pair in quantized.items():
+        cb, a = _host_pair(pair)
         shape, dtype = _leaf_info(leaves[path])
         if cb.ndim != 1 or cb.size < 2 or not jnp.issubdtype(cb.dtype, jnp.floating):
             raise ValueError(f"{path}: codebook must be a float (k,) array with k >= 2")
@@ -362,7 +365,7 @@ def _check_quantized(
             raise ValueError(f"{path}: assignments must lie in [0, {cb.size})")
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"{path}: only float leaves can be quantized, got {dtype}")
-        out[path] = (cb, a)
+        out[path] = cb.size
     return out
 
 
@@ -385,9 +388,8 @@ def size_report(params: Any, quantized: Quantized, codebook_dtype: str = "float3
         if path not in quant:
             layers.append(LayerSize(path, n, None, orig, orig, orig))
             continue
-        cb, a = quant[path]
-        k = cb.size
-        counts = _counts(a, k)
+        k = quant[path]
+        counts = _counts(_host_pair(quantized[path])[1], k)
         huff = int(np.dot(counts, huffman_code_lengths(counts))) + k * cb_bits
         layers.append(LayerSize(path, n, k, orig, bits_per_index(k) * n + k * cb_bits, huff))
     return SizeReport(tuple(layers), codebook_dtype)
@@ -471,7 +473,7 @@ def save(
         n = int(np.prod(shape))
         entry: dict[str, Any] = {"path": name, "shape": list(shape), "dtype": dtype.name}
         if name in quant:
-            k = quant[name][0].size
+            k = quant[name]
             bits = bits_per_index(k)
             entry.update(k=k, bits=bits, nbytes=k * cb_dtype.itemsize + -(-n * bits // 8))
         else:
@@ -497,7 +499,7 @@ def save(
             for entry in entries:
                 name = entry["path"]
                 if name in quant:
-                    cb, a = quant[name]
+                    cb, a = _host_pair(quantized[name])
                     section = [cb.astype(cb_dtype).tobytes(), pack_indices(a, cb.size).data]
                 else:
                     section = [

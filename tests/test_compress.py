@@ -200,7 +200,7 @@ def test_inference_from_loaded_params(tmp_path):
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
     variables = net.init(jax.random.PRNGKey(0), x)
     snapped, quant = _quantized(variables, k=(4, 16))
-    c.save(tmp_path / "net.qz", variables, quant)
+    c.save(tmp_path / "net.qz", variables, jax.tree.map(jnp.asarray, quant))  # device arrays
     loaded, _ = c.load(tmp_path / "net.qz")
     apply = jax.jit(net.apply)
     np.testing.assert_array_equal(apply(loaded, x), apply(snapped, x))
