@@ -7,11 +7,11 @@ Every quantizer maps a float array ``w`` (any shape) and ``k`` to
 - ``assignments``: shape ``w.shape``, dtype :func:`index_dtype` ``(k)``, with
   ``codebook[assignments]`` the quantized array.
 
-Padding: when a method ends with fewer than ``k`` distinct levels because ``w``
-itself has fewer distinct values (or, for PWS, tied quantiles), the codebook is
-padded by repeating its largest level; ``assignments`` never point at the padding.
-UQ instead always returns ``k`` grid levels and ECSQ keeps levels that lost all
-their weights at their last position: both may hold levels no weight uses.
+Padding: when a method ends with fewer than ``k`` levels (``w`` has <= k distinct
+values, which every method then returns exactly; PWS with tied quantiles; UQ when
+the grid step leaves fewer levels), the codebook is padded by repeating its largest
+level, and ``assignments`` never point at the padding. ECSQ instead keeps levels
+that lost all their weights at their last position, unused.
 
 These are one-off host steps (numpy); jax arrays are accepted and copied to the
 host. No function builds an N x K array: the 1-D structure (sorted data, sorted
@@ -59,6 +59,7 @@ _AUTO_INITS = ("dp", "quantile", "uniform", "kmeans++")
 _DP_CANDIDATES = 4096  # candidate edges of the dynamic-programming init
 # "auto" skips the dp (O(K M log M)) and k-means++ (O(K**2 log N)) inits above this k.
 _COSTLY_INIT_MAX_K = 1024
+_KMEANS_MAX_ITER = 1000  # Lloyd iterations per start (each O(K log N): cheap)
 _CHUNK = 1 << 20  # elements per searchsorted call in assign_nearest
 _PWS_SEED_MSG = "pws needs an explicit seed (keyword seed=<int>): it rounds at random"
 
@@ -497,7 +498,7 @@ def kmeans_1d(
     w: Any,
     k: int,
     *,
-    max_iter: int = 1000,
+    max_iter: int = _KMEANS_MAX_ITER,
     tol: float = 0.0,
     init: str | Any = "auto",
     seed: int = 0,
@@ -541,7 +542,7 @@ def kmeans_1d_weighted(
     weights: Any,
     k: int,
     *,
-    max_iter: int = 1000,
+    max_iter: int = _KMEANS_MAX_ITER,
     tol: float = 0.0,
     init: str | Any = "auto",
     seed: int = 0,
@@ -709,7 +710,7 @@ def ecsq(
     if few is not None:
         return few
     p = _Prefix.build(arr, None)
-    edges, _ = _kmeans_sorted(p, k, 300, 0.0, "auto", 0)
+    edges, _ = _kmeans_sorted(p, k, _KMEANS_MAX_ITER, 0.0, "auto", 0)
     mu = float(p.sse(edges).sum()) / p.n if mu is None else float(mu)
     c = p.means(edges)  # (k,) centred coordinates, ascending
     prob = np.diff(edges) / p.n
