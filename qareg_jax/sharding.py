@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ._tree import map_named
@@ -100,14 +100,11 @@ def make_mesh(model: int | None = None, *, devices: Sequence[Any] | None = None)
     )
 
 
-def _spec_axes(spec: P) -> list[str]:
-    """Mesh axis names used by a PartitionSpec (entries are None, a name or a tuple of names)."""
-    out: list[str] = []
-    for entry in spec:
-        if entry is None or entry is P.UNCONSTRAINED:
-            continue
-        out.extend(entry if isinstance(entry, tuple) else (entry,))
-    return out
+def _entry_axes(entry: Any) -> tuple[str, ...]:
+    """Mesh axis names of one PartitionSpec entry (None, a name, or a tuple of names)."""
+    if entry is None or entry is P.UNCONSTRAINED:
+        return ()
+    return tuple(entry) if isinstance(entry, tuple) else (entry,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +123,8 @@ class Layout:
     over ``"data"``.
 
     Attributes:
-      mesh: from :func:`make_mesh` (or any mesh with a ``"data"`` axis).
+      mesh: from :func:`make_mesh` (or any mesh with a ``"data"`` axis; an
+        ``AbstractMesh`` suffices for :meth:`spec`).
       rules: ``(regex, PartitionSpec)`` pairs, first match wins.
       min_size: the default rule's size threshold (elements).
       model_axis: the axis of the default rule; ``None`` means ``"model"`` when the
@@ -137,7 +135,7 @@ class Layout:
         names an axis the mesh does not have.
     """
 
-    mesh: Mesh
+    mesh: Mesh | AbstractMesh
     rules: Sequence[Rule] = ()
     min_size: int = 1 << 16
     model_axis: str | None = None
@@ -149,7 +147,7 @@ class Layout:
         object.__setattr__(self, "rules", tuple((str(r), P(*s)) for r, s in self.rules))
         for pattern, spec in self.rules:
             re.compile(pattern)
-            for axis in _spec_axes(spec):
+            for axis in (a for entry in spec for a in _entry_axes(entry)):
                 if axis not in known:
                     raise ValueError(
                         f"rule {pattern!r} -> {spec} names mesh axis {axis!r}, but the mesh "
@@ -180,7 +178,7 @@ class Layout:
         for pattern, spec in self.rules:
             if len(spec) <= len(shape) and re.search(pattern, path):
                 for dim, entry in zip(shape, spec, strict=False):
-                    names = () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+                    names = _entry_axes(entry)
                     size = int(np.prod([self.mesh.shape[a] for a in names]))
                     if dim % size:
                         raise ValueError(

@@ -103,6 +103,13 @@ def test_tree_shardings_follow_the_tree():
     assert out["model"]["b"].spec == P() and out["reps"]["w"].spec == P()
 
 
+def test_rules_may_split_a_dimension_over_several_axes():
+    layout = abstract_layout(rules=[("emb", P(("data", "model"), P.UNCONSTRAINED))])
+    assert layout.spec("emb", (16, 3)) == P(("data", "model"), P.UNCONSTRAINED)
+    with pytest.raises(ValueError, match=r"6 is not divisible by \('data', 'model'\) of size 8"):
+        layout.spec("emb", (6, 3))
+
+
 def test_unknown_mesh_axis_is_named():
     with pytest.raises(ValueError, match=r"'tensor'.*\('data', 'model'\)"):
         abstract_layout(rules=[("fc", P(None, "tensor"))])
