@@ -167,6 +167,7 @@ class Layout:
 
     @property
     def replicated(self) -> NamedSharding:
+        """A full copy on every device (scalars such as ``step`` and the metrics)."""
         return NamedSharding(self.mesh, P())
 
     def spec(self, path: str, shape: Sequence[int]) -> P:
@@ -295,6 +296,10 @@ def make_train_step(
     the optimizer state keep the placement ``layout`` gives them (taken from the
     shapes of the example ``train_params`` and ``opt_state``), the batch is split
     over ``"data"``, ``step`` and the metrics are replicated.
+
+    ``task_loss`` gets no random key and cannot update mutable collections (BatchNorm
+    statistics); for such models write the step the same way: ``jax.jit`` with
+    :func:`tree_shardings` of every argument and result as in/out shardings.
 
     Args:
       task_loss: ``(model_params, batch) -> scalar``: mean loss over the global batch.
