@@ -94,7 +94,7 @@ def grad_l1_penalty(
       has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
 
     Returns:
-      ``(loss, penalty, aux)``: float scalars (the penalty in float32) and ``aux``
+      ``(loss, penalty, aux)``: float scalars (the penalty in float32 or wider) and ``aux``
       (``None`` without ``has_aux``).
 
     Raises:
@@ -113,7 +113,9 @@ def grad_l1_penalty(
     (loss, aux), grads = jax.value_and_grad(on_selected, has_aux=True)(
         {p: leaves[p] for p in paths}
     )
-    penalty = sum(jnp.sum(jnp.abs(g), dtype=jnp.float32) for g in grads.values())
+    penalty = sum(
+        jnp.sum(jnp.abs(g), dtype=jnp.promote_types(g.dtype, jnp.float32)) for g in grads.values()
+    )
     return loss, penalty, aux
 
 
@@ -160,9 +162,8 @@ def gradient_l1(
     def wrapped(params: Any, batch: Any, step: Any = None) -> tuple[Array, dict[str, Any]]:
         if step is None and needs_step:
             raise ValueError("step is required when lam is a schedule or start_step > 0")
-        weight = jnp.asarray(lam(step) if callable(lam) else lam, jnp.float32)
-
         loss, penalty, aux = grad_l1_penalty(loss_fn, params, batch, paths, has_aux=has_aux)
+        weight = jnp.asarray(lam(step) if callable(lam) else lam, penalty.dtype)
         if start_step > 0:
             weight = jnp.where(jnp.asarray(step) >= start_step, weight, 0.0)
         total = loss + (weight * penalty).astype(loss.dtype)
