@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -184,7 +185,20 @@ def run_nearest(task: Task, variables: Any, k: int, args, seed: int):
 # ----------------------------------------------------------------------------- runs
 
 
+def _dirty_files() -> list[str]:
+    """Files of the package and scripts that differ from the recorded commit at the start."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--", "qareg_jax", "experiments/related_methods.py"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    ).stdout
+    return [line[3:] for line in out.splitlines()]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    machine = common.machine_info() | {"uncommitted_at_start": _dirty_files()}
     task = Task(args.batch)
     ks = [int(s) for s in args.ks.split(",")]
     out: dict[str, list[dict[str, Any]]] = {"gradient_l1": [], "range": [], "dkm_vs_nearest": []}
@@ -298,7 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "experiment": "related_methods",
         "command": "python experiments/related_methods.py " + " ".join(args.argv),
-        "machine": common.machine_info(),
+        "machine": machine,
         "config": {k: v for k, v in vars(args).items() if k not in ("argv", "out_dir", "smoke")}
         | {
             "dataset": "sklearn digits 8x8 (qareg_jax.data, 1437 train / 360 test)",
@@ -333,7 +347,9 @@ def markdown(result: dict[str, Any]) -> str:
         "# Related methods on digits (SmallCNN)",
         "",
         f"Command: `{result['command']}`  ",
-        f"Date: {m['date']}, commit {m['commit']}, {m['platform']}, {m['cpu_count']} CPUs, "
+        f"Date: {m['date']}, commit {m['commit']} (files differing from it at the start: "
+        f"{', '.join(m['uncommitted_at_start']) or 'none'}), {m['platform']}, "
+        f"{m['cpu_count']} CPUs (shared with other jobs: times are indicative), "
         f"jax {m['versions']['jax']}.  ",
         f"Seeds {cfg['seeds']}; pretrain {cfg['pretrain']} steps, phase 2 {cfg['phase2']} "
         f"steps, DKM/nearest {cfg['dkm_steps']} steps. Mean ± std over seeds of test accuracy.",
