@@ -149,9 +149,11 @@ def dkm_layer(
       stopped, for warm-starting the next step.
 
     Raises:
-      ValueError: ``tau <= 0``, ``iters < 1``, ``K < 2``, bad ``block_size``.
+      ValueError: ``tau <= 0``, ``iters < 1``, ``K < 2``, bad ``block_size``, empty ``w``.
     """
     w = check_float(w)
+    if w.size == 0:
+        raise ValueError("w is empty")
     c = _check_centroids(centroids)
     check_positive(tau, "tau")
     iters = _check_iters(iters)

@@ -187,6 +187,8 @@ def test_errors():
         D.dkm_layer(w, jnp.array([0.1]), 1e-3)
     with pytest.raises(ValueError, match="block_size"):
         D.dkm_layer(w, c, 1e-3, block_size=0)
+    with pytest.raises(ValueError, match="w is empty"):
+        D.dkm_layer(jnp.zeros((0, 3)), c, 1e-3)
     params = {"Dense_0": {"kernel": _w((4, 3))}}
     with pytest.raises(ValueError, match="k must be an integer >= 2"):
         D.dkm_init(params, None, 1)
