@@ -257,17 +257,40 @@ def _nearest_value(w: Array, cs: Array, mid: Array) -> Array:
 
 
 def _cluster_sums(values: Array, idx: Array, k: int) -> Array:
-    """``out[j] = sum(values[idx == j])`` without an ``N x K`` array, shape (k,)."""
+    """``out[j] = sum(values[idx == j])`` without an ``N x K`` array, shape (k,).
+
+    Works on the arrays' own shapes (no ravel), so a kernel sharded over a mesh
+    axis is reduced in place rather than gathered onto every device.
+    """
     if k <= _VARIADIC_MAX_K:
         # One fused pass: a K-operand reduction whose masked inputs XLA fuses in
-        # (segment_sum's scatter-add is ~3-6x slower on CPU at these K).
-        ops = tuple(jnp.where(idx == j, values, 0).ravel() for j in range(k))
+        # (a scatter-add is ~3-6x slower on CPU at these K).
+        ops = tuple(jnp.where(idx == j, values, 0) for j in range(k))
         zeros = tuple(jnp.zeros((), values.dtype) for _ in range(k))
         sums = jax.lax.reduce(
-            ops, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)), (0,)
+            ops,
+            zeros,
+            lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)),
+            tuple(range(values.ndim)),
         )
         return jnp.stack(sums)
-    return jax.ops.segment_sum(values.ravel(), idx.ravel(), num_segments=k)
+    return jnp.zeros(k, values.dtype).at[idx].add(values)
+
+
+def _leading_blocks(shape: tuple[int, ...]) -> int:
+    """Number of equal blocks along axis 0 that bring a block to <= _BLOCK elements.
+
+    Splitting only axis 0 leaves the other axes (and their sharding) untouched;
+    1 when the array is small or axis 0 has no fitting divisor.
+    """
+    n = math.prod(shape)
+    if n <= _BLOCK or not shape:
+        return 1
+    rows = shape[0]
+    for d in range(-(-n // _BLOCK), min(rows, 4 * -(-n // _BLOCK)) + 1):
+        if rows % d == 0:
+            return d
+    return rows if rows <= 4 * -(-n // _BLOCK) else 1
 
 
 def _unsort(sorted_values: Array, order: Array) -> Array:
@@ -317,14 +340,14 @@ def _nearest_total_fwd(w, reps):
         d = wb - cs[idx]
         return jnp.sum(d * d), _cluster_sums(d, idx, k)
 
-    wc = w.astype(cd).ravel()
-    if k <= _VARIADIC_MAX_K or wc.size <= _BLOCK:
+    wc = w.astype(cd)
+    nb = 1 if k <= _VARIADIC_MAX_K else _leading_blocks(w.shape)
+    if nb == 1:
         total, sums = block_stats(wc)
     else:
-        # The scatter-add needs its operands in memory: go block by block so the
-        # temporaries are O(block), not O(N). Padding sits on a rep (d = 0).
-        pad = -wc.size % _BLOCK
-        blocks = jnp.concatenate([wc, jnp.full((pad,), cs[0], cd)]).reshape(-1, _BLOCK)
+        # The scatter-add needs its operands in memory: go block by block (along
+        # axis 0) so its temporaries are O(block), not O(N).
+        blocks = wc.reshape(nb, w.shape[0] // nb, *w.shape[1:])
         totals, block_sums = jax.lax.map(block_stats, blocks)
         total, sums = jnp.sum(totals), jnp.sum(block_sums, axis=0)
     return total, (w, reps, _unsort(sums, order))

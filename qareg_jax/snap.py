@@ -190,6 +190,23 @@ def snap(
     return {**train_params, "model": model, "reps": levels}, assignments
 
 
+def _like(params: Any, updates: Any) -> Any:
+    """``updates`` rebuilt with the pytree containers of ``params`` (optax's convention).
+
+    ``nnx.Optimizer`` passes ``nnx.State`` trees, whose nodes flatten as plain dicts;
+    the update is assembled from dicts and re-containered here. Trees whose leaf
+    names differ are returned as they are, for the key checks to report.
+    """
+    p_def, u_def = jax.tree.structure(params), jax.tree.structure(updates)
+    if p_def == u_def:
+        return updates
+    named = named_leaves(updates)
+    names = list(named_leaves(params))
+    if set(named) != set(names):
+        return updates
+    return jax.tree.unflatten(p_def, [named[name] for name in names])
+
+
 class QuantizedFinetuneState(NamedTuple):
     """State of :func:`quantized_finetune`.
 
@@ -281,6 +298,7 @@ def quantized_finetune(
                 f"updates must have the top-level keys of params {sorted(params)}, got "
                 f"{sorted(updates) if isinstance(updates, Mapping) else type(updates)}"
             )
+        updates = _like(params, updates)
         missing = [path for path in specs if path not in updates["reps"]]
         if missing:
             raise ValueError(
@@ -290,11 +308,13 @@ def quantized_finetune(
         grads = named_leaves(updates["model"])
         rep_grads = dict(updates["reps"])
         for path, spec in specs.items():
-            g, a = grads[path], state.assignments[path].ravel().astype(jnp.int32)
+            g, a = grads[path], state.assignments[path].astype(jnp.int32)
             cd = jnp.promote_types(g.dtype, jnp.float32)
-            total = jax.ops.segment_sum(g.ravel().astype(cd), a, num_segments=spec.k)
+            # Scatter-add with N-d indices: no ravel, so a kernel sharded over a mesh
+            # axis is not gathered onto every device.
+            total = jnp.zeros(spec.k, cd).at[a].add(g.astype(cd))
             if rep_grad == "mean":
-                count = jax.ops.segment_sum(jnp.ones_like(a, cd), a, num_segments=spec.k)
+                count = jnp.zeros(spec.k, cd).at[a].add(jnp.ones(a.shape, cd))
                 total = total / jnp.maximum(count, 1)
             r = rep_grads[path]
             rep_grads[path] = (r.astype(cd) + total).astype(r.dtype)
@@ -312,6 +332,7 @@ def quantized_finetune(
         # unselected leaves.
         inner_grads = {key: zero_fixed(key, tree) for key, tree in updates.items()}
         inner_grads["reps"] = rep_grads
+        inner_grads = _like(params, inner_grads)
         inner_updates, inner_state = inner.update(
             inner_grads, state.inner_state, params, **extra_args
         )
@@ -335,6 +356,6 @@ def quantized_finetune(
         out = {key: zero_fixed(key, tree) for key, tree in inner_updates.items()}
         out["model"] = replace_leaves(out["model"], weight_updates)
         out["reps"] = rep_updates
-        return out, QuantizedFinetuneState(state.assignments, inner_state)
+        return _like(params, out), QuantizedFinetuneState(state.assignments, inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -217,11 +217,6 @@ def test_nnx_optimizer_style_matches_functional_style(digits):
     )
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    reason="snap.quantized_finetune rebuilds the top-level tree as a dict; nnx.Optimizer "
-    "passes an nnx.State, so the inner optimizer sees a different pytree type",
-)
 def test_nnx_optimizer_finetune(digits):
     x, y = digits[0][:64], digits[1][:64]
     model = NNXSmallCNN(rngs=nnx.Rngs(0))

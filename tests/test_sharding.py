@@ -347,10 +347,6 @@ class TestOn8Devices:
         with pytest.raises(ValueError, match="share a leading batch dimension"):
             shard_batch({"x": np.zeros((8, 3)), "y": np.zeros(4)}, mesh)
 
-    @pytest.mark.xfail(
-        reason="regularizers._cluster_sums and snap.quantized_finetune take per-representative "
-        "sums over w.ravel(), so XLA all-gathers each split kernel in those steps"
-    )
     def test_no_whole_kernel_is_gathered(self, problem, layouts):
         task_loss, tp0, specs, data = problem
         layout = layouts["data4_model2"]
@@ -378,7 +374,10 @@ class TestOn8Devices:
             logits = nnx.merge(graphdef, state)(b["x"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).mean()
 
-        tx = optax.adam(1e-3)
+        # SGD, not Adam: Adam rescales near-zero gradients (reps at balance, whose
+        # cluster sums cancel) to lr-sized steps, so the summation order of a sharded
+        # reduction would show up far above rounding.
+        tx = optax.sgd(0.1, momentum=0.9)
         out = {
             n: train(layouts[n], tx, specs, task_loss, tp0, batch, 3)
             for n in ("data4_model2", "one")
