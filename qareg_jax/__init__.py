@@ -6,7 +6,7 @@ living in the same parameter tree. Afterwards every selected weight is snapped
 to its level and fine-tuned with the weights kept exactly quantized.
 """
 
-from . import quantizers, regularizers
+from . import compress, dkm, gradient_l1, quantizers, range_reg, regularizers, sharding
 from .codebook import (
     QuantSpec,
     attach,
@@ -37,10 +37,13 @@ __all__ = [
     "QuantizedFinetuneState",
     "attach",
     "check_tree",
+    "compress",
     "cosine",
     "default_rule",
+    "dkm",
     "elementwise",
     "finetune_specs",
+    "gradient_l1",
     "init_representatives",
     "layer_penalties",
     "levels",
@@ -52,8 +55,10 @@ __all__ = [
     "product",
     "quantized_finetune",
     "quantizers",
+    "range_reg",
     "regularizers",
     "select",
+    "sharding",
     "sine",
     "snap",
     "softmin",
