@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     return {
         "experiment": "related_methods",
-        "command": "python experiments/related_methods.py " + " ".join(args.argv),
+        "command": " ".join(["python experiments/related_methods.py", *args.argv]),
         "machine": machine,
         "config": {k: v for k, v in vars(args).items() if k not in ("argv", "out_dir", "smoke")}
         | {
@@ -360,7 +360,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "| method | lam | fp | "
         + " | ".join(f"{b} bit" for b in BITS)
-        + " | train loss | train sum ||grad||_1 | ms/step |",
+        + " | train loss | train grad-l1 (sum of abs) | ms/step |",
         "|---|---|---|" + "---|" * len(BITS) + "---|---|---|",
     ]
     for method in ("none", "gradient_l1"):
