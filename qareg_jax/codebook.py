@@ -52,7 +52,8 @@ class QuantSpec:
         of the weights) or "kmeans" (1-D k-means of the weights).
       reduction: "mean" (default, lambda independent of layer size) or "sum".
       tau: softmin temperature; default ``(spacing / 4)^2`` with ``spacing =
-        (hi - lo) / (K - 1)``, filled in by ``attach``.
+        (max c - min c) / (K - 1)`` of the initial representatives (``(hi - lo) /
+        (K - 1)`` for static specs), filled in by ``attach``.
       sigma: wells width; default ``spacing / 2``, filled in by ``attach``.
       wells_mode: "max" or "mean" (see ``regularizers.wells``).
     """
@@ -262,17 +263,22 @@ def attach(
             raise ValueError(f"leaf {path!r} holds NaN or inf values; cannot attach")
         lo, hi = resolve_interval(host, spec)
         spacing = (hi - lo) / (spec.k - 1)
-        spec = dataclasses.replace(
+        if spec.dynamic:
+            c = init_representatives(host, spec.k, spec.init, lo, hi)
+            reps[path] = jnp.asarray(c, dtype)
+            # Widths follow the reps' own spread: k-means/quantile starts sit much
+            # closer than the interval's grid, and softmin wells sized from the
+            # interval merge into one minimum between them (every weight is then
+            # pulled to the middle: 10% accuracy on digits at K=2).
+            if c.max() > c.min():
+                spacing = float(c.max() - c.min()) / (spec.k - 1)
+        resolved[path] = dataclasses.replace(
             spec,
             lo=lo,
             hi=hi,
             tau=spec.tau if spec.tau is not None else (spacing / 4) ** 2,
             sigma=spec.sigma if spec.sigma is not None else spacing / 2,
         )
-        resolved[path] = spec
-        if spec.dynamic:
-            c = init_representatives(host, spec.k, spec.init, lo, hi)
-            reps[path] = jnp.asarray(c, dtype)
     return {"model": params, "reps": reps}, resolved
 
 

@@ -123,7 +123,7 @@ class Config:
         from 0 (0: constant lambda).
       interval, interval_param, init, reduction: ``QuantSpec`` fields of every layer.
       tau, sigma: softmin temperature / wells width of every layer; None: from the spread
-        of each layer's initial representatives (see :func:`widths_from_reps`).
+        of each layer's initial representatives (see ``codebook.QuantSpec``).
       include, exclude: path regexes selecting the quantized leaves (default: every conv
         and dense kernel).
       finetune_epochs, finetune_lr, finetune_optimizer: quantized fine-tuning (constant rate).
@@ -720,36 +720,6 @@ def pretrain(ctx: Context) -> tuple[dict[str, Any], dict[str, Any]]:
     return variables, {"acc_fp": acc, "wall_s": time.perf_counter() - t0}
 
 
-def widths_from_reps(
-    tree: Mapping[str, Any], specs: Mapping[str, QuantSpec], *, tau: bool, sigma: bool
-) -> dict[str, QuantSpec]:
-    """Specs with softmin's ``tau`` and/or wells' ``sigma`` set from each layer's reps.
-
-    With ``spacing = (max c - min c) / (K - 1)`` of the initial representatives:
-    ``tau = (spacing / 4)^2`` and ``sigma = spacing / 2``, the formulas of
-    ``codebook.attach`` with the reps' spread in place of the interval's. ``attach``
-    uses ``(hi - lo) / (K - 1)``; k-means and quantile starts sit much closer together
-    than that (at K=2 under a third of it on the digits CNN), and softmin's wells then
-    merge into a single minimum between the reps: every weight is pulled to the middle
-    and the network collapses (10% accuracy on digits at K=2, reps frozen or not).
-    """
-    out = dict(specs)
-    for path, spec in specs.items():
-        if not spec.dynamic:
-            continue
-        c = np.asarray(jax.device_get(tree["reps"][path]), np.float64)
-        spacing = float(c.max() - c.min()) / (spec.k - 1)
-        if spacing <= 0:
-            continue  # degenerate layer (all reps equal): keep attach's values
-        change = {}
-        if tau:
-            change["tau"] = (spacing / 4) ** 2
-        if sigma:
-            change["sigma"] = spacing / 2
-        out[path] = dataclasses.replace(spec, **change)
-    return out
-
-
 def _histograms(
     before: Mapping[str, Any], after: Mapping[str, Any], specs: Mapping[str, QuantSpec]
 ) -> dict[str, Any]:
@@ -871,7 +841,6 @@ def regularized_stage(
         sigma=cfg.sigma,
     )
     tree, specs = attach(params, specs)
-    specs = widths_from_reps(tree, specs, tau=cfg.tau is None, sigma=cfg.sigma is None)
     before = _named(tree, specs)
     tx = make_optimizer(cfg, cfg.reg_lr, total, freeze_reps=freeze_reps)
     state = make_init_fn(tx)(tree, model_state, np.uint32(_phase_seed(cfg.seed, f"{stage}/reg")))
