@@ -78,12 +78,7 @@ class QuantSpec:
         _check_choice("init", self.init, INITS)
         _check_choice("reduction", self.reduction, REDUCTIONS)
         _check_choice("wells_mode", self.wells_mode, ("max", "mean"))
-        if callable(self.lam):
-            start = self.lam(0)
-            if not isinstance(start, jax.core.Tracer) and float(start) < 0:
-                raise ValueError(f"lam schedule must be >= 0, got {float(start)} at step 0")
-        elif not np.isfinite(self.lam) or self.lam < 0:
-            raise ValueError(f"lam must be a finite number >= 0 or a schedule, got {self.lam!r}")
+        check_lam(self.lam)
         if (self.lo is None) != (self.hi is None):
             raise ValueError("lo and hi must be given together (or neither)")
         if self.lo is not None:
@@ -104,6 +99,36 @@ class QuantSpec:
                 raise ValueError("step is required when lam is a schedule")
             return self.lam(step)
         return self.lam
+
+
+def check_lam(lam: float | Schedule) -> None:
+    """Raise ``ValueError`` unless ``lam`` is a finite number >= 0 or a schedule (>= 0 at 0)."""
+    if callable(lam):
+        start = lam(0)
+        if not isinstance(start, jax.core.Tracer) and float(start) < 0:
+            raise ValueError(f"lam schedule must be >= 0, got {float(start)} at step 0")
+        return
+    if isinstance(lam, jax.core.Tracer):
+        return
+    value = np.asarray(lam)
+    if value.size != 1 or not np.isfinite(value) or float(value) < 0:
+        raise ValueError(f"lam must be a finite number >= 0 or a schedule, got {lam!r}")
+
+
+def resolve_paths(params: Any, paths: Sequence[str] | None) -> list[str]:
+    """``paths`` checked against ``params``, or the default selection when None."""
+    if paths is None:
+        return select(params)
+    if isinstance(paths, str):
+        raise TypeError("paths must be a sequence of path strings, not one string")
+    paths = list(paths)
+    if not paths:
+        raise ValueError("paths is empty: select at least one leaf (or pass None for the default)")
+    leaves = named_leaves(params)
+    missing = [p for p in paths if p not in leaves]
+    if missing:
+        raise ValueError(f"paths name leaves that params does not have: {missing}")
+    return paths
 
 
 def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:

@@ -25,21 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._tree import named_leaves, replace_leaves
-from .codebook import select
+from .codebook import check_lam, resolve_paths
 
 Array = jax.Array
 Schedule = Callable[[Any], Any]
-
-
-def _check_lam(lam: float | Schedule) -> None:
-    if callable(lam):
-        start = lam(0)
-        if not isinstance(start, jax.core.Tracer) and float(start) < 0:
-            raise ValueError(f"lam schedule must be >= 0, got {float(start)} at step 0")
-        return
-    value = np.asarray(lam)
-    if value.size != 1 or not np.isfinite(value) or float(value) < 0:
-        raise ValueError(f"lam must be a finite number >= 0 or a schedule, got {lam!r}")
 
 
 def _check_scalar_loss(loss_fn: Callable, params: Any, batch: Any, has_aux: bool) -> None:
@@ -56,21 +45,6 @@ def _check_scalar_loss(loss_fn: Callable, params: Any, batch: Any, has_aux: bool
             "loss_fn must return a floating-point scalar (reduce the per-example losses, e.g. "
             f".mean()), got shape {shape} and dtype {dtype}"
         )
-
-
-def _resolve_paths(params: Any, paths: Sequence[str] | None) -> list[str]:
-    if paths is None:
-        return select(params)
-    if isinstance(paths, str):
-        raise TypeError("paths must be a sequence of path strings, not one string")
-    paths = list(paths)
-    if not paths:
-        raise ValueError("paths is empty: select at least one leaf (or pass None for the default)")
-    leaves = named_leaves(params)
-    missing = [p for p in paths if p not in leaves]
-    if missing:
-        raise ValueError(f"paths name leaves that params does not have: {missing}")
-    return paths
 
 
 def grad_l1_penalty(
@@ -103,7 +77,7 @@ def grad_l1_penalty(
         leaves, or the default selection is empty.
     """
     _check_scalar_loss(loss_fn, params, batch, has_aux)
-    paths = _resolve_paths(params, paths)
+    paths = resolve_paths(params, paths)
     leaves = named_leaves(params)
 
     def on_selected(selected: dict[str, Array]):
@@ -152,7 +126,7 @@ def gradient_l1(
       ValueError: ``lam < 0``, ``start_step < 0``; at call time, a non-scalar loss,
         an empty selection, or a missing ``step``.
     """
-    _check_lam(lam)
+    check_lam(lam)
     if isinstance(start_step, bool) or not isinstance(start_step, int | np.integer):
         raise TypeError(f"start_step must be an int, got {type(start_step).__name__}")
     if start_step < 0:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._tree import named_leaves
-from .codebook import select
+from .codebook import check_lam, resolve_paths
 from .regularizers import check_float, check_positive
 
 Array = jax.Array
@@ -99,34 +99,6 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
 
 
-def _check_lam(lam: float | Schedule) -> None:
-    if callable(lam):
-        start = lam(0)
-        if not isinstance(start, jax.core.Tracer) and float(start) < 0:
-            raise ValueError(f"lam schedule must be >= 0, got {float(start)} at step 0")
-        return
-    if isinstance(lam, jax.core.Tracer):
-        return
-    value = np.asarray(lam)
-    if value.size != 1 or not np.isfinite(value) or float(value) < 0:
-        raise ValueError(f"lam must be a finite number >= 0 or a schedule, got {lam!r}")
-
-
-def _resolve_paths(model: Any, paths: Sequence[str] | None) -> list[str]:
-    if paths is None:
-        return select(model)
-    if isinstance(paths, str):
-        raise TypeError("paths must be a sequence of path strings, not one string")
-    paths = list(paths)
-    if not paths:
-        raise ValueError("paths is empty: select at least one leaf (or pass None for the default)")
-    leaves = named_leaves(model)
-    missing = [p for p in paths if p not in leaves]
-    if missing:
-        raise ValueError(f"paths name leaves that the model does not have: {missing}")
-    return paths
-
-
 def init_range_params(
     params: Any,
     paths: Sequence[str] | None = None,
@@ -158,7 +130,7 @@ def init_range_params(
     if alpha is not None:
         check_positive(alpha, "alpha")
     check_positive(alpha_scale, "alpha_scale")
-    paths = _resolve_paths(params, paths)
+    paths = resolve_paths(params, paths)
     if kind == "linf":
         return {}
     leaves = named_leaves(params)
@@ -187,7 +159,7 @@ def layer_range_penalties(
     if not isinstance(train_params, Mapping) or "model" not in train_params:
         raise ValueError('train_params must be a dict with a "model" key')
     model = train_params["model"]
-    paths = _resolve_paths(model, paths)
+    paths = resolve_paths(model, paths)
     leaves = named_leaves(model)
     if kind == "linf":
         return {p: linf(leaves[p]) for p in paths}
@@ -226,7 +198,7 @@ def range_penalty(
       ValueError: ``lam < 0``, unknown ``kind``, missing learnable parameters, empty or
         unknown ``paths``, a schedule without ``step``.
     """
-    _check_lam(lam)
+    check_lam(lam)
     if callable(lam) and step is None:
         raise ValueError("step is required when lam is a schedule")
     per_layer = layer_range_penalties(train_params, paths, kind)
