@@ -27,6 +27,7 @@ from .regularizers import (
     softmin,
     static_levels,
     wells,
+    wells_total,
 )
 from .snap import QuantizedFinetuneState, finetune_specs, quantized_finetune, snap
 
@@ -64,4 +65,5 @@ __all__ = [
     "softmin",
     "static_levels",
     "wells",
+    "wells_total",
 ]

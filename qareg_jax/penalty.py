@@ -41,6 +41,8 @@ def reduced(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) -> jax
     """``R_l``: the layer's penalty reduced by ``spec.reduction``, a float32 scalar."""
     if spec.regularizer == "nearest" and reps is not None:
         total = R.nearest_total(w, reps).astype(jnp.float32)
+    elif spec.regularizer == "wells" and spec.wells_mode == "max" and reps is not None:
+        total = R.wells_total(w, reps, spec.sigma).astype(jnp.float32)
     else:
         total = jnp.sum(elementwise(w, spec, reps), dtype=jnp.float32)
     return total / w.size if spec.reduction == "mean" else total

@@ -323,13 +323,21 @@ def _nearest_bwd(res, g):
 _nearest_sq.defvjp(_nearest_fwd, _nearest_bwd)
 
 
-@jax.custom_vjp
-def _nearest_total(w, reps):
-    return _nearest_total_fwd(w, reps)[0]
+def _of_distance(d: Array, well: float | None) -> tuple[Array, Array]:
+    """``(f(d), f'(d))`` for ``f = d^2`` (``well`` None) or ``f = 1 - exp(-well d^2)``."""
+    if well is None:
+        return d * d, 2 * d
+    e = jnp.exp(-well * d * d)
+    return 1 - e, 2 * well * d * e
 
 
-def _nearest_total_fwd(w, reps):
-    # One pass gives the total and the per-representative sums of (w - c) that
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _nearest_total(w, reps, well):
+    return _nearest_total_fwd(w, reps, well)[0]
+
+
+def _nearest_total_fwd(w, reps, well):
+    # One pass gives the total of f(d) and each representative's sum of f'(d) that
     # the backward pass needs for the reps, so it only recomputes d for dw.
     cd = _compute_dtype(w.dtype)
     order, cs, mid = _sorted_reps(reps, cd)
@@ -337,8 +345,8 @@ def _nearest_total_fwd(w, reps):
 
     def block_stats(wb):
         idx = nearest_index(wb, cs, mid)
-        d = wb - cs[idx]
-        return jnp.sum(d * d), _cluster_sums(d, idx, k)
+        value, slope = _of_distance(wb - cs[idx], well)
+        return jnp.sum(value), _cluster_sums(slope, idx, k)
 
     wc = w.astype(cd)
     nb = 1 if k <= _VARIADIC_MAX_K else _leading_blocks(w.shape)
@@ -353,13 +361,13 @@ def _nearest_total_fwd(w, reps):
     return total, (w, reps, _unsort(sums, order))
 
 
-def _nearest_total_bwd(res, g):
+def _nearest_total_bwd(well, res, g):
     w, reps, sums = res
     cd = _compute_dtype(w.dtype)
     _, cs, mid = _sorted_reps(reps, cd)
     wc = w.astype(cd)
-    dw = 2 * g * (wc - _nearest_value(wc, cs, mid))
-    return dw.astype(w.dtype), (-2 * g * sums).astype(reps.dtype)
+    _, slope = _of_distance(wc - _nearest_value(wc, cs, mid), well)
+    return (g * slope).astype(w.dtype), (-g * sums).astype(reps.dtype)
 
 
 _nearest_total.defvjp(_nearest_total_fwd, _nearest_total_bwd)
@@ -374,7 +382,15 @@ def nearest_total(w: Array, reps: Array) -> Array:
     """
     w = check_float(w)
     reps = _check_reps(reps, w)
-    return _nearest_total(w, reps)
+    return _nearest_total(w, reps, None)
+
+
+def wells_total(w: Array, reps: Array, sigma: float) -> Array:
+    """``sum_i wells(w_i, reps, sigma, mode="max")`` as a scalar, one pass like nearest_total."""
+    w = check_float(w)
+    reps = _check_reps(reps, w)
+    check_positive(sigma, "sigma")
+    return _nearest_total(w, reps, 1.0 / (2.0 * float(sigma) ** 2))
 
 
 def nearest(w: Array, reps: Array) -> Array:

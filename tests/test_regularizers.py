@@ -274,3 +274,16 @@ def test_nearest_total_blocked_path_matches_direct_sum():
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     np.testing.assert_allclose(gw1, gw2, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(gc1, gc2, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("k", [2, 8, 40])
+def test_wells_total_equals_sum_of_wells_in_value_and_gradient(k):
+    rng = np.random.default_rng(k)
+    w = jnp.asarray(rng.normal(size=(300, 7)), jnp.float32)
+    c = jnp.asarray(rng.normal(size=k), jnp.float32)
+    f1 = jax.jit(jax.value_and_grad(lambda w, c: 0.7 * R.wells_total(w, c, 0.3), (0, 1)))
+    f2 = jax.jit(jax.value_and_grad(lambda w, c: 0.7 * R.wells(w, c, 0.3).sum(), (0, 1)))
+    (v1, (gw1, gc1)), (v2, (gw2, gc2)) = f1(w, c), f2(w, c)
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    np.testing.assert_allclose(gw1, gw2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gc1, gc2, rtol=1e-4, atol=1e-4)
