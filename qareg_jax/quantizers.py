@@ -60,7 +60,11 @@ _DP_CANDIDATES = 4096  # candidate edges of the dynamic-programming init
 # "auto" skips the dp (O(K M log M)) and k-means++ (O(K**2 log N)) inits above this k.
 _COSTLY_INIT_MAX_K = 1024
 _KMEANS_MAX_ITER = 1000  # Lloyd iterations per start (each O(K log N): cheap)
-_CHUNK = 1 << 20  # elements per searchsorted call in assign_nearest
+_CHUNK = 1 << 20  # elements per searchsorted / XLA call in assign_nearest
+# assign_nearest uses the jitted XLA search (one compile per k, ~0.3 s) from this much
+# work, n * ceil(log2 k); below it, threaded searchsorted is cheaper than the compile.
+_FAST_WORK = 1 << 26
+_UNROLL_MAX_K = 32  # up to this k, the XLA search sums comparisons instead of bisecting
 _PWS_SEED_MSG = "pws needs an explicit seed (keyword seed=<int>): it rounds at random"
 
 
@@ -141,6 +145,34 @@ def assign_nearest(w: Any, codebook: Any) -> np.ndarray:
     return _assign(arr, cb)
 
 
+def _count_le_kernel(x: jax.Array, mids: jax.Array, out_dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """(number of ``mids`` <= x, any subnormal x) for float32 ``x``; ``mids`` sorted.
+
+    Few levels: a sum of comparisons; more: an unrolled branchless binary search on
+    ``mids`` padded with +inf to a power of two (a fused single pass, no branches).
+    XLA on CPU treats subnormals as zero, so the caller redoes flagged chunks.
+    """
+    m = mids.shape[0]
+    if m < _UNROLL_MAX_K:
+        idx = jnp.zeros(x.shape, jnp.int32)
+        for j in range(m):
+            idx = idx + (mids[j] <= x).astype(jnp.int32)
+    else:
+        size = 1 << m.bit_length()  # > m: at least one +inf, so idx <= m
+        table = jnp.concatenate([mids, jnp.full((size - m,), jnp.inf, mids.dtype)])
+        idx = jnp.zeros(x.shape, jnp.int32)
+        step = size // 2
+        while step >= 1:
+            idx = jnp.where(table[idx + step - 1] <= x, idx + step, idx)
+            step //= 2
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32) & jnp.uint32(0x7FFFFFFF)
+    subnormal = jnp.any((bits != 0) & (bits < jnp.uint32(0x00800000)))
+    return idx.astype(out_dtype), subnormal
+
+
+_count_le = jax.jit(_count_le_kernel, static_argnums=2)
+
+
 def _assign(arr: np.ndarray, cb: np.ndarray) -> np.ndarray:
     """:func:`assign_nearest` for validated float32/float64 ``arr`` and float64 ``cb``."""
     mids64 = 0.5 * (cb[:-1] + cb[1:])
@@ -149,17 +181,37 @@ def _assign(arr: np.ndarray, cb: np.ndarray) -> np.ndarray:
     # exact nearest-level decisions without a float64 copy of w.
     mids = np.where(mids < mids64, np.nextafter(mids, np.inf), mids)
     flat = arr.ravel()
-    out = np.empty(flat.size, index_dtype(cb.size))
+    dtype = index_dtype(cb.size)
+    out = np.empty(flat.size, dtype)
+    tiny = np.finfo(np.float32).tiny
+    fast = (
+        arr.dtype == np.float32
+        and flat.size * max(1, (cb.size - 1).bit_length()) >= _FAST_WORK
+        and cb.size <= 2**16
+        and not np.any((mids != 0) & (np.abs(mids) < tiny))  # XLA flushes subnormals
+    )
+
+    def slow(start: int, stop: int) -> None:
+        out[start:stop] = np.searchsorted(mids, flat[start:stop], side="right")
 
     def run(start: int) -> None:
-        out[start : start + _CHUNK] = np.searchsorted(
-            mids, flat[start : start + _CHUNK], side="right"
-        )
+        stop = min(start + _CHUNK, flat.size)
+        if not fast:
+            slow(start, stop)
+            return
+        chunk = flat[start:stop]
+        if chunk.size < _CHUNK and flat.size > _CHUNK:  # one compiled shape: pad the tail
+            chunk = np.concatenate([chunk, np.zeros(_CHUNK - chunk.size, np.float32)])
+        idx, subnormal = _count_le(chunk, mids, dtype)
+        if bool(subnormal):  # exact comparisons for chunks holding subnormal weights
+            slow(start, stop)
+        else:
+            out[start:stop] = np.asarray(idx)[: stop - start]
 
     starts = range(0, flat.size, _CHUNK)
     if len(starts) > 1:
-        # searchsorted releases the GIL: threads use every core, and chunks avoid
-        # an intermediate int64 N-array.
+        # searchsorted and XLA release the GIL: threads use every core, and chunks
+        # bound the temporaries.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as ex:
             list(ex.map(run, starts))
     else:
@@ -169,8 +221,13 @@ def _assign(arr: np.ndarray, cb: np.ndarray) -> np.ndarray:
 
 def inertia(w: Any, codebook: Any, assignments: Any) -> float:
     """Sum over entries of ``(w - codebook[assignments])**2``, in float64."""
-    diff = np.asarray(w, np.float64) - np.asarray(codebook, np.float64)[np.asarray(assignments)]
-    return float(np.vdot(diff, diff))
+    flat, idx = np.asarray(w).ravel(), np.asarray(assignments).ravel()
+    cb = np.asarray(codebook, np.float64)
+    total = 0.0
+    for s in range(0, flat.size, _CHUNK):  # chunks: no N-sized float64 temporaries
+        diff = flat[s : s + _CHUNK].astype(np.float64) - cb[idx[s : s + _CHUNK]]
+        total += float(np.vdot(diff, diff))
+    return total
 
 
 # --------------------------------------------------------------------------- 1-D k-means
@@ -195,19 +252,23 @@ class _Prefix:
     def build(cls, values: np.ndarray, weights: np.ndarray | None) -> _Prefix:
         values = values.ravel()
         if weights is None:
-            x = np.sort(values.astype(np.float64))
+            # Sort in the input dtype (float32: half the bytes), then widen (exact).
+            x = np.sort(values).astype(np.float64, copy=False)
             wts = None
         else:
             order = np.argsort(values, kind="stable")
             x, wts = values[order].astype(np.float64), weights.ravel()[order].astype(np.float64)
         shift = float(x[x.size // 2])
-        centred = x - shift
         # Centring is monotone but can merge values far smaller than the shift;
         # then keep the raw values (distinct values must stay distinct).
-        if np.count_nonzero(np.diff(centred)) == np.count_nonzero(np.diff(x)):
-            x = centred
+        if values.dtype == np.float32 and _centring_exact(x):
+            x -= shift  # every difference is exact in float64: nothing merges
         else:
-            shift = 0.0
+            centred = x - shift
+            if np.count_nonzero(np.diff(centred)) == np.count_nonzero(np.diff(x)):
+                x = centred
+            else:
+                shift = 0.0
 
         def cum(v: np.ndarray) -> np.ndarray:
             out = np.empty(v.size + 1)
@@ -217,7 +278,11 @@ class _Prefix:
 
         if wts is None:
             unit = np.arange(x.size + 1, dtype=np.float64)
-            return cls(x, shift, None, unit, cum(x), cum(x * x))
+            c2 = np.empty(x.size + 1)
+            c2[0] = 0.0
+            np.multiply(x, x, out=c2[1:])
+            np.cumsum(c2[1:], out=c2[1:])
+            return cls(x, shift, None, unit, cum(x), c2)
         return cls(x, shift, wts, cum(wts), cum(wts * x), cum(wts * x * x))
 
     @property
@@ -258,6 +323,24 @@ class _Prefix:
         edges[0], edges[-1] = 0, self.n
         edges[1:-1] = np.searchsorted(self.x, thresholds, side="left")
         return edges
+
+
+def _centring_exact(x: np.ndarray) -> bool:
+    """True when ``x`` (sorted float64 copies of float32 values) minus any of its values
+    is exact in float64: all are multiples of the float32 spacing at the smallest
+    nonzero |x|, and the differences stay below 2**53 such steps.
+    """
+    pos = np.searchsorted(x, 0.0, side="right")
+    small = [x[pos]] if pos < x.size else []
+    if pos > 0 and x[pos - 1] < 0:
+        small.append(-x[pos - 1])
+    neg = np.searchsorted(x, 0.0, side="left")
+    if neg > 0:
+        small.append(-x[neg - 1])
+    if not small:  # all zero
+        return True
+    step = float(np.spacing(np.float32(min(abs(v) for v in small))))
+    return 2.0 * max(abs(x[0]), abs(x[-1])) / step < 2.0**53
 
 
 def _repair(p: _Prefix, edges: np.ndarray, k: int) -> np.ndarray:

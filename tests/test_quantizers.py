@@ -133,6 +133,36 @@ def test_assign_nearest_chunked_threads_agree_with_plain_searchsorted():
     np.testing.assert_array_equal(q.assign_nearest(w, codebook), expected)
 
 
+@pytest.mark.parametrize("k", [2, 3, 16, 33, 256, 1000])
+def test_assign_nearest_fast_path_exact_on_ties_float_neighbours_and_subnormals(k, monkeypatch):
+    """The jitted XLA search (float32, n * log2 k >= _FAST_WORK) equals a float64
+    searchsorted on the midpoints, including weights on and next to midpoints,
+    subnormal weights and midpoints (XLA flushes them), zeros and a padded tail."""
+    monkeypatch.setattr(q, "_FAST_WORK", 0)  # the XLA path at any size
+    rng = np.random.default_rng(k)
+    codebook = np.sort(rng.normal(size=k) * 0.05).astype(np.float32)
+    mids = 0.5 * (codebook[:-1].astype(np.float64) + codebook[1:])
+    near = np.float32(mids[rng.integers(0, k - 1, 30_000)])
+    n = 3 * q._CHUNK + 12_345
+    w = (rng.normal(size=n) * 0.06).astype(np.float32)
+    w[:30_000] = near
+    w[30_000:60_000] = np.nextafter(near, np.float32(np.inf))
+    w[60_000:90_000] = np.nextafter(near, np.float32(-np.inf))
+    w[90_000:90_100] = 0.0
+    w[-5:] = near[:5]
+    rng.shuffle(w)
+    w[q._CHUNK + 7] = np.float32(1e-40)  # one chunk with a subnormal weight
+    expected = np.searchsorted(mids, w.astype(np.float64), side="right")
+    np.testing.assert_array_equal(q.assign_nearest(w, codebook), expected)
+    # Subnormal midpoints: levels straddling zero within the subnormal range.
+    tiny = np.array([-3e-45, 1e-45, 5e-45, 1.0], np.float32)
+    w2 = np.tile(np.array([0.0, 1e-45, 2.8e-45, -1e-45, 3e-45, 0.5], np.float32), 20_000)
+    mids2 = 0.5 * (tiny[:-1].astype(np.float64) + tiny[1:])
+    np.testing.assert_array_equal(
+        q.assign_nearest(w2, tiny), np.searchsorted(mids2, w2.astype(np.float64), side="right")
+    )
+
+
 # --------------------------------------------------------------------------- k-means
 
 
