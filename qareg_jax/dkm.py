@@ -242,6 +242,17 @@ def _per_layer(value: Any, path: str, name: str) -> Any:
     return value
 
 
+def _centroid_leaves(params: Any, centroids: Mapping[str, Array]) -> dict[str, Any]:
+    """The named leaves of ``params``, after checking ``centroids`` is non-empty and names them."""
+    if not centroids:
+        raise ValueError("centroids is empty: build them with dkm_init(params, paths, k)")
+    leaves = named_leaves(params)
+    missing = [p for p in centroids if p not in leaves]
+    if missing:
+        raise ValueError(f"centroids name leaves that params does not have: {missing}")
+    return leaves
+
+
 def dkm_transform(
     params: Any,
     centroids: Mapping[str, Array],
@@ -265,12 +276,7 @@ def dkm_transform(
       (``model.apply(soft_params, x)``); carry ``new_centroids`` (gradient stopped) to
       the next step. Jit-able; differentiable in ``params``.
     """
-    if not centroids:
-        raise ValueError("centroids is empty: build them with dkm_init(params, paths, k)")
-    leaves = named_leaves(params)
-    missing = [p for p in centroids if p not in leaves]
-    if missing:
-        raise ValueError(f"centroids name leaves that params does not have: {missing}")
+    leaves = _centroid_leaves(params, centroids)
     soft, new = {}, {}
     for path, c in centroids.items():
         soft[path], new[path] = dkm_layer(
@@ -292,12 +298,7 @@ def dkm_snap(
       a snapped leaf is ``codebook[assignments]`` in the leaf's dtype: at most ``K``
       distinct values.
     """
-    if not centroids:
-        raise ValueError("centroids is empty: build them with dkm_init(params, paths, k)")
-    leaves = named_leaves(params)
-    missing = [p for p in centroids if p not in leaves]
-    if missing:
-        raise ValueError(f"centroids name leaves that params does not have: {missing}")
+    leaves = _centroid_leaves(params, centroids)
     snapped, books = {}, {}
     for path, c in centroids.items():
         w = check_float(leaves[path], path)
