@@ -100,7 +100,7 @@ def check_float(w: object, name: str = "w") -> Array:
     return arr
 
 
-def _check_reps(reps: object, w: Array) -> Array:
+def _check_reps(reps: object) -> Array:
     reps = check_float(reps, "reps")
     if reps.ndim != 1 or reps.shape[0] < 2:
         raise ValueError(f"reps must have shape (K,) with K >= 2, got shape {reps.shape}")
@@ -164,7 +164,7 @@ def _periodic_bwd(scale, shift, edge, res, g):
 _periodic.defvjp(_periodic_fwd, _periodic_bwd)
 
 
-def _static(w, k, lo, hi, *, scale: float, shift: float, edge: float) -> Array:
+def _static(w, lo, hi, *, scale: float, shift: float, edge: float) -> Array:
     lo_a = jnp.asarray(lo, _compute_dtype(w.dtype))
     hi_a = jnp.asarray(hi, _compute_dtype(w.dtype))
     return _periodic(w, lo_a, hi_a, scale, shift, edge)
@@ -184,7 +184,7 @@ def sine(w: Array, k: int, lo: float | Array, hi: float | Array) -> Array:
     w = check_float(w)
     k = check_k(k)
     check_interval(lo, hi)
-    return _static(w, k, lo, hi, scale=float(k - 1), shift=0.0, edge=0.0)
+    return _static(w, lo, hi, scale=float(k - 1), shift=0.0, edge=0.0)
 
 
 def cosine(w: Array, k: int, lo: float | Array, hi: float | Array) -> Array:
@@ -196,7 +196,7 @@ def cosine(w: Array, k: int, lo: float | Array, hi: float | Array) -> Array:
     w = check_float(w)
     k = check_k(k)
     check_interval(lo, hi)
-    return _static(w, k, lo, hi, scale=float(k), shift=-0.5, edge=1.0)
+    return _static(w, lo, hi, scale=float(k), shift=-0.5, edge=1.0)
 
 
 def static_levels(kind: str, k: int, lo: float, hi: float) -> np.ndarray:
@@ -381,14 +381,14 @@ def nearest_total(w: Array, reps: Array) -> Array:
     backward pass is one element-wise pass. ``penalty`` uses it for "nearest".
     """
     w = check_float(w)
-    reps = _check_reps(reps, w)
+    reps = _check_reps(reps)
     return _nearest_total(w, reps, None)
 
 
 def wells_total(w: Array, reps: Array, sigma: float) -> Array:
     """``sum_i wells(w_i, reps, sigma, mode="max")`` as a scalar, one pass like nearest_total."""
     w = check_float(w)
-    reps = _check_reps(reps, w)
+    reps = _check_reps(reps)
     check_positive(sigma, "sigma")
     return _nearest_total(w, reps, 1.0 / (2.0 * float(sigma) ** 2))
 
@@ -405,7 +405,7 @@ def nearest(w: Array, reps: Array) -> Array:
       representative of each weight (the sum over the weights it owns).
     """
     w = check_float(w)
-    reps = _check_reps(reps, w)
+    reps = _check_reps(reps)
     return _nearest_sq(w, reps)
 
 
@@ -489,7 +489,7 @@ def softmin(w: Array, reps: Array, tau: float) -> Array:
       Shape and dtype of ``w``. O(N K) time, O(N) memory.
     """
     w = check_float(w)
-    reps = _check_reps(reps, w)
+    reps = _check_reps(reps)
     check_positive(tau, "tau")
     return _softmin(w, reps, float(tau))
 
@@ -537,7 +537,7 @@ def product(w: Array, reps: Array) -> Array:
     an exact hit is taken as 0. O(N K) time, O(N) memory. Shape and dtype of ``w``.
     """
     w = check_float(w)
-    reps = _check_reps(reps, w)
+    reps = _check_reps(reps)
     return _product(w, reps)
 
 
@@ -584,7 +584,7 @@ def wells(w: Array, reps: Array, sigma: float, mode: str = "max") -> Array:
       Values in ``[0, 1]``, shape and dtype of ``w``.
     """
     w = check_float(w)
-    reps = _check_reps(reps, w)
+    reps = _check_reps(reps)
     check_positive(sigma, "sigma")
     if mode == "max":
         cd = _compute_dtype(w.dtype)
