@@ -82,14 +82,13 @@ def penalty_stats(
     Jit-able; call it every N steps, not necessarily every step.
     """
     leaves = check_tree(train_params, specs)
-    per_layer = layer_penalties(train_params, specs)
     out = {}
     for path, spec in specs.items():
         w = leaves[path]
         c = levels(train_params, spec, path).astype(jnp.float32)
         d = jnp.sqrt(R.nearest(w.astype(jnp.float32), jax.lax.stop_gradient(c)))
         out[path] = {
-            "penalty": per_layer[path],
+            "penalty": reduced(w, spec, train_params["reps"].get(path)),
             "lambda": jnp.asarray(spec.lam_at(step), jnp.float32),
             "distance": jnp.mean(d),
         }
