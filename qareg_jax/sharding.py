@@ -15,6 +15,15 @@ Data parallelism over a ``"data"`` mesh axis, optionally with large kernels spli
     ft_state = init_opt_state(ft, snapped, layout)
     ft_step = make_train_step(task_loss, ft, None, layout, snapped, ft_state)
 
+Models with BatchNorm and dropout (``model_state = {"batch_stats": ...}`` outside the
+train tree, as in :mod:`qareg_jax.train`)::
+
+    ms = shard(model_state, layout)
+    step = make_train_step(task_loss, tx, specs, layout, tp, state, model_state=ms, rng=True)
+    key = jax.random.PRNGKey(seed)                  # dropout key of step i: fold_in(key, i)
+    for i, batch in enumerate(batches):
+        tp, state, ms, metrics = step(tp, state, ms, shard_batch(batch, mesh), i, key)
+
 The penalty, snapping and the fine-tuning update run under ``jit`` on the arrays
 where they live: no leaf is fetched to the host or to one device, XLA inserts
 the cross-device reductions, and the outputs keep their placement. (Today the
@@ -276,63 +285,89 @@ def snap_sharded(
 
 
 def make_train_step(
-    task_loss: Callable[[Any, Any], jax.Array],
+    task_loss: Callable[..., Any],
     tx: optax.GradientTransformation,
     specs: Mapping[str, QuantSpec] | None,
     layout: Layout,
     train_params: Any,
     opt_state: Any,
     *,
+    model_state: Any = None,
+    rng: bool = False,
     donate: bool = True,
-) -> Callable[[Any, Any, Any, Any], tuple[Any, Any, dict[str, jax.Array]]]:
-    """A jitted, sharded step ``(train_params, opt_state, batch, step) -> (train_params,
-    opt_state, metrics)``.
+) -> Callable[..., tuple[Any, ...]]:
+    """A jitted, sharded train step.
 
-    The loss is ``task_loss(train_params["model"], batch) + penalty(train_params,
-    specs, step)`` (no penalty when ``specs`` is None, e.g. with a
-    ``quantized_finetune`` optimizer); its gradient with respect to the whole
-    train tree (weights and representatives) goes through ``tx`` and
-    ``optax.apply_updates``. In/out shardings are explicit: the train tree and
-    the optimizer state keep the placement ``layout`` gives them (taken from the
-    shapes of the example ``train_params`` and ``opt_state``), the batch is split
-    over ``"data"``, ``step`` and the metrics are replicated.
+    Signatures (bracketed parts only with ``model_state`` / ``rng``)::
 
-    ``task_loss`` gets no random key and cannot update mutable collections (BatchNorm
-    statistics); for such models write the step the same way: ``jax.jit`` with
-    :func:`tree_shardings` of every argument and result as in/out shardings.
+        task_loss(model_params, [model_state,] batch, [rng]) -> loss | (loss, new_model_state)
+        step(train_params, opt_state, [model_state,] batch, step, [key])
+            -> (train_params, opt_state, [model_state,] metrics)
+
+    The loss is ``task_loss(train_params["model"], ...) + penalty(train_params, specs,
+    step)`` (no penalty when ``specs`` is None, e.g. with a ``quantized_finetune``
+    optimizer); its gradient with respect to the whole train tree (weights and
+    representatives) goes through ``tx`` and ``optax.apply_updates``. As in
+    :func:`qareg_jax.train.make_train_step`, mutable collections (BatchNorm
+    ``batch_stats``) live outside the differentiated tree: ``task_loss`` gets them and
+    returns their new values next to the loss, and the dropout key is
+    ``jax.random.fold_in(key, step)``, so a run is a function of ``key`` and the
+    batches whatever the mesh. The step is one program over the global batch, so
+    BatchNorm statistics are those of the global batch (unlike ``pmap``'s per-device
+    statistics) and 1 and 8 devices compute the same step up to summation order.
+
+    In/out shardings are explicit: the train tree, the optimizer state and the model
+    state keep the placement ``layout`` gives them (taken from the shapes of the
+    examples), the batch is split over ``"data"``, ``step``, ``key`` and the metrics
+    are replicated.
 
     Args:
-      task_loss: ``(model_params, batch) -> scalar``: mean loss over the global batch.
+      task_loss: the mean loss over the global batch (a float scalar), with the
+        signature above.
       tx: the optimizer of the whole train tree.
       specs: resolved specs (static), or None for no penalty.
       layout: the placement rules.
       train_params, opt_state: examples (arrays or ``jax.ShapeDtypeStruct``) fixing
         the structure and shapes.
-      donate: donate the train tree and optimizer state buffers to the update.
+      model_state: an example of the mutable collections (e.g. ``{"batch_stats":
+        ...}``), or None when the model has none.
+      rng: pass ``task_loss`` a per-step key (dropout), drawn from the step's ``key``
+        argument (e.g. ``jax.random.PRNGKey(seed)``, the same every step).
+      donate: donate the train tree, optimizer state and model state buffers.
 
     Returns:
       The jitted step; ``metrics`` holds ``"loss"``, ``"task_loss"`` and ``"penalty"``
       (float32 scalars; the penalty at ``step``).
     """
-    param_shardings = tree_shardings(train_params, layout)
-    state_shardings = tree_shardings(opt_state, layout)
+    stateful = model_state is not None
+    trees = (train_params, opt_state) + ((model_state,) if stateful else ())
+    tree_specs = tuple(tree_shardings(t, layout) for t in trees)
+    n_state = len(trees) - 2
 
-    def loss_fn(tp: Any, batch: Any, step: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        task = jnp.asarray(task_loss(tp["model"], batch), jnp.float32)
+    def loss_fn(tp: Any, inputs: tuple[Any, ...], step: Any) -> tuple[jax.Array, tuple[Any, ...]]:
+        out = task_loss(tp["model"], *inputs)
+        task, new_state = out if stateful else (out, None)
+        task = jnp.asarray(task, jnp.float32)
         reg = penalty(tp, specs, step) if specs else jnp.zeros((), jnp.float32)
-        return task + reg, (task, reg)
+        return task + reg, (task, reg, new_state)
 
-    def train_step(
-        tp: Any, state: Any, batch: Any, step: Any
-    ) -> tuple[Any, Any, dict[str, jax.Array]]:
-        (loss, (task, reg)), grads = jax.value_and_grad(loss_fn, has_aux=True)(tp, batch, step)
+    def train_step(tp: Any, state: Any, *args: Any) -> tuple[Any, ...]:
+        """``args``: ``[model_state,] batch, step, [key]``."""
+        batch, step = args[n_state : n_state + 2]
+        inputs = args[:n_state] + (batch,)
+        if rng:
+            inputs += (jax.random.fold_in(args[-1], step),)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (task, reg, new_state)), grads = grad_fn(tp, inputs, step)
         updates, state = tx.update(grads, state, tp)
         tp = optax.apply_updates(tp, updates)
-        return tp, state, {"loss": loss, "task_loss": task, "penalty": reg}
+        metrics = {"loss": loss, "task_loss": task, "penalty": reg}
+        return (tp, state) + ((new_state,) if stateful else ()) + (metrics,)
 
+    scalars = (layout.replicated,) * (2 if rng else 1)
     return jax.jit(
         train_step,
-        in_shardings=(param_shardings, state_shardings, layout.batch_sharding, layout.replicated),
-        out_shardings=(param_shardings, state_shardings, layout.replicated),
-        donate_argnums=(0, 1) if donate else (),
+        in_shardings=(*tree_specs, layout.batch_sharding, *scalars),
+        out_shardings=(*tree_specs, layout.replicated),
+        donate_argnums=tuple(range(len(trees))) if donate else (),
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ pytest.importorskip(
     "ipykernel", reason="ipykernel is needed to run notebooks (pip install -e .[dev])"
 )
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
 # Appended to the cell tagged "parameters": one epoch of training and one of fine-tuning.
 TINY = "EPOCHS, FINETUNE_EPOCHS, RAMP_EPOCHS = 1, 1, 1"
 ACCURACIES = re.compile(
@@ -43,3 +46,40 @@ def test_quickstart_runs_and_reports_accuracies(tmp_path):
     assert "**total**" in text and "1/psi" in text  # the size report
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the histogram
     assert (tmp_path / "quickstart.qareg").stat().st_size > 0
+
+
+@pytest.fixture
+def run_install_cell(monkeypatch):
+    """Runs the cell tagged "install" with pip stubbed out, qareg_jax importable or not;
+    returns the arguments after ``pip install -q`` (None: pip was not called)."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cells = [c for c in nb.cells if "install" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "the notebook needs exactly one cell tagged 'install'"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.syspath_prepend(str(REPO))  # sys.path is restored after the test
+
+    def hidden(name, *args):
+        return None if name == "qareg_jax" else real_find_spec(name, *args)
+
+    def run(importable: bool) -> list[str] | None:
+        calls = []
+        monkeypatch.setattr(subprocess, "check_call", lambda cmd: calls.append(cmd[5:]))
+        monkeypatch.setattr(importlib.util, "find_spec", real_find_spec if importable else hidden)
+        exec(compile(cells[0].source, "install-cell", "exec"), {})
+        return calls[0] if calls else None
+
+    return run
+
+
+def test_install_cell_picks_the_source(run_install_cell, monkeypatch, tmp_path):
+    monkeypatch.delenv("QAREG_SOURCE", raising=False)
+    monkeypatch.chdir(REPO / "notebooks")
+    assert run_install_cell(importable=True) is None
+    assert run_install_cell(importable=False) == ["-e", str(REPO)]
+    monkeypatch.chdir(REPO)
+    assert run_install_cell(importable=False) == ["-e", str(REPO)]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="set QAREG_SOURCE"):
+        run_install_cell(importable=False)
+    monkeypatch.setenv("QAREG_SOURCE", "dist/qareg_jax-0.1.0-py3-none-any.whl")
+    assert run_install_cell(importable=False) == ["dist/qareg_jax-0.1.0-py3-none-any.whl"]

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +39,8 @@ from qareg_jax.sharding import (
     tree_shardings,
 )
 from qareg_jax.snap import quantized_finetune, snap
+from qareg_jax.train import make_init_fn
+from qareg_jax.train import make_train_step as make_plain_train_step
 
 N_DEVICES = 8
 multi = pytest.mark.skipif(
@@ -212,6 +215,89 @@ def test_train_step_on_one_device_is_the_plain_step():
     assert metrics[0]["penalty"] == 0.0 < metrics[-1]["penalty"]  # lambda ramps from 0
 
 
+class BNDropoutCNN(nn.Module):
+    """(B, 8, 8, 1) -> (B, 10): conv, BatchNorm, pool, dropout, fc1 64, dropout, fc2."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.Conv(16, (3, 3), use_bias=False, name="conv1")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn1")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2)).reshape(x.shape[0], -1)
+        x = nn.Dropout(0.3, deterministic=not train)(x)
+        x = nn.relu(nn.Dense(64, name="fc1")(x))  # (256, 64) kernel: split over "model"
+        x = nn.Dropout(0.3, deterministic=not train)(x)
+        return nn.Dense(10, name="fc2")(x)
+
+
+def setup_bn_problem(batch: int = 32):
+    """BNDropoutCNN with train.py's conventions: the train tree holds the "params"
+    collection, ``model_state`` the batch statistics; batches are {"image", "label"}."""
+    model = BNDropoutCNN()
+    rng = np.random.default_rng(1)
+    data = {
+        "image": rng.normal(size=(batch, 8, 8, 1)).astype(np.float32),
+        "label": rng.integers(0, 10, batch).astype(np.int32),
+    }
+    variables = model.init(jax.random.PRNGKey(0), data["image"][:1], train=False)
+    model_state = {"batch_stats": variables["batch_stats"]}
+    specs = q.make_specs(variables["params"], k=K, lam=optax.linear_schedule(0.0, 0.5, 4))
+    train_params, specs = q.attach(variables["params"], specs)
+
+    def task_loss(params, state, b, key):
+        logits, new_state = model.apply(
+            {"params": params, **state},
+            b["image"],
+            train=True,
+            rngs={"dropout": key},
+            mutable=list(state),
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, b["label"]).mean()
+        return loss, new_state
+
+    return model, task_loss, train_params, model_state, specs, data
+
+
+def train_bn(layout, tx, specs, task_loss, train_params, model_state, data, steps, seed=0):
+    """``steps`` sharded steps with batch statistics and dropout keys ``fold_in(seed key, i)``."""
+    tp = shard(train_params, layout)
+    ms = shard(model_state, layout)
+    state = init_opt_state(tx, tp, layout)
+    step = make_train_step(task_loss, tx, specs, layout, tp, state, model_state=ms, rng=True)
+    key = jax.random.PRNGKey(seed)
+    metrics = []
+    for i in range(steps):
+        tp, state, ms, m = step(tp, state, ms, shard_batch(data, layout.mesh), i, key)
+        metrics.append(jax.device_get(m))
+    return tp, ms, metrics
+
+
+def test_batchnorm_dropout_step_matches_the_train_module_step():
+    """On one device the sharded step is qareg_jax.train's step: same dropout keys,
+    same batch statistics, same parameters."""
+    model, task_loss, tp0, ms0, specs, data = setup_bn_problem()
+    tx = optax.sgd(0.1, momentum=0.9)
+    layout = Layout(make_mesh(devices=jax.devices()[:1]))
+    tp, ms, metrics = train_bn(layout, tx, specs, task_loss, tp0, ms0, data, 3, seed=5)
+
+    ref = make_init_fn(tx)(tp0, ms0, np.uint32(5))
+    ref_step = make_plain_train_step(model, tx, specs)
+    for _ in range(3):
+        ref = ref_step(ref, data)
+    assert_trees_close(tp, ref["params"], rtol=1e-5, atol=1e-6)
+    assert_trees_close(ms, ref["model_state"], rtol=1e-5, atol=1e-6)
+    mean_task = ref["window"]["task_loss"] / ref["window"]["count"]
+    np.testing.assert_allclose(np.mean([m["task_loss"] for m in metrics]), mean_task, rtol=1e-5)
+    stats, stats0 = named_leaves(host(ms)), named_leaves(host(ms0))
+    assert all(not np.allclose(stats[p], stats0[p]) for p in stats)  # statistics moved
+
+    other, _, _ = train_bn(layout, tx, specs, task_loss, tp0, ms0, data, 1, seed=6)
+    again, _, _ = train_bn(layout, tx, specs, task_loss, tp0, ms0, data, 1, seed=6)
+    fc1 = [host(t)["model"]["fc1"]["kernel"] for t in (tp, other, again)]
+    np.testing.assert_array_equal(fc1[1], fc1[2])  # deterministic in the key
+    first, _, _ = train_bn(layout, tx, specs, task_loss, tp0, ms0, data, 1, seed=5)
+    assert not np.allclose(host(first)["model"]["fc1"]["kernel"], fc1[1])  # the key is used
+
+
 # ----------------------------------------------------------------------- on 8 devices
 
 
@@ -236,6 +322,17 @@ def trained(problem, layouts):
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9))
     return {
         name: train(layout, tx, specs, task_loss, tp0, data, 4) for name, layout in layouts.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def bn_trained(layouts):
+    """Four regularized steps of BNDropoutCNN (batch statistics, dropout) on each layout."""
+    _, task_loss, tp0, ms0, specs, data = setup_bn_problem()
+    tx = optax.sgd(0.1, momentum=0.9)
+    return {
+        name: train_bn(layout, tx, specs, task_loss, tp0, ms0, data, 4)
+        for name, layout in layouts.items()
     }
 
 
@@ -265,6 +362,21 @@ class TestOn8Devices:
             assert_trees_close(tp, ref_tp, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(metrics[-1]["loss"], ref_metrics[-1]["loss"], rtol=1e-5)
         assert ref_metrics[-1]["task_loss"] < ref_metrics[0]["task_loss"]
+
+    def test_batchnorm_dropout_training_matches_one_device(self, bn_trained, layouts):
+        ref_tp, ref_ms, ref_metrics = bn_trained["one"]
+        for name in ("data4_model2", "data8"):
+            tp, ms, metrics = bn_trained[name]
+            assert_trees_close(tp, ref_tp, rtol=1e-5, atol=1e-6)
+            assert_trees_close(ms, ref_ms, rtol=1e-5, atol=1e-6)
+            for m, ref in zip(metrics, ref_metrics, strict=True):
+                np.testing.assert_allclose(m["loss"], ref["loss"], rtol=1e-5)
+            assert_placed(tp, layouts[name])
+            assert_placed(ms, layouts[name])
+        assert bn_trained["data4_model2"][0]["model"]["fc1"]["kernel"].sharding.spec == P(
+            None, "model"
+        )
+        assert ref_metrics[-1]["penalty"] > 0.0
 
     def test_params_and_state_stay_sharded(self, trained, layouts):
         layout = layouts["data4_model2"]
