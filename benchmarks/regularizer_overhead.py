@@ -1,14 +1,18 @@
 """Train-step cost of each regularizer relative to the plain step, measured in one run.
 
-For a CIFAR-size model (AlexNet by default, ~23M params, batch 128, random
-data) it jit-compiles the plain Adam train step and, for every regularizer and
-K, the same step with ``task_loss + penalty`` over all conv/dense kernels
-(representatives in the param tree, updated by the same step). Plain and
-regularized steps are timed alternately so that machine noise hits both; the
-ratio of medians and the compiled peak-memory ratio go to JSON.
+For a CIFAR-size model (AlexNet by default, ~23M params, batch 128; or VGG16-BN,
+~15M params; random data) it jit-compiles the plain Adam train step and, for every
+regularizer and K, the same step with ``task_loss + penalty`` over all conv/dense
+kernels (representatives in the param tree, updated by the same step). As in
+``qareg_jax.train``, the step draws dropout masks and carries BatchNorm statistics.
+Plain and regularized steps are timed alternately so that machine noise hits both;
+the ratio of medians and the compiled peak-memory ratio go to JSON
+(``results/regularizer_overhead.json`` for AlexNet, ``..._<model>.json`` otherwise).
 
-    python benchmarks/regularizer_overhead.py                 # full run
-    python benchmarks/regularizer_overhead.py --smoke         # seconds, for tests
+    python benchmarks/regularizer_overhead.py                            # AlexNet
+    python benchmarks/regularizer_overhead.py --model vgg16 --batch 32   # VGG16-BN
+    python benchmarks/regularizer_overhead.py --smoke                    # seconds, for tests
+    python benchmarks/regularizer_overhead.py --smoke --model vgg16      # batch 2, nearest K=2
 """
 
 from __future__ import annotations
@@ -29,52 +33,60 @@ import qareg_jax as q  # noqa: E402
 from qareg_jax.models import get_model  # noqa: E402
 
 REGULARIZERS = ("sine", "cosine", "nearest", "softmin", "product", "wells")
+MODELS = ("alexnet", "vgg16", "small")
 
 
-def build_steps(model: Any, variables: dict[str, Any], batch: dict[str, jax.Array]):
-    """``make_step(specs)``: a jitted Adam step (plain when ``specs`` is None)."""
-    rest = {k: v for k, v in variables.items() if k != "params"}
+def build_steps(model: Any, batch: dict[str, jax.Array]):
+    """``make_step(specs)``: a jitted Adam step ``(params, opt_state, model_state, rng) ->
+    (params, opt_state, model_state, loss)`` (plain when ``specs`` is None)."""
     opt = optax.adam(1e-3)
 
-    def task_loss(params, rng):
-        variables = {"params": params, **rest}
+    def task_loss(params, model_state, rng):
+        variables = {"params": params, **model_state}
         kw = {"train": True, "rngs": {"dropout": rng}}
-        if rest:  # BatchNorm statistics
-            logits, _ = model.apply(variables, batch["image"], mutable=list(rest), **kw)
+        if model_state:  # BatchNorm statistics
+            logits, model_state = model.apply(
+                variables, batch["image"], mutable=list(model_state), **kw
+            )
         else:
             logits = model.apply(variables, batch["image"], **kw)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, model_state
 
     def make_step(specs):
         if specs is None:
             loss = task_loss
         else:
 
-            def loss(tp, rng):
-                return task_loss(tp["model"]["params"], rng) + q.penalty(tp, specs)
+            def loss(tp, model_state, rng):
+                task, model_state = task_loss(tp["model"]["params"], model_state, rng)
+                return task + q.penalty(tp, specs), model_state
 
-        def step(p, state, rng):
-            value, grads = jax.value_and_grad(loss)(p, rng)
+        def step(p, state, model_state, rng):
+            (value, model_state), grads = jax.value_and_grad(loss, has_aux=True)(
+                p, model_state, rng
+            )
             updates, state = opt.update(grads, state, p)
-            return optax.apply_updates(p, updates), state, value
+            return optax.apply_updates(p, updates), state, model_state, value
 
-        return jax.jit(step, donate_argnums=(0, 1)), opt
+        return jax.jit(step, donate_argnums=(0, 1, 2)), opt
 
     return make_step
 
 
-def measure(step, tree, opt):
+def measure(step, tree, model_state, opt):
     """A zero-argument call of the compiled step (state carried along) and its peak bytes."""
     state = opt.init(tree)
+    model_state = jax.tree.map(jnp.copy, model_state)  # donated
     rng = jax.random.PRNGKey(0)
-    compiled = step.lower(tree, state, rng).compile()
+    compiled = step.lower(tree, state, model_state, rng).compile()
     mem = common.compiled_bytes(compiled)
-    tree, state, _ = compiled(tree, state, rng)  # warm-up
-    jax.block_until_ready(tree)
-    holder = {"tree": tree, "state": state}
+    carried = compiled(tree, state, model_state, rng)[:3]  # warm-up
+    jax.block_until_ready(carried)
+    holder = {"carried": carried}
 
     def call():
-        holder["tree"], holder["state"], value = compiled(holder["tree"], holder["state"], rng)
+        *holder["carried"], value = compiled(*holder["carried"], rng)
         return value
 
     return call, mem
@@ -90,11 +102,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     variables = model.init({"params": key, "dropout": key}, batch["image"], train=False)
     variables = jax.tree.map(jnp.asarray, dict(variables))
+    model_state = {k: v for k, v in variables.items() if k != "params"}
     n_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
-    make_step = build_steps(model, variables, batch)
+    make_step = build_steps(model, batch)
 
     plain_step, opt = make_step(None)
-    plain_call, plain_mem = measure(plain_step, jax.tree.map(jnp.copy, variables["params"]), opt)
+    plain_params = jax.tree.map(jnp.copy, variables["params"])
+    plain_call, plain_mem = measure(plain_step, plain_params, model_state, opt)
     rows = []
     for reg in args.regularizers.split(","):
         for k in (int(s) for s in args.ks.split(",")):
@@ -102,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             specs = q.make_specs(params, k=k, regularizer=reg, init="quantile", lam=1e-3)
             tp, specs = q.attach(params, specs)
             reg_step, _ = make_step(specs)
-            reg_call, reg_mem = measure(reg_step, tp, opt)
+            reg_call, reg_mem = measure(reg_step, tp, model_state, opt)
             plain_t, reg_t = [], []
             for _ in range(args.repeats):  # alternate so that noise hits both
                 plain_t.append(common.time_call(plain_call))
@@ -132,6 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "params": int(n_params),
             "batch": args.batch,
             "image_shape": shape,
+            "regularizers": args.regularizers.split(","),
+            "ks": [int(s) for s in args.ks.split(",")],
             "repeats": args.repeats,
             "optimizer": "adam",
             "selection": "all conv/dense kernels (default rule)",
@@ -146,18 +162,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="alexnet", help="alexnet | vgg16 | small")
+    p.add_argument("--model", choices=MODELS, help="default: alexnet (small with --smoke)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--image-shape", default="32,32,3")
     p.add_argument("--ks", default="2,4,16,256")
     p.add_argument("--regularizers", default=",".join(REGULARIZERS))
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", default=str(common.RESULTS / "regularizer_overhead.json"))
-    p.add_argument("--smoke", action="store_true", help="tiny model and sizes (seconds)")
+    p.add_argument("--out", help="default: results/regularizer_overhead[_MODEL].json")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="for tests: the small CNN, or the --model given at batch 2, nearest K=2 only",
+    )
     args = p.parse_args(argv)
-    if args.smoke:
-        args.model, args.batch, args.image_shape = "small", 8, "8,8,1"
-        args.ks, args.repeats = "2,40", 1
+    if args.smoke and args.model in (None, "small"):
+        args.model, args.batch, args.image_shape, args.ks = "small", 8, "8,8,1", "2,40"
+    elif args.smoke:
+        args.batch, args.ks, args.regularizers = 2, "2", "nearest"
+    args.model = args.model or "alexnet"
+    args.repeats = 1 if args.smoke else args.repeats
+    suffix = "" if args.model == "alexnet" else f"_{args.model}"
+    args.out = args.out or str(common.RESULTS / f"regularizer_overhead{suffix}.json")
     return args
 
 

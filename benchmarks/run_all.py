@@ -1,9 +1,10 @@
 """Run every benchmark script in this folder and print one summary table of their JSON.
 
 Each script ``benchmarks/NAME.py`` (all but ``common.py`` and this file) runs in its own
-process as ``python NAME.py [--smoke] --out OUT_DIR/NAME.json``; a failing script is
-reported and the others still run. The table has one line per result row: the case
-(e.g. regularizer and K) and its headline numbers.
+process as ``python NAME.py [--smoke] --out OUT_DIR/NAME.json``, and each entry of
+``VARIANTS`` (a script with other arguments, e.g. ``regularizer_overhead_vgg16``) likewise;
+a failing run is reported and the others still run. The table has one line per result
+row: the case (e.g. regularizer and K) and its headline numbers.
 
     python benchmarks/run_all.py --smoke          # seconds per script, JSON to a temp dir
     python benchmarks/run_all.py                  # full runs, JSON to benchmarks/results/
@@ -38,17 +39,30 @@ HEADLINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dkm_memory": (("impl", "n", "k"), ("peak_bytes", "time_s")),
     "scaling": (("devices", "global_batch"), ("step_ms", "weak_scaling_efficiency")),
 }
+# Further runs of a script with other arguments: run name -> (script, arguments).
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "regularizer_overhead_vgg16": (
+        "regularizer_overhead",
+        ("--model", "vgg16", "--batch", "32", "--repeats", "3"),
+    ),
+}
 
 
 def discover() -> list[str]:
-    """Names of the benchmark scripts here: the known ones in order, then any others."""
+    """Names of the runs: the known scripts here in order, then any others, each followed
+    by its ``VARIANTS``."""
     found = {p.stem for p in HERE.glob("*.py")} - NOT_BENCHMARKS
-    return [n for n in HEADLINES if n in found] + sorted(found - set(HEADLINES))
+    names = []
+    for script in [n for n in HEADLINES if n in found] + sorted(found - set(HEADLINES)):
+        names += [script] + [v for v, (base, _) in VARIANTS.items() if base == script]
+    return names
 
 
 def run_script(name: str, out: Path, smoke: bool, timeout: float | None) -> dict[str, Any]:
-    """Runs one script; returns its status, wall time and the tail of its output."""
-    cmd = [sys.executable, str(HERE / f"{name}.py"), "--out", str(out)] + (["--smoke"] * smoke)
+    """Runs one script or variant; returns its status, wall time and the tail of its output."""
+    script, extra = VARIANTS.get(name, (name, ()))
+    cmd = [sys.executable, str(HERE / f"{script}.py"), *extra, "--out", str(out)]
+    cmd += ["--smoke"] * smoke
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -76,10 +90,11 @@ def summary_lines(name: str, payload: dict[str, Any]) -> list[tuple[str, str, st
     Benchmarks without an entry in ``HEADLINES`` show their text/integer fields as the
     case and their float fields as the numbers.
     """
+    script = VARIANTS.get(name, (name, ()))[0]
     lines = []
     for row in _rows(payload):
-        if name in HEADLINES:
-            case_keys, value_keys = HEADLINES[name]
+        if script in HEADLINES:
+            case_keys, value_keys = HEADLINES[script]
         else:
             case_keys = tuple(k for k, v in row.items() if isinstance(v, str | int))
             value_keys = tuple(k for k, v in row.items() if isinstance(v, float))

@@ -11,6 +11,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
+import regularizer_overhead  # noqa: E402
 import run_all  # noqa: E402
 
 
@@ -24,6 +25,17 @@ def test_smoke_run_writes_json(name, tmp_path):
     lines = run_all.summary_lines(name, payload)
     assert lines and all(line[0] == name for line in lines)
     assert name in run_all.table([res], tmp_path)
+    if name == "regularizer_overhead_vgg16":  # the variant's arguments reached the script
+        assert payload["config"]["model"] == "vgg16" and payload["config"]["batch"] == 2
+
+
+def test_regularizer_overhead_names_its_output_after_the_model():
+    results = regularizer_overhead.common.RESULTS
+    assert regularizer_overhead.parse([]).out == str(results / "regularizer_overhead.json")
+    args = regularizer_overhead.parse(["--model", "vgg16", "--batch", "32"])
+    assert (args.model, args.batch) == ("vgg16", 32)
+    assert args.out == str(results / "regularizer_overhead_vgg16.json")
+    assert regularizer_overhead.parse(["--smoke"]).model == "small"
 
 
 def test_run_all_lists_the_scripts_and_rejects_unknown_names():
