@@ -19,6 +19,7 @@ from .codebook import (
 )
 from .penalty import elementwise, layer_penalties, penalty, penalty_stats
 from .regularizers import (
+    all_reps_total,
     cosine,
     nearest,
     nearest_total,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "QuantSpec",
     "QuantizedFinetuneState",
+    "all_reps_total",
     "attach",
     "check_tree",
     "compress",

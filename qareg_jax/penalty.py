@@ -43,6 +43,12 @@ def reduced(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) -> jax
         total = R.nearest_total(w, reps).astype(jnp.float32)
     elif spec.regularizer == "wells" and spec.wells_mode == "max" and reps is not None:
         total = R.wells_total(w, reps, spec.sigma).astype(jnp.float32)
+    elif spec.regularizer == "wells" and reps is not None:
+        total = R.all_reps_total(w, reps, "wells_mean", spec.sigma).astype(jnp.float32)
+    elif spec.regularizer == "softmin" and reps is not None:
+        total = R.all_reps_total(w, reps, "softmin", spec.tau).astype(jnp.float32)
+    elif spec.regularizer == "product" and reps is not None:
+        total = R.all_reps_total(w, reps, "product").astype(jnp.float32)
     else:
         total = jnp.sum(elementwise(w, spec, reps), dtype=jnp.float32)
     return total / w.size if spec.reduction == "mean" else total

@@ -31,7 +31,8 @@ over representatives). ``nearest`` (and ``wells(mode="max")``) find the nearest
 representative with a compare chain (K <= 32) or a bucket-table lookup over the
 sorted midpoints (O(N), exact binary search as fallback); ``softmin``, ``product`` and
 ``wells(mode="mean")`` need every representative by definition: they scan over
-``K`` with ``O(N)`` memory and ``O(N K)`` time.
+``K`` with ``O(N K)`` time; :func:`all_reps_total` (their sum, what ``penalty``
+uses) does it block by block, with O(block) temporaries.
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ def check_positive(value: object, name: str) -> None:
     """Raise if a concrete hyper-parameter is not a finite number > 0."""
     if isinstance(value, jax.core.Tracer):
         return
-    v = np.asarray(value)
+    try:
+        v = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        v = np.asarray(np.nan)
     if v.size != 1 or not np.isfinite(v) or float(v) <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
@@ -493,8 +497,10 @@ def nearest(w: Array, reps: Array) -> Array:
 # ------------------------------------------------- sums over all representatives
 #
 # softmin, product and wells(mean) are sums over the K representatives of a
-# per-pair term. Both passes scan over k with O(N) carries; the backward pass
-# recomputes the terms, keeping one N-sized residual (the forward aggregate).
+# per-pair term. Both passes scan over k with carries the size of ``w`` (or of a
+# block of it, for the totals); the backward pass recomputes the terms instead
+# of keeping N-sized residuals. Each kind is a pair of functions on compute-dtype
+# arrays: ``value(wc, rc, param)`` and ``grads(wc, rc, param, gc) -> (dw, dc)``.
 
 
 def _scan_reps(fn: Callable[[Array, Array], Array], init: Array, reps: Array) -> Array:
@@ -515,44 +521,132 @@ def _backward_over_reps(h: Callable[[Array], Array], wc: Array, reps_c: Array):
     return jax.lax.scan(body, jnp.zeros_like(wc), reps_c)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _softmin(w, reps, tau):
-    return _softmin_fwd(w, reps, tau)[0]
-
-
 def _softmin_lse(wc, reps_c, tau):
-    # Online log-sum-exp over k of -(w - c_k)^2 / tau.
+    # Online log-sum-exp over k of z_k = -(w - c_k)^2 / tau, one exp per term:
+    # of exp(m - m_new) and exp(z - m_new) one is always exp(0) = 1.
     def step(carry, c):
         m, s = carry
         z = -((wc - c) ** 2) / tau
-        m_new = jnp.maximum(m, z)
-        return m_new, s * jnp.exp(m - m_new) + jnp.exp(z - m_new)
+        e = jnp.exp(-jnp.abs(z - m))
+        return jnp.maximum(m, z), jnp.where(z > m, s * e + 1, s + e)
 
-    m0 = jnp.full_like(wc, -jnp.inf)
-    m, s = _scan_reps(step, (m0, jnp.zeros_like(wc)), reps_c)
+    m0 = -((wc - reps_c[0]) ** 2) / tau
+    m, s = _scan_reps(step, (m0, jnp.ones_like(wc)), reps_c[1:])
     return m + jnp.log(s)
 
 
-def _softmin_fwd(w, reps, tau):
+def _softmin_value(wc, rc, tau):
+    return -tau * (_softmin_lse(wc, rc, tau) - math.log(rc.shape[0]))
+
+
+def _softmin_grads(wc, rc, tau, gc):
+    lse = _softmin_lse(wc, rc, tau)  # recomputed: no N-sized residual
+    # d value / d w = sum_k a_k 2 (w - c_k), a_k = softmax_k(-(w - c_k)^2 / tau).
+    return _backward_over_reps(lambda d: gc * 2 * d * jnp.exp(-(d * d) / tau - lse), wc, rc)
+
+
+def _product_value(wc, rc, _=None):
+    # log(0) = -inf gives an exact 0 at every representative.
+    logsum = _scan_reps(lambda acc, c: acc + jnp.log((wc - c) ** 2), jnp.zeros_like(wc), rc)
+    return jnp.exp(logsum / rc.shape[0])
+
+
+def _product_grads(wc, rc, _, gc):
+    # d value / d w = value * (2/K) sum_k 1 / (w - c_k); zero (a subgradient) where value is 0.
+    # The value is recomputed rather than kept: no N-sized residual.
+    coef = gc * _product_value(wc, rc) * (2.0 / rc.shape[0])
+    safe = lambda d: jnp.where(d == 0, 0.0, coef / jnp.where(d == 0, 1.0, d))  # noqa: E731
+    return _backward_over_reps(safe, wc, rc)
+
+
+def _wells_mean_value(wc, rc, sigma):
+    inv = 1.0 / (2 * sigma * sigma)
+    total = _scan_reps(lambda acc, c: acc + jnp.exp(-((wc - c) ** 2) * inv), jnp.zeros_like(wc), rc)
+    return 1.0 - total / rc.shape[0]
+
+
+def _wells_mean_grads(wc, rc, sigma, gc):
+    inv = 1.0 / (2 * sigma * sigma)
+    k = rc.shape[0]
+    return _backward_over_reps(lambda d: gc * (2 * inv / k) * d * jnp.exp(-(d * d) * inv), wc, rc)
+
+
+_ALL_REPS = {
+    "softmin": (_softmin_value, _softmin_grads),
+    "product": (_product_value, _product_grads),
+    "wells_mean": (_wells_mean_value, _wells_mean_grads),
+}
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _all_reps(w, reps, kind, param):
+    """Element-wise penalty ``kind`` (shape of ``w``)."""
     cd = _compute_dtype(w.dtype)
-    wc, rc = w.astype(cd), reps.astype(cd)
-    value = -tau * (_softmin_lse(wc, rc, tau) - math.log(reps.shape[0]))
-    return value.astype(w.dtype), (w, reps)
+    value = _ALL_REPS[kind][0](w.astype(cd), reps.astype(cd), param)
+    return value.astype(w.dtype)
 
 
-def _softmin_bwd(tau, res, g):
+def _all_reps_fwd(w, reps, kind, param):
+    return _all_reps(w, reps, kind, param), (w, reps)
+
+
+def _all_reps_bwd(kind, param, res, g):
     w, reps = res
     cd = _compute_dtype(w.dtype)
-    wc, gc = w.astype(cd), g.astype(cd)
-    lse = _softmin_lse(wc, reps.astype(cd), tau)  # recomputed: no N-sized residual
-    # d value / d w = sum_k a_k 2 (w - c_k), a_k = softmax_k(-(w - c_k)^2 / tau).
-    dw, dc = _backward_over_reps(
-        lambda d: gc * 2 * d * jnp.exp(-(d * d) / tau - lse), wc, reps.astype(cd)
-    )
+    dw, dc = _ALL_REPS[kind][1](w.astype(cd), reps.astype(cd), param, g.astype(cd))
     return dw.astype(w.dtype), dc.astype(reps.dtype)
 
 
-_softmin.defvjp(_softmin_fwd, _softmin_bwd)
+_all_reps.defvjp(_all_reps_fwd, _all_reps_bwd)
+
+
+def _blocks(wc: Array) -> Array:
+    nb = _leading_blocks(wc.shape)
+    return wc.reshape(nb, wc.shape[0] // nb, *wc.shape[1:]) if wc.shape else wc.reshape(1)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _all_reps_total(w, reps, kind, param):
+    """``sum(_all_reps(w, ...))`` (compute dtype), block by block along axis 0, so the
+    scan carries are O(block) rather than O(N) (and stay in cache)."""
+    cd = _compute_dtype(w.dtype)
+    rc = reps.astype(cd)
+    value = _ALL_REPS[kind][0]
+    return jnp.sum(jax.lax.map(lambda b: jnp.sum(value(b, rc, param)), _blocks(w.astype(cd))))
+
+
+def _all_reps_total_fwd(w, reps, kind, param):
+    return _all_reps_total(w, reps, kind, param), (w, reps)
+
+
+def _all_reps_total_bwd(kind, param, res, g):
+    w, reps = res
+    cd = _compute_dtype(w.dtype)
+    rc, gc = reps.astype(cd), g.astype(cd)
+    grads = _ALL_REPS[kind][1]
+    dw, dc = jax.lax.map(lambda b: grads(b, rc, param, gc), _blocks(w.astype(cd)))
+    return dw.reshape(w.shape).astype(w.dtype), jnp.sum(dc, axis=0).astype(reps.dtype)
+
+
+_all_reps_total.defvjp(_all_reps_total_fwd, _all_reps_total_bwd)
+
+
+def all_reps_total(w: Array, reps: Array, kind: str, param: float | None = None) -> Array:
+    """``sum_i penalty(w_i)`` for ``kind`` in "softmin" (``param`` = tau), "product",
+    "wells_mean" (``param`` = sigma), as a scalar (float32 or wider).
+
+    Equal to summing :func:`softmin` / :func:`product` / :func:`wells` (mode
+    "mean") but computed block by block: O(block) temporaries instead of O(N)
+    scan carries. ``penalty`` uses it for these regularizers.
+    """
+    w = check_float(w)
+    reps = _check_reps(reps)
+    if kind not in _ALL_REPS:
+        raise ValueError(f"kind must be one of {sorted(_ALL_REPS)}, got {kind!r}")
+    if kind != "product":
+        check_positive(param, "tau" if kind == "softmin" else "sigma")
+        param = float(param)
+    return _all_reps_total(w, reps, kind, None if kind == "product" else param)
 
 
 def softmin(w: Array, reps: Array, tau: float) -> Array:
@@ -572,38 +666,7 @@ def softmin(w: Array, reps: Array, tau: float) -> Array:
     w = check_float(w)
     reps = _check_reps(reps)
     check_positive(tau, "tau")
-    return _softmin(w, reps, float(tau))
-
-
-@jax.custom_vjp
-def _product(w, reps):
-    return _product_fwd(w, reps)[0]
-
-
-def _product_value(wc, rc):
-    # log(0) = -inf gives an exact 0 at every representative.
-    logsum = _scan_reps(lambda acc, c: acc + jnp.log((wc - c) ** 2), jnp.zeros_like(wc), rc)
-    return jnp.exp(logsum / rc.shape[0])
-
-
-def _product_fwd(w, reps):
-    cd = _compute_dtype(w.dtype)
-    return _product_value(w.astype(cd), reps.astype(cd)).astype(w.dtype), (w, reps)
-
-
-def _product_bwd(res, g):
-    w, reps = res
-    cd = _compute_dtype(w.dtype)
-    wc, rc = w.astype(cd), reps.astype(cd)
-    # d value / d w = value * (2/K) sum_k 1 / (w - c_k); zero (a subgradient) where value is 0.
-    # The value is recomputed rather than kept: no N-sized residual.
-    coef = g.astype(cd) * _product_value(wc, rc) * (2.0 / reps.shape[0])
-    safe = lambda d: jnp.where(d == 0, 0.0, coef / jnp.where(d == 0, 1.0, d))  # noqa: E731
-    dw, dc = _backward_over_reps(safe, wc, rc)
-    return dw.astype(w.dtype), dc.astype(reps.dtype)
-
-
-_product.defvjp(_product_fwd, _product_bwd)
+    return _all_reps(w, reps, "softmin", float(tau))
 
 
 def product(w: Array, reps: Array) -> Array:
@@ -619,36 +682,7 @@ def product(w: Array, reps: Array) -> Array:
     """
     w = check_float(w)
     reps = _check_reps(reps)
-    return _product(w, reps)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _wells_mean(w, reps, sigma):
-    return _wells_mean_fwd(w, reps, sigma)[0]
-
-
-def _wells_mean_fwd(w, reps, sigma):
-    cd = _compute_dtype(w.dtype)
-    wc, rc = w.astype(cd), reps.astype(cd)
-    inv = 1.0 / (2 * sigma * sigma)
-    total = _scan_reps(lambda acc, c: acc + jnp.exp(-((wc - c) ** 2) * inv), jnp.zeros_like(wc), rc)
-    value = 1.0 - total / reps.shape[0]
-    return value.astype(w.dtype), (w, reps)
-
-
-def _wells_mean_bwd(sigma, res, g):
-    w, reps = res
-    cd = _compute_dtype(w.dtype)
-    wc, gc = w.astype(cd), g.astype(cd)
-    inv = 1.0 / (2 * sigma * sigma)
-    k = reps.shape[0]
-    dw, dc = _backward_over_reps(
-        lambda d: gc * (2 * inv / k) * d * jnp.exp(-(d * d) * inv), wc, reps.astype(cd)
-    )
-    return dw.astype(w.dtype), dc.astype(reps.dtype)
-
-
-_wells_mean.defvjp(_wells_mean_fwd, _wells_mean_bwd)
+    return _all_reps(w, reps, "product", None)
 
 
 def wells(w: Array, reps: Array, sigma: float, mode: str = "max") -> Array:
@@ -672,7 +706,7 @@ def wells(w: Array, reps: Array, sigma: float, mode: str = "max") -> Array:
         d2 = _nearest_sq(w, reps).astype(cd)
         return (1.0 - jnp.exp(-d2 / (2 * float(sigma) ** 2))).astype(w.dtype)
     if mode == "mean":
-        return _wells_mean(w, reps, float(sigma))
+        return _all_reps(w, reps, "wells_mean", float(sigma))
     raise ValueError(f"mode must be 'max' or 'mean', got {mode!r}")
 
 

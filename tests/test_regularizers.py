@@ -330,3 +330,33 @@ def test_nearest_total_rep_gradient_is_accurate_on_a_large_layer(k):
     idx = np.searchsorted(mid, np.asarray(w).ravel(), side="left")
     ref = np.bincount(idx, weights=-2 * (wn - rn[idx]), minlength=k)
     assert np.max(np.abs(g - ref)) <= 2e-5 * np.max(np.abs(ref))
+
+
+@pytest.mark.parametrize("kind", ["softmin", "product", "wells_mean"])
+def test_all_reps_total_equals_the_elementwise_sum(kind):
+    """The blocked total (what ``penalty`` uses) has the value and gradients of the
+    element-wise penalty's sum, on a layer split into several blocks."""
+    w = jax.random.normal(jax.random.key(1), (2 * (R._BLOCK // 512), 512)) * 0.1
+    reps = jnp.array([-0.2, -0.05, 0.0, 0.1, 0.3])
+    elem = {
+        "softmin": lambda w, r: R.softmin(w, r, 0.01),
+        "product": R.product,
+        "wells_mean": lambda w, r: R.wells(w, r, 0.05, mode="mean"),
+    }[kind]
+    param = {"softmin": 0.01, "product": None, "wells_mean": 0.05}[kind]
+    assert R._leading_blocks(w.shape) > 1
+    v1, g1 = jax.value_and_grad(R.all_reps_total, argnums=(0, 1))(w, reps, kind, param)
+    v0, g0 = jax.value_and_grad(lambda w, r: jnp.sum(elem(w, r)), argnums=(0, 1))(w, reps)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    np.testing.assert_allclose(g1[0], g0[0], rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(g1[1], g0[1], rtol=1e-4, atol=1e-6 * float(jnp.max(abs(g0[1]))))
+
+
+def test_all_reps_total_rejects_bad_arguments():
+    w, reps = jnp.ones((4,)), jnp.array([0.0, 1.0])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        R.all_reps_total(w, reps, "nearest")
+    with pytest.raises(ValueError, match="tau must be"):
+        R.all_reps_total(w, reps, "softmin", 0.0)
+    with pytest.raises(ValueError, match="sigma must be"):
+        R.all_reps_total(w, reps, "wells_mean", None)
