@@ -15,7 +15,10 @@ that lost all their weights at their last position, unused.
 
 These are one-off host steps (numpy); jax arrays are accepted and copied to the
 host. No function builds an N x K array: the 1-D structure (sorted data, sorted
-levels) turns every nearest-level search into a ``np.searchsorted``.
+levels) turns every nearest-level search into k - 1 comparisons (k <= 64) or a
+search of the sorted midpoints. In :func:`assign_nearest` (so k-means and CWS) and
+the ECSQ regions, a weight exactly on a boundary goes to the lower level, as in
+:func:`qareg_jax.snap.assign`; UQ rounds half to even, binary maps 0 to +alpha.
 
 Errors are raised before any compute: ``k`` not an int (``TypeError``), ``k < 2``
 or ``k > 2**32``, empty ``w``, NaN/inf in ``w`` (``ValueError``), non-float ``w``
@@ -60,11 +63,13 @@ _DP_CANDIDATES = 4096  # candidate edges of the dynamic-programming init
 # "auto" skips the dp (O(K M log M)) and k-means++ (O(K**2 log N)) inits above this k.
 _COSTLY_INIT_MAX_K = 1024
 _KMEANS_MAX_ITER = 1000  # Lloyd iterations per start (each O(K log N): cheap)
-_CHUNK = 1 << 20  # elements per searchsorted / XLA call in assign_nearest
-# assign_nearest uses the jitted XLA search (one compile per k, ~0.3 s) from this much
-# work, n * ceil(log2 k); below it, threaded searchsorted is cheaper than the compile.
+_CHUNK = 1 << 20  # elements per thread task / XLA call in assign_nearest
+_SUB = 1 << 16  # elements per cache-sized piece of an O(N) numpy pass
+_COMPARE_MAX_K = 64  # up to this k, assign_nearest sums k - 1 comparisons (no search)
+# Above it, assign_nearest uses the jitted XLA search (one compile per k, ~0.3 s) from
+# this much work, n * ceil(log2 k); below it, threaded searchsorted is cheaper.
 _FAST_WORK = 1 << 26
-_UNROLL_MAX_K = 32  # up to this k, the XLA search sums comparisons instead of bisecting
+_BLOCK = 64  # k-means prefix sums are stored every _BLOCK sorted elements
 _PWS_SEED_MSG = "pws needs an explicit seed (keyword seed=<int>): it rounds at random"
 
 
@@ -133,8 +138,10 @@ def _few_distinct(arr: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | No
 def assign_nearest(w: Any, codebook: Any) -> np.ndarray:
     """Index of the nearest level of a sorted ``codebook`` (k,) for every entry of ``w``.
 
-    Ties (a weight exactly half-way) go to the upper level. ``searchsorted`` on the
-    k-1 midpoints: O(N log K) time, O(N) memory. Returns ``w.shape``, ``index_dtype(k)``.
+    Exact, with the rule of :func:`qareg_jax.snap.assign`: a weight exactly half-way
+    between two levels goes to the lower one (among equal levels, to the first).
+    Up to k = 64 a sum of k - 1 comparisons, else a search of the k - 1 midpoints:
+    O(N min(K, log K)) time, O(N) memory. Returns ``w.shape``, ``index_dtype(k)``.
     """
     arr = _host_float(w)
     cb = np.asarray(codebook, np.float64)
@@ -145,78 +152,118 @@ def assign_nearest(w: Any, codebook: Any) -> np.ndarray:
     return _assign(arr, cb)
 
 
-def _count_le_kernel(x: jax.Array, mids: jax.Array, out_dtype: Any) -> tuple[jax.Array, jax.Array]:
-    """(number of ``mids`` <= x, any subnormal x) for float32 ``x``; ``mids`` sorted.
+def _round_down(a: np.ndarray, b: Any, dtype: np.dtype) -> np.ndarray:
+    """Largest ``dtype`` value <= the exact sum ``a + b`` of float64 values, elementwise.
 
-    Few levels: a sum of comparisons; more: an unrolled branchless binary search on
-    ``mids`` padded with +inf to a power of two (a fused single pass, no branches).
-    XLA on CPU treats subnormals as zero, so the caller redoes flagged chunks.
+    For ``x`` of that dtype, ``x > result`` iff ``x > a + b`` exactly. Only when the
+    float64 sum is itself a ``dtype`` value can its rounding hide which side of it the
+    exact sum lies; TwoSum's error term then decides.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = a + b
+        t = s.astype(dtype)
+        down = t > s
+        on = t == s
+        if on.any():
+            bb = s - a
+            err = (a - (s - bb)) + (b - bb)
+            down |= on & (err < 0)
+    return np.where(down, np.nextafter(t, dtype.type(-np.inf)), t)
+
+
+def _midpoints(cb: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """(k-1,) thresholds in ``dtype`` of a sorted float64 ``cb``: x is nearer ``cb[j+1]``
+    than ``cb[j]`` iff ``x > mids[j]`` (exact; ties go to the lower level)."""
+    return _round_down(0.5 * cb[:-1], 0.5 * cb[1:], np.dtype(dtype))
+
+
+def _count_below_kernel(
+    x: jax.Array, mids: jax.Array, out_dtype: Any
+) -> tuple[jax.Array, jax.Array]:
+    """(number of ``mids`` < x, any subnormal x) for float32 ``x``; ``mids`` sorted.
+
+    An unrolled branchless binary search on ``mids`` padded with +inf to a power of
+    two (a fused single pass, no branches). XLA on CPU treats subnormals as zero, so
+    the caller redoes flagged chunks.
     """
     m = mids.shape[0]
-    if m < _UNROLL_MAX_K:
-        idx = jnp.zeros(x.shape, jnp.int32)
-        for j in range(m):
-            idx = idx + (mids[j] <= x).astype(jnp.int32)
-    else:
-        size = 1 << m.bit_length()  # > m: at least one +inf, so idx <= m
-        table = jnp.concatenate([mids, jnp.full((size - m,), jnp.inf, mids.dtype)])
-        idx = jnp.zeros(x.shape, jnp.int32)
-        step = size // 2
-        while step >= 1:
-            idx = jnp.where(table[idx + step - 1] <= x, idx + step, idx)
-            step //= 2
+    size = 1 << m.bit_length()  # > m: at least one +inf, so idx <= m
+    table = jnp.concatenate([mids, jnp.full((size - m,), jnp.inf, mids.dtype)])
+    idx = jnp.zeros(x.shape, jnp.int32)
+    step = size // 2
+    while step >= 1:
+        idx = jnp.where(table[idx + step - 1] < x, idx + step, idx)
+        step //= 2
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32) & jnp.uint32(0x7FFFFFFF)
     subnormal = jnp.any((bits != 0) & (bits < jnp.uint32(0x00800000)))
     return idx.astype(out_dtype), subnormal
 
 
-_count_le = jax.jit(_count_le_kernel, static_argnums=2)
+_count_below = jax.jit(_count_below_kernel, static_argnums=2)
 
 
 def _assign(arr: np.ndarray, cb: np.ndarray) -> np.ndarray:
     """:func:`assign_nearest` for validated float32/float64 ``arr`` and float64 ``cb``."""
-    mids64 = 0.5 * (cb[:-1] + cb[1:])
-    mids = mids64.astype(arr.dtype)
-    # Round float32 midpoints up so that `w >= mid32` iff `w >= mid64` for float32 w:
-    # exact nearest-level decisions without a float64 copy of w.
-    mids = np.where(mids < mids64, np.nextafter(mids, np.inf), mids)
+    mids = _midpoints(cb, arr.dtype)  # arr's dtype: no converted copy of arr
     flat = arr.ravel()
     dtype = index_dtype(cb.size)
     out = np.empty(flat.size, dtype)
     tiny = np.finfo(np.float32).tiny
     fast = (
         arr.dtype == np.float32
-        and flat.size * max(1, (cb.size - 1).bit_length()) >= _FAST_WORK
+        and cb.size > _COMPARE_MAX_K
+        and flat.size * (cb.size - 1).bit_length() >= _FAST_WORK
         and cb.size <= 2**16
         and not np.any((mids != 0) & (np.abs(mids) < tiny))  # XLA flushes subnormals
     )
 
-    def slow(start: int, stop: int) -> None:
-        out[start:stop] = np.searchsorted(mids, flat[start:stop], side="right")
+    def compare(start: int, stop: int) -> None:  # cache-sized pieces, one pass per level
+        hit = np.empty(min(_SUB, stop - start), bool)
+        for s in range(start, stop, _SUB):
+            x, o = flat[s : min(s + _SUB, stop)], out[s : min(s + _SUB, stop)]
+            h = hit[: x.size]
+            o.fill(0)
+            for m in mids:
+                np.greater(x, m, out=h)
+                o += h
+
+    def search(start: int, stop: int) -> None:
+        out[start:stop] = np.searchsorted(mids, flat[start:stop], side="left")
 
     def run(start: int) -> None:
         stop = min(start + _CHUNK, flat.size)
+        if cb.size <= _COMPARE_MAX_K:
+            compare(start, stop)
+            return
         if not fast:
-            slow(start, stop)
+            search(start, stop)
             return
         chunk = flat[start:stop]
         if chunk.size < _CHUNK and flat.size > _CHUNK:  # one compiled shape: pad the tail
             chunk = np.concatenate([chunk, np.zeros(_CHUNK - chunk.size, np.float32)])
-        idx, subnormal = _count_le(chunk, mids, dtype)
+        idx, subnormal = _count_below(chunk, mids, dtype)
         if bool(subnormal):  # exact comparisons for chunks holding subnormal weights
-            slow(start, stop)
+            search(start, stop)
         else:
             out[start:stop] = np.asarray(idx)[: stop - start]
 
     starts = range(0, flat.size, _CHUNK)
     if len(starts) > 1:
-        # searchsorted and XLA release the GIL: threads use every core, and chunks
-        # bound the temporaries.
+        # numpy and XLA release the GIL: threads use every core, and chunks bound
+        # the temporaries.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as ex:
             list(ex.map(run, starts))
     else:
         run(0)
+    if np.any(cb[1:] == cb[:-1]):  # equal levels: the first of each run
+        out = np.searchsorted(cb, cb, side="left").astype(dtype)[out]
     return out.reshape(arr.shape)
+
+
+def _square_sum(d: np.ndarray) -> float:
+    """Sum of squares of a float64 array, in place (pairwise sum: no BLAS threads)."""
+    d *= d
+    return float(d.sum())
 
 
 def inertia(w: Any, codebook: Any, assignments: Any) -> float:
@@ -224,9 +271,23 @@ def inertia(w: Any, codebook: Any, assignments: Any) -> float:
     flat, idx = np.asarray(w).ravel(), np.asarray(assignments).ravel()
     cb = np.asarray(codebook, np.float64)
     total = 0.0
-    for s in range(0, flat.size, _CHUNK):  # chunks: no N-sized float64 temporaries
-        diff = flat[s : s + _CHUNK].astype(np.float64) - cb[idx[s : s + _CHUNK]]
-        total += float(np.vdot(diff, diff))
+    for s in range(0, flat.size, _SUB):  # pieces: no N-sized float64 temporaries
+        total += _square_sum(flat[s : s + _SUB].astype(np.float64) - cb[idx[s : s + _SUB]])
+    return total
+
+
+def _sorted_inertia(x: np.ndarray, codebook: np.ndarray) -> float:
+    """:func:`inertia` of sorted ``x`` under :func:`assign_nearest` to a float32 ``codebook``,
+    summed over the segments of the sorted data (no assignments, no gather)."""
+    cb = codebook.astype(np.float64)
+    edges = np.searchsorted(x, _midpoints(cb, x.dtype), side="right")
+    edges = np.concatenate([[0], edges, [x.size]])
+    total = 0.0
+    for j in range(cb.size):
+        for s in range(edges[j], edges[j + 1], _SUB):
+            d = x[s : min(s + _SUB, edges[j + 1])].astype(np.float64)
+            d -= cb[j]
+            total += _square_sum(d)
     return total
 
 
@@ -235,64 +296,118 @@ def inertia(w: Any, codebook: Any, assignments: Any) -> float:
 
 @dataclass(frozen=True)
 class _Prefix:
-    """Sorted 1-D data with float64 prefix sums; segments are index ranges [s, e).
+    """Sorted 1-D data with float64 prefix sums stored every ``_BLOCK`` elements.
 
-    Values are shifted by their median (unless that merges distinct values) so the
-    per-segment SSE ``Q - S**2 / W`` suffers little cancellation.
+    Sums are of ``d = x - shift``, the values shifted by their median (unless that
+    merges distinct values), so the per-segment SSE ``Q - S**2 / W`` suffers little
+    cancellation; the prefix at any index is its block's stored prefix plus a direct
+    sum over < ``_BLOCK`` elements. No N-sized float64 array is built. Segments are
+    index ranges [s, e); centroids and thresholds are shifted coordinates.
     """
 
-    x: np.ndarray  # (n,) sorted, shifted
+    x: np.ndarray  # (n,) sorted, input dtype (float32 or float64): a view of xb
+    xb: np.ndarray  # (n // _BLOCK + 1, _BLOCK) x in blocks, padded with its maximum
     shift: float
-    w: np.ndarray | None  # (n,) weights in sorted order; None: all 1
-    cw: np.ndarray  # (n + 1,) cumulative weights
-    c1: np.ndarray  # (n + 1,) cumulative weight * x
-    c2: np.ndarray  # (n + 1,) cumulative weight * x**2
+    w: np.ndarray | None  # (n,) float64 weights in sorted order (a view of wb); None: all 1
+    wb: np.ndarray | None  # (n // _BLOCK + 1, _BLOCK) w in blocks, padded with +inf
+    bw: np.ndarray  # (n // _BLOCK + 1,) cumulative weight before each block
+    b1: np.ndarray  # (n // _BLOCK + 1,) cumulative weight * d before each block
+    b2: np.ndarray  # (n // _BLOCK + 1,) cumulative weight * d**2 before each block
 
     @classmethod
     def build(cls, values: np.ndarray, weights: np.ndarray | None) -> _Prefix:
         values = values.ravel()
+        n, nb = values.size, values.size // _BLOCK
+        xb = np.empty((nb + 1, _BLOCK), values.dtype)
+        x = xb.reshape(-1)[:n]
+        wb = w = None
         if weights is None:
-            # Sort in the input dtype (float32: half the bytes), then widen (exact).
-            x = np.sort(values).astype(np.float64, copy=False)
-            wts = None
+            x[...] = values
+            x.sort()  # in the input dtype (float32: half the bytes)
         else:
             order = np.argsort(values, kind="stable")
-            x, wts = values[order].astype(np.float64), weights.ravel()[order].astype(np.float64)
-        shift = float(x[x.size // 2])
+            np.take(values, order, out=x)
+            wb = np.full((nb + 1, _BLOCK), np.inf)
+            w = wb.reshape(-1)[:n]
+            np.take(weights.ravel(), order, out=w)
+        xb.reshape(-1)[n:] = x[-1]
+        shift = float(x[n // 2])
         # Centring is monotone but can merge values far smaller than the shift;
-        # then keep the raw values (distinct values must stay distinct).
-        if values.dtype == np.float32 and _centring_exact(x):
-            x -= shift  # every difference is exact in float64: nothing merges
-        else:
-            centred = x - shift
-            if np.count_nonzero(np.diff(centred)) == np.count_nonzero(np.diff(x)):
-                x = centred
-            else:
+        # then sum the raw values (distinct values must stay distinct).
+        if not (x.dtype == np.float32 and _centring_exact(x)):
+            centred = x.astype(np.float64) - shift
+            if np.count_nonzero(np.diff(centred)) != np.count_nonzero(np.diff(x)):
                 shift = 0.0
-
-        def cum(v: np.ndarray) -> np.ndarray:
-            out = np.empty(v.size + 1)
-            out[0] = 0.0
-            np.cumsum(v, out=out[1:])
-            return out
-
-        if wts is None:
-            unit = np.arange(x.size + 1, dtype=np.float64)
-            c2 = np.empty(x.size + 1)
-            c2[0] = 0.0
-            np.multiply(x, x, out=c2[1:])
-            np.cumsum(c2[1:], out=c2[1:])
-            return cls(x, shift, None, unit, cum(x), c2)
-        return cls(x, shift, wts, cum(wts), cum(wts * x), cum(wts * x * x))
+        sums = np.zeros((3, nb + 1))
+        step = _SUB // _BLOCK
+        for s in range(0, nb, step):
+            rows = slice(s + 1, min(s + step, nb) + 1)
+            d = xb[s : min(s + step, nb)].astype(np.float64)
+            d -= shift
+            if wb is None:
+                sums[1, rows] = d.sum(axis=1)
+                d *= d
+                sums[2, rows] = d.sum(axis=1)
+            else:
+                wts = wb[s : min(s + step, nb)]
+                sums[0, rows] = wts.sum(axis=1)
+                wd = wts * d
+                sums[1, rows] = wd.sum(axis=1)
+                wd *= d
+                sums[2, rows] = wd.sum(axis=1)
+        np.cumsum(sums, axis=1, out=sums)
+        if wb is None:
+            sums[0] = np.arange(nb + 1) * float(_BLOCK)
+        return cls(x, xb, shift, w, wb, sums[0], sums[1], sums[2])
 
     @property
     def n(self) -> int:
         return self.x.size
 
+    @property
+    def total(self) -> float:
+        """Total weight."""
+        return float(self.n) if self.w is None else float(self.cum(np.asarray(self.n))[0])
+
+    def centred(self, i: Any) -> np.ndarray:
+        """Values at indices ``i`` in shifted coordinates (float64)."""
+        return self.x[i].astype(np.float64) - self.shift
+
+    def cum(
+        self, i: np.ndarray, squares: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Prefix (weight, weight * d, weight * d**2) sums of ``x[:i]``, integer ``i``;
+        the last is None unless ``squares``."""
+        i = np.asarray(i, np.int64)
+        blk, rest = np.divmod(i, _BLOCK)
+        live = np.arange(_BLOCK) < rest[..., None]
+        d = self.xb[blk].astype(np.float64)
+        d -= self.shift
+        d *= live
+        if self.wb is None:
+            cw, wd = i.astype(np.float64), d
+        else:
+            wt = np.where(live, self.wb[blk], 0.0)
+            cw, wd = self.bw[blk] + wt.sum(-1), wt * d
+        c2 = self.b2[blk] + np.einsum("...j,...j->...", wd, d) if squares else None
+        return cw, self.b1[blk] + wd.sum(-1), c2
+
+    def rank(self, t: np.ndarray, side: str = "left") -> np.ndarray:
+        """``np.searchsorted(cw, t, side)`` on the cumulative weights ``cw`` (n + 1,)."""
+        t = np.asarray(t, np.float64)
+        if self.wb is None:  # cw[i] = i
+            r = np.ceil(t) if side == "left" else np.floor(t) + 1
+            return np.clip(r, 0, self.n + 1).astype(np.int64)
+        after = np.searchsorted(self.bw, t, side)  # block starts before t: the answer follows
+        blk = np.maximum(after, 1) - 1
+        cw = self.bw[blk][..., None] + np.cumsum(self.wb[blk], axis=-1)  # +inf past n
+        before = cw < t[..., None] if side == "left" else cw <= t[..., None]
+        return np.where(after == 0, 0, blk * _BLOCK + 1 + np.count_nonzero(before, axis=-1))
+
     def sums(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-segment (weight, weighted sum, weighted sum of squares)."""
-        s, e = edges[:-1], edges[1:]
-        return self.cw[e] - self.cw[s], self.c1[e] - self.c1[s], self.c2[e] - self.c2[s]
+        """Per-segment (weight, weighted sum, weighted sum of squares) of ``d``."""
+        cw, c1, c2 = self.cum(edges)
+        return np.diff(cw), np.diff(c1), np.diff(c2)
 
     def sse(self, edges: np.ndarray) -> np.ndarray:
         wsum, s1, s2 = self.sums(edges)
@@ -301,46 +416,57 @@ class _Prefix:
         return np.maximum(out, 0.0)
 
     def means(self, edges: np.ndarray) -> np.ndarray:
-        wsum, s1, _ = self.sums(edges)
-        return s1 / wsum
+        cw, c1, _ = self.cum(edges, squares=False)
+        return np.diff(c1) / np.diff(cw)
 
     def levels(self, edges: np.ndarray) -> np.ndarray:
         """Final float32 levels (data units) of a partition without empty segments.
 
-        Direct O(N) sums per segment: prefix-sum differences lose digits when |x|
-        spans many orders of magnitude. Sorted, as rounding could swap close means.
+        Direct O(N) sums of the raw values per segment: prefix-sum differences lose
+        digits when |x| spans many orders of magnitude. Sorted, as rounding could
+        swap close means.
         """
         s = edges[:-1]
         if self.w is None:
-            means = np.add.reduceat(self.x, s) / np.diff(edges)
+            means = np.add.reduceat(self.x, s, dtype=np.float64) / np.diff(edges)
         else:
             means = np.add.reduceat(self.w * self.x, s) / np.add.reduceat(self.w, s)
-        return np.sort((means + self.shift).astype(np.float32))
+        return np.sort(means.astype(np.float32))
+
+    def cut(self, thresholds: np.ndarray) -> np.ndarray:
+        """Thresholds (shifted) as values ``c`` of the data dtype: x - shift > t iff x > c."""
+        return _round_down(np.asarray(thresholds, np.float64), self.shift, self.x.dtype)
+
+    def count_le(self, thresholds: np.ndarray) -> np.ndarray:
+        """Number of values with x - shift <= t, for each (shifted) threshold t."""
+        return np.searchsorted(self.x, self.cut(thresholds), side="right")
 
     def edges_for(self, thresholds: np.ndarray) -> np.ndarray:
-        """Segment edges: x < thresholds[j] goes left of edge j + 1, x >= it right."""
-        edges = np.empty(thresholds.size + 2, np.int64)
-        edges[0], edges[-1] = 0, self.n
-        edges[1:-1] = np.searchsorted(self.x, thresholds, side="left")
+        """Segment edges (..., m + 2) of sorted thresholds (..., m): x - shift <=
+        thresholds[..., j] goes left of edge j + 1 (ties lower)."""
+        edges = np.empty(thresholds.shape[:-1] + (thresholds.shape[-1] + 2,), np.int64)
+        edges[..., 0], edges[..., -1] = 0, self.n
+        edges[..., 1:-1] = self.count_le(thresholds)
         return edges
 
 
 def _centring_exact(x: np.ndarray) -> bool:
-    """True when ``x`` (sorted float64 copies of float32 values) minus any of its values
-    is exact in float64: all are multiples of the float32 spacing at the smallest
-    nonzero |x|, and the differences stay below 2**53 such steps.
+    """True when sorted float32 ``x`` minus any of its values is exact in float64: all
+    are multiples of the float32 spacing at the smallest nonzero |x|, and the
+    differences stay below 2**53 such steps.
     """
-    pos = np.searchsorted(x, 0.0, side="right")
-    small = [x[pos]] if pos < x.size else []
+    zero = x.dtype.type(0)
+    pos = np.searchsorted(x, zero, side="right")
+    small = [float(x[pos])] if pos < x.size else []
     if pos > 0 and x[pos - 1] < 0:
-        small.append(-x[pos - 1])
-    neg = np.searchsorted(x, 0.0, side="left")
+        small.append(-float(x[pos - 1]))
+    neg = np.searchsorted(x, zero, side="left")
     if neg > 0:
-        small.append(-x[neg - 1])
+        small.append(-float(x[neg - 1]))
     if not small:  # all zero
         return True
     step = float(np.spacing(np.float32(min(abs(v) for v in small))))
-    return 2.0 * max(abs(x[0]), abs(x[-1])) / step < 2.0**53
+    return 2.0 * max(abs(float(x[0])), abs(float(x[-1]))) / step < 2.0**53
 
 
 def _repair(p: _Prefix, edges: np.ndarray, k: int) -> np.ndarray:
@@ -359,30 +485,45 @@ def _repair(p: _Prefix, edges: np.ndarray, k: int) -> np.ndarray:
         pick = pick[sse[pick] >= 0]
         if not pick.size:  # cannot happen with > k distinct values; never loop forever
             raise RuntimeError("k-means repair found no segment to split")
-        cuts = np.searchsorted(p.x, p.means(edges)[pick], side="right")
+        cuts = p.count_le(p.means(edges)[pick])
         edges = np.unique(np.concatenate([edges, np.clip(cuts, s[pick] + 1, e[pick] - 1)]))
     return edges
 
 
-def _lloyd(p: _Prefix, c0: np.ndarray, k: int, max_iter: int, tol: float) -> tuple[np.ndarray, int]:
-    """Lloyd iterations on the sorted data, O(K log N) each; returns (edges, n_iter).
+def _lloyd(
+    p: _Prefix, starts: np.ndarray, k: int, max_iter: int, tol: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd iterations from each row of ``starts`` (S, k), all rows per numpy call
+    (O(S K log N) an iteration); returns (edges (S, k + 1), n_iter (S,)).
 
-    Stops at a fixed point (the partition reproduces itself), when no centroid moves
-    more than ``tol * (max - min)``, or after ``max_iter`` iterations.
+    A row stops at a fixed point (its partition reproduces itself), when none of its
+    centroids moves more than ``tol * (max - min)``, or after ``max_iter`` iterations.
     """
-    edges = _repair(p, p.edges_for(0.5 * (c0[:-1] + c0[1:])), k)
+
+    def partition(c: np.ndarray) -> np.ndarray:  # (r, k) centroids -> (r, k + 1) edges
+        edges = p.edges_for(0.5 * (c[:, :-1] + c[:, 1:]))
+        for row in np.flatnonzero(np.any(edges[:, 1:] == edges[:, :-1], axis=1)):
+            edges[row] = _repair(p, edges[row], k)
+        return edges
+
+    edges = partition(starts)
     c = p.means(edges)
-    span = p.x[-1] - p.x[0]
+    span = float(p.x[-1]) - float(p.x[0])
+    n_iter = np.full(len(starts), max_iter)
+    live = np.arange(len(starts))
     for it in range(1, max_iter + 1):
-        new = _repair(p, p.edges_for(0.5 * (c[:-1] + c[1:])), k)
-        if np.array_equal(new, edges):
-            return edges, it
-        c_new = p.means(new)
-        moved = float(np.max(np.abs(c_new - c)))
-        edges, c = new, c_new
-        if moved <= tol * span:
-            return edges, it
-    return edges, max_iter
+        new = partition(c[live])
+        moves = np.any(new != edges[live], axis=1)
+        rows = live[moves]
+        c_new = p.means(new[moves])
+        small = np.max(np.abs(c_new - c[rows]), axis=1) <= tol * span
+        edges[rows], c[rows] = new[moves], c_new
+        stop = np.concatenate([live[~moves], rows[small]])
+        n_iter[stop] = it
+        live = np.setdiff1d(live, stop)
+        if not live.size:
+            break
+    return edges, n_iter
 
 
 def _cell_costs(p: _Prefix, centers: np.ndarray) -> np.ndarray:
@@ -396,26 +537,37 @@ def _sample_d2(
 ) -> np.ndarray:
     """``size`` data points drawn with probability ~ weight * squared distance to the
     nearest centre: pick a cell by its SSE, then invert the cell's cumulative SSE
-    (monotone in the index, from prefix sums) by a vectorised binary search.
+    (monotone in the index): a vectorised binary search over the block starts
+    (stored prefix sums), then a direct scan of one block.
     """
     edges = p.edges_for(0.5 * (centers[:-1] + centers[1:]))
     cum = np.cumsum(costs)
     cell = np.searchsorted(cum, rng.random(size) * cum[-1], side="right")
     cell = np.minimum(cell, costs.size - 1)
     c, lo, hi = centers[cell], edges[cell], edges[cell + 1]
-    start = lo.copy()
+    w0, s10, s20 = p.cum(lo)
 
-    def partial(i: np.ndarray) -> np.ndarray:  # SSE of x[start:i] around c
-        wsum = p.cw[i] - p.cw[start]
-        s1, s2 = p.c1[i] - p.c1[start], p.c2[i] - p.c2[start]
-        return s2 - 2.0 * c * s1 + c * c * wsum
+    def partial(j: np.ndarray) -> np.ndarray:  # SSE of x[lo : j * _BLOCK] around c
+        return p.b2[j] - s20 - 2.0 * c * (p.b1[j] - s10) + c * c * (p.bw[j] - w0)
 
+    # The answer is the first i in (lo, hi] with SSE(x[lo:i]) >= target. Bisect for
+    # the last block start in (lo, hi) below the target (block lo // _BLOCK: lo itself).
     target = rng.random(size) * costs[cell]
-    while np.any(hi - lo > 1):
-        mid = (lo + hi) // 2
-        right = partial(mid) < target
-        lo, hi = np.where(right, mid, lo), np.where(right, hi, mid)
-    return p.x[hi - 1]
+    left, right = lo // _BLOCK, (hi - 1) // _BLOCK + 1
+    while np.any(right - left > 1):
+        mid = (left + right) // 2
+        below = partial(mid) < target
+        left, right = np.where(below, mid, left), np.where(below, right, mid)
+    start = np.maximum(lo, left * _BLOCK)
+    stop = np.minimum(hi, (left + 1) * _BLOCK)
+    offs = np.arange(_BLOCK)
+    pos = np.minimum(start[:, None] + offs, p.n - 1)
+    wts = 1.0 if p.w is None else p.w[pos]
+    step = wts * (p.centred(pos) - c[:, None]) ** 2 * (offs < (stop - start)[:, None])
+    reached = np.where(start == lo, 0.0, partial(left))[:, None] + np.cumsum(step, axis=1)
+    return p.centred(
+        np.minimum(start + np.count_nonzero(reached < target[:, None], axis=1), stop - 1)
+    )
 
 
 def _kmeanspp(p: _Prefix, k: int, seed: int) -> np.ndarray:
@@ -425,8 +577,8 @@ def _kmeanspp(p: _Prefix, k: int, seed: int) -> np.ndarray:
     """
     rng = np.random.default_rng(seed)
     trials = 2 + int(np.log(k))
-    first = np.searchsorted(p.cw, rng.random() * p.cw[-1], side="right") - 1
-    centers = np.asarray([p.x[min(first, p.n - 1)]])
+    first = int(p.rank(rng.random() * p.total, side="right")) - 1
+    centers = p.centred([min(first, p.n - 1)])
     costs = _cell_costs(p, centers)
     for _ in range(1, k):
         best: tuple[float, np.ndarray, np.ndarray] | None = None
@@ -452,8 +604,8 @@ def _dp_candidates(p: _Prefix) -> np.ndarray:
         if changes.size < _DP_CANDIDATES:
             return np.concatenate([[0], changes, [p.n]])
     half = _DP_CANDIDATES // 2
-    by_weight = np.searchsorted(p.cw, np.linspace(0.0, p.cw[-1], half + 1)[1:-1])
-    by_value = np.linspace(p.x[0], p.x[-1], half + 1)[1:-1]
+    by_weight = p.rank(np.linspace(0.0, p.total, half + 1)[1:-1])
+    by_value = np.linspace(float(p.x[0]), float(p.x[-1]), half + 1)[1:-1].astype(p.x.dtype)
     pos = np.clip(by_weight, 0, p.n - 1)
     starts = np.searchsorted(p.x, np.concatenate([p.x[pos], by_value]), side="left")
     return np.unique(np.concatenate([[0], starts, [p.n]]))
@@ -472,7 +624,7 @@ def _dp_edges(p: _Prefix, k: int) -> np.ndarray | None:
     m = cand.size - 1
     if m < k:
         return None
-    cw, c1, c2 = p.cw[cand], p.c1[cand], p.c2[cand]
+    cw, c1, c2 = p.cum(cand)
 
     def cost(j: np.ndarray, i: np.ndarray) -> np.ndarray:  # SSE of segments j..i-1
         wsum, s1 = cw[i] - cw[j], c1[i] - c1[j]
@@ -517,10 +669,11 @@ def _init_centroids(p: _Prefix, k: int, init: str, seed: int) -> np.ndarray | No
         edges = _dp_edges(p, k)
         return None if edges is None else p.means(edges)
     if init == "quantile":  # weighted mid-quantiles (j + 1/2) / k
-        targets = (np.arange(k) + 0.5) / k * p.cw[-1]
-        return p.x[np.clip(np.searchsorted(p.cw[1:], targets), 0, p.n - 1)]
+        targets = (np.arange(k) + 0.5) / k * p.total
+        return p.centred(np.clip(p.rank(targets) - 1, 0, p.n - 1))
     if init == "uniform":  # centres of k equal bins over [min, max]
-        return p.x[0] + (np.arange(k) + 0.5) * (p.x[-1] - p.x[0]) / k
+        lo, hi = p.centred([0, p.n - 1])
+        return lo + (np.arange(k) + 0.5) * (hi - lo) / k
     return _kmeanspp(p, k, seed)
 
 
@@ -545,16 +698,9 @@ def _kmeans_sorted(
         starts = [c for c in starts if c is not None] or [_init_centroids(p, k, "quantile", 0)]
     else:
         starts = [np.sort(init) - p.shift]
-    best: tuple[float, np.ndarray] | None = None
-    total_iter = 0
-    for c0 in starts:
-        edges, n_iter = _lloyd(p, c0, k, max_iter, tol)
-        total_iter += n_iter
-        sse = float(p.sse(edges).sum())
-        if best is None or sse < best[0]:  # strict: ties keep the earlier init
-            best = (sse, edges)
-    assert best is not None
-    return best[1], total_iter
+    edges, n_iter = _lloyd(p, np.stack(starts), k, max_iter, tol)
+    best = int(np.argmin(p.sse(edges).sum(axis=1)))  # ties keep the earlier init
+    return edges[best], int(n_iter.sum())
 
 
 def _check_kmeans_args(k: int, max_iter: int, tol: float, init: Any) -> str | np.ndarray:
@@ -588,9 +734,10 @@ def kmeans_1d(
 ) -> KMeansResult:
     """1-D k-means (Lloyd) of all entries of ``w`` on sorted data with prefix sums.
 
-    The data is sorted once and float64 prefix sums of x and x**2 are built; a
-    cluster is then a contiguous index range, found by ``searchsorted`` of the
-    midpoints between sorted centroids, and its mean/SSE come from the prefix sums:
+    The data is sorted once and float64 prefix sums of x and x**2 are kept every
+    64 elements; a cluster is then a contiguous index range, found by
+    ``searchsorted`` of the midpoints between sorted centroids (a value on a
+    midpoint joins the lower cluster), and its mean/SSE come from the prefix sums:
     O(K log N) per iteration after the O(N log N) sort. Empty clusters are
     re-seeded by splitting the largest-SSE cluster at its mean.
 
@@ -606,7 +753,8 @@ def kmeans_1d(
     ``max_iter``). With <= k distinct values the codebook is those values (padded).
 
     Returns :class:`KMeansResult` ``(codebook (k,), assignments w.shape, inertia,
-    n_iter)``; assignments are nearest-level (ties upward) in the float32 codebook.
+    n_iter)``; assignments are :func:`assign_nearest` to the float32 codebook (ties
+    go to the lower level).
     """
     init_arg = _check_kmeans_args(k, max_iter, tol, init)
     arr = _host_float(w)
@@ -617,7 +765,7 @@ def kmeans_1d(
     edges, n_iter = _kmeans_sorted(p, k, max_iter, tol, init_arg, seed)
     codebook = p.levels(edges)
     assignments = _assign(arr, codebook.astype(np.float64))
-    return KMeansResult(codebook, assignments, inertia(arr, codebook, assignments), n_iter)
+    return KMeansResult(codebook, assignments, _sorted_inertia(p.x, codebook), n_iter)
 
 
 def kmeans_1d_weighted(
@@ -816,8 +964,8 @@ def ecsq(
     order = np.argsort(levels, kind="stable")  # emptied levels may be out of order
     rank = np.empty(k, np.int64)
     rank[order] = np.arange(k)
-    # Same centred coordinates as the sorted data, so the final regions match.
-    region = np.searchsorted(breaks, arr.astype(np.float64).ravel() - p.shift, side="right")
+    # The thresholds of p.edges_for, so the final regions match the partition.
+    region = np.searchsorted(p.cut(breaks), arr.ravel(), side="left")
     assignments = rank[live[kept]][region].astype(index_dtype(k)).reshape(arr.shape)
     return levels[order].astype(np.float32), assignments
 

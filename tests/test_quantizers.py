@@ -108,7 +108,7 @@ def test_values_tiny_next_to_a_huge_median_stay_distinct(method):
     _check_output(w, 8, codebook, assignments)
 
 
-def test_assign_nearest_matches_brute_force_and_ties_go_up():
+def test_assign_nearest_matches_brute_force_and_ties_go_down():
     rng = np.random.default_rng(3)
     codebook = np.sort(rng.normal(size=7)).astype(np.float32)
     w = rng.normal(size=5000).astype(np.float32)
@@ -116,28 +116,30 @@ def test_assign_nearest_matches_brute_force_and_ties_go_up():
     dist = np.abs(w[:, None].astype(np.float64) - codebook[None, :].astype(np.float64))
     best = dist[np.arange(w.size), got]
     np.testing.assert_array_equal(best, dist.min(axis=1))
-    # Float32 neighbours of an exact float64 midpoint: nearest decided exactly.
-    cb = np.array([0.0, np.float32(1.0) + np.float32(2**-23)], np.float32)
-    mid = 0.5 * (float(cb[0]) + float(cb[1]))  # not representable in float32
-    below = np.nextafter(np.float32(mid), np.float32(0))
-    above = np.nextafter(below, np.float32(2))
+    # Float32 neighbours of a float64 midpoint: nearest decided exactly.
+    cb = np.array([1.0 + 2**-23, 2.0], np.float32)
+    mid = 0.5 * (float(cb[0]) + float(cb[1]))  # 1.5 + 2**-24: not a float32
+    below, above = np.float32(1.5), np.nextafter(np.float32(1.5), np.float32(2))
+    assert float(below) < mid < float(above)
     np.testing.assert_array_equal(q.assign_nearest(np.array([below, above]), cb), [0, 1])
-    np.testing.assert_array_equal(q.assign_nearest(np.array([1.0]), [0.0, 2.0]), [1])
+    np.testing.assert_array_equal(q.assign_nearest(np.array([1.0]), [0.0, 2.0]), [0])
+    np.testing.assert_array_equal(q.assign_nearest(np.array([2.0, 3.0]), [0.0, 2.0, 2.0]), [1, 1])
 
 
 def test_assign_nearest_chunked_threads_agree_with_plain_searchsorted():
     w = _data("normal", 2_500_000)  # > 2 chunks: exercises the thread pool
     codebook = np.linspace(-0.1, 0.1, 16).astype(np.float32)
     mids = 0.5 * (codebook[:-1].astype(np.float64) + codebook[1:])
-    expected = np.searchsorted(mids, w.astype(np.float64), side="right")
+    expected = np.searchsorted(mids, w.astype(np.float64), side="left")
     np.testing.assert_array_equal(q.assign_nearest(w, codebook), expected)
 
 
-@pytest.mark.parametrize("k", [2, 3, 16, 33, 256, 1000])
-def test_assign_nearest_fast_path_exact_on_ties_float_neighbours_and_subnormals(k, monkeypatch):
-    """The jitted XLA search (float32, n * log2 k >= _FAST_WORK) equals a float64
-    searchsorted on the midpoints, including weights on and next to midpoints,
-    subnormal weights and midpoints (XLA flushes them), zeros and a padded tail."""
+@pytest.mark.parametrize("k", [2, 3, 16, 33, 64, 65, 256, 1000])
+def test_assign_nearest_every_path_exact_on_ties_float_neighbours_and_subnormals(k, monkeypatch):
+    """The sum of comparisons (k <= 64) and the jitted XLA search (float32, k > 64,
+    n * log2 k >= _FAST_WORK) equal a float64 searchsorted on the midpoints (ties
+    lower), including weights on and next to midpoints, subnormal weights and
+    midpoints (XLA flushes them), zeros and a padded tail."""
     monkeypatch.setattr(q, "_FAST_WORK", 0)  # the XLA path at any size
     rng = np.random.default_rng(k)
     codebook = np.sort(rng.normal(size=k) * 0.05).astype(np.float32)
@@ -152,15 +154,39 @@ def test_assign_nearest_fast_path_exact_on_ties_float_neighbours_and_subnormals(
     w[-5:] = near[:5]
     rng.shuffle(w)
     w[q._CHUNK + 7] = np.float32(1e-40)  # one chunk with a subnormal weight
-    expected = np.searchsorted(mids, w.astype(np.float64), side="right")
+    expected = np.searchsorted(mids, w.astype(np.float64), side="left")
     np.testing.assert_array_equal(q.assign_nearest(w, codebook), expected)
     # Subnormal midpoints: levels straddling zero within the subnormal range.
     tiny = np.array([-3e-45, 1e-45, 5e-45, 1.0], np.float32)
     w2 = np.tile(np.array([0.0, 1e-45, 2.8e-45, -1e-45, 3e-45, 0.5], np.float32), 20_000)
     mids2 = 0.5 * (tiny[:-1].astype(np.float64) + tiny[1:])
     np.testing.assert_array_equal(
-        q.assign_nearest(w2, tiny), np.searchsorted(mids2, w2.astype(np.float64), side="right")
+        q.assign_nearest(w2, tiny), np.searchsorted(mids2, w2.astype(np.float64), side="left")
     )
+
+
+@pytest.mark.parametrize("k", [3, 5, 64, 100])
+@pytest.mark.parametrize("fast_work", [0, 1 << 26])
+def test_assign_nearest_ties_agree_with_snap_assign(k, fast_work, monkeypatch):
+    """Exact midpoints (float32) go to the lower level in both, on every path."""
+    from qareg_jax.snap import assign
+
+    monkeypatch.setattr(q, "_FAST_WORK", fast_work)
+    w = np.array([0.5, 2.0, -0.5, 0.0, 1.0, 3.0, 1.5, 2.5], np.float32)
+    ours = q.assign_nearest(w, np.array([0.0, 1.0, 3.0], np.float32))
+    np.testing.assert_array_equal(ours, [0, 1, 0, 0, 1, 2, 1, 2])
+    np.testing.assert_array_equal(ours, assign(jnp.asarray(w), jnp.asarray([0.0, 1.0, 3.0])))
+    # Levels on a 2**-10 grid: every midpoint is a float32; weights on, next to and
+    # between them, in chunks past the thread and XLA thresholds.
+    rng = np.random.default_rng(k)
+    levels = np.unique(rng.integers(-2000, 2000, 4 * k))[:k].astype(np.float32) / 1024
+    mids = 0.5 * (levels[:-1] + levels[1:])
+    near = mids[rng.integers(0, k - 1, 100_000)]
+    w = np.concatenate([near, np.nextafter(near, np.inf), np.nextafter(near, -np.inf)])
+    w = np.concatenate([w, rng.uniform(-2.5, 2.5, 2_000_000).astype(np.float32)])
+    ours = q.assign_nearest(w, levels)
+    np.testing.assert_array_equal(ours[:100_000], np.searchsorted(levels, near) - 1)
+    np.testing.assert_array_equal(ours, assign(jnp.asarray(w), jnp.asarray(levels)))
 
 
 # --------------------------------------------------------------------------- k-means
