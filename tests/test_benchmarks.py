@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,39 @@ def test_run_all_lists_the_scripts_and_rejects_unknown_names():
         check=False,
     )
     assert proc.returncode == 2 and "unknown benchmarks ['nope']" in proc.stderr
+
+
+def _kmeans_bench(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> dict:
+    out = tmp_path / "kmeans.json"
+    cmd = [sys.executable, str(BENCHMARKS / "kmeans_vs_sklearn.py"), "--sizes", "20000"]
+    proc = subprocess.run(
+        [*cmd, *args, "--out", str(out)], capture_output=True, text=True, env=env, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_kmeans_benchmark_without_kmeans1d_records_null_with_a_reason(tmp_path):
+    shadow = tmp_path / "shadow" / "kmeans1d"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("hidden by the test")\n')
+    path = os.pathsep.join(p for p in [str(shadow.parent), os.environ.get("PYTHONPATH")] if p)
+    payload = _kmeans_bench(tmp_path, "--ks", "4", env={**os.environ, "PYTHONPATH": path})
+    (row,) = payload["results"]
+    assert "not installed" in row["kmeans1d"]["skipped"]
+    assert row["speedup_kmeans1d_over_ours"] is None
+    assert row["inertia_ratio_ours_over_kmeans1d"] is None
+    assert (
+        row["speedup_sklearn_over_ours"] > 0 and payload["machine"]["versions"]["kmeans1d"] is None
+    )
+
+
+def test_kmeans_benchmark_with_kmeans1d_is_near_its_optimum_and_skips_large_work(tmp_path):
+    pytest.importorskip("kmeans1d")
+    payload = _kmeans_bench(tmp_path, "--ks", "2", "4", "--kmeans1d-max-work", "50000")
+    ran, skipped = payload["results"]
+    assert ran["kmeans1d"]["seconds"] > 0
+    # kmeans1d is exact k-means: ours can only match it (up to float32 levels).
+    assert 1 - 1e-9 <= ran["inertia_ratio_ours_over_kmeans1d"] <= 1 + 1e-3
+    assert "kmeans1d-max-work" in skipped["kmeans1d"]["skipped"]
+    assert skipped["speedup_kmeans1d_over_ours"] is None
