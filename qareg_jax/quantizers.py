@@ -813,7 +813,7 @@ def cws(w: Any, k: int, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- UQ
 
 
-def uq(w: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+def uq(w: Any, k: int, *, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Uniform quantization ``delta * round(w / delta)`` with at most k distinct levels.
 
     As in sHAM, delta is the smallest step giving <= k distinct rounded values; it
@@ -823,12 +823,27 @@ def uq(w: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     the boundary. Levels lie on the grid delta * Z: evenly spaced wherever the data
     is dense, with missing grid points only across empty grid cells (sparse tails).
     The codebook holds the used levels, padded; <= k distinct values: exact.
+
+    ``symmetric=True``: the symmetric max-abs grid of signed b-bit integers
+    (k = 2**b), as in Alizadeh et al. 2020: ``n = (k - 1) // 2`` (7 at 4 bits),
+    ``delta = max|w| / n``, levels ``delta * {-n, ..., n}`` (2n + 1 <= k; needs
+    k >= 3). The codebook holds the whole grid, padded, so ``assignments - n`` is
+    the signed integer code; <= k distinct values: exact, as for every method.
     """
     k = _check_k(k)
+    if symmetric and k < 3:
+        raise ValueError(f"symmetric uq needs k >= 3 (levels -n..n), got {k}")
     arr = _host_float(w)
     few = _few_distinct(arr, k)
     if few is not None:
         return few
+    if symmetric:
+        n = (k - 1) // 2
+        x = arr.astype(np.float64)
+        delta = float(np.max(np.abs(x))) / n  # > 0: an all-zero w has one distinct value
+        codes = np.clip(np.round(x / delta), -n, n)
+        levels = (delta * np.arange(-n, n + 1, dtype=np.float64) + 0.0).astype(np.float32)
+        return _pad(levels, k), (codes + n).astype(index_dtype(k))
     xs = np.unique(arr.astype(np.float64))  # sorted distinct values, > k of them
 
     def count(delta: float) -> int:  # rounding is monotone: count changes on sorted xs
