@@ -186,3 +186,76 @@ def test_double_backprop_through_a_cnn_matches_finite_differences():
         assert abs(float(_tree_dot(plain, direction)) - fd) > 0.05 * abs(fd)
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+class _MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(32, name="fc1")(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10, name="fc2")(x)
+
+
+def test_gradient_l1_loses_less_at_4bit_symmetric_uniform_ptq_on_digits():
+    # Offline: digits ships inside scikit-learn. The setting of
+    # experiments/gradient_l1_4bit.py (results in experiments/results/gradient_l1_4bit.md):
+    # MLP 64-32-10, label smoothing 0.1, Adam 1e-2, batch 512, 2000 steps; both models
+    # share the init, the batches and the first 1400 steps, then "gl1" adds the penalty
+    # (lam 0.1, picked on seed 0, which these seeds exclude). PTQ: every kernel to the
+    # 4-bit symmetric max-abs grid (15 levels), per tensor. On the reported seeds 10-19
+    # the plain model loses 3.0 ± 0.4 points, the gradient-l1 one 0.9 ± 0.7 (paired
+    # difference 2.1 ± 0.7, gl1 less on 10/10); here the first five of them. It can fail:
+    # without label smoothing both lose ~0.7 points (ablation in the results file), and
+    # with lam = 0 the two models are the same.
+    from qareg_jax.codebook import select
+    from qareg_jax.data import load_dataset
+    from qareg_jax.quantizers import quantize_tree
+
+    seeds, steps, split, batch, lam = (10, 11, 12, 13, 14), 2000, 1400, 512, 0.1
+    ds = load_dataset("digits")
+    x = jnp.asarray(ds.normalize(ds.train_images))
+    y = jnp.asarray(ds.train_labels)
+    model, opt = _MLP(), optax.adam(1e-2)
+
+    def loss(p, b):
+        targets = optax.smooth_labels(jax.nn.one_hot(b[1], 10), 0.1)
+        return optax.softmax_cross_entropy(model.apply(p, b[0]), targets).mean()
+
+    def run(carry, idx, fn):
+        def body(c, i):
+            p, s = c
+            u, s = opt.update(jax.grad(fn)(p, (x[i], y[i])), s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        return jax.lax.scan(body, carry, idx)[0]
+
+    @jax.jit
+    def prefix(keys, idx):
+        def one(key, ix):
+            p = model.init(key, x[:1])
+            return run((p, opt.init(p)), ix, loss)
+
+        return jax.vmap(one)(keys, idx)
+
+    @jax.jit
+    def suffix(carry, idx, lam):
+        fn = gradient_l1(loss, lam)
+        return jax.vmap(lambda c, ix: run(c, ix, lambda p, b: fn(p, b)[0])[0])(carry, idx)
+
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    idx = jnp.stack([np.random.default_rng(s).integers(0, len(y), (steps, batch)) for s in seeds])
+    shared = prefix(keys, idx[:, :split])
+    trained = {name: suffix(shared, idx[:, split:], w) for name, w in (("none", 0.0), ("gl1", lam))}
+    xt, yt = jnp.asarray(ds.normalize(ds.test_images)), jnp.asarray(ds.test_labels)
+    acc = jax.jit(lambda p: jnp.mean(jnp.argmax(model.apply(p, xt), -1) == yt))
+    drops = {}
+    for name, stacked in trained.items():
+        fp, q4 = [], []
+        for j in range(len(seeds)):
+            p = jax.tree.map(lambda a, j=j: a[j], stacked)
+            quantized, _ = quantize_tree(p, select(p), 16, "uq", symmetric=True)
+            fp.append(float(acc(p)))
+            q4.append(float(acc(quantized)))
+        assert min(fp) > 0.95, (name, fp)  # both train normally (no collapse of the net)
+        drops[name] = np.mean(fp) - np.mean(q4)
+    assert drops["none"] > 0.02, drops  # 4-bit PTQ does cost the plain model accuracy
+    assert drops["gl1"] < drops["none"] - 0.01, drops  # and the regularized one clearly less
