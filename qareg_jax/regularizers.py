@@ -240,21 +240,34 @@ def nearest_index(w: Array, cs: Array, mid: Array) -> Array:
     Ties (``w`` exactly on a midpoint) go to the lower representative.
     ``mid`` are the ``K - 1`` midpoints of the sorted ``cs``.
     """
+    return _with_nearest(lambda idx, near: idx, w, cs, mid, need_value=False)
+
+
+def _with_nearest(fn: Callable, w: Array, cs: Array, mid: Array, need_value: bool = True):
+    """``fn(idx, near)`` with the nearest sorted representative's index and value.
+
+    Up to _CHAIN_MAX_K a compare chain (selects against scalars vectorise; gathers
+    do not). Above it, XLA CPU gathers cost ~10x an element-wise op: the index is
+    looked up in a uniform bucket table (1 gather) and refined (_REFINE gathers)
+    instead of a log2(K)-gather binary search, whenever no bucket holds more
+    midpoints than the refinement steps over; else the exact binary search runs.
+    ``fn`` runs inside the branches, so the N-sized index need not be materialised.
+    """
     k = cs.shape[0]
     if k <= _CHAIN_MAX_K:
         idx = jnp.zeros(w.shape, jnp.int32)
+        near = jnp.full(w.shape, cs[0], cs.dtype) if need_value else None
         for j in range(k - 1):
-            idx = idx + (w > mid[j]).astype(jnp.int32)
-        return idx
-    # XLA CPU gathers cost ~10x an element-wise op: look the answer up in a
-    # uniform bucket table (1 gather) and refine it (_REFINE gathers) instead of
-    # a log2(K)-gather binary search, whenever no bucket holds more midpoints
-    # than the refinement can step over (else the exact binary search runs).
+            above = w > mid[j]
+            idx = idx + above.astype(jnp.int32)
+            if need_value:
+                near = jnp.where(above, cs[j + 1], near)
+        return fn(idx, near)
     table, fits = _bucket_table(mid)
     return jax.lax.cond(
         fits,
-        lambda: _bucket_search(w, mid, table),
-        lambda: _binary_search(w, mid),
+        lambda: (lambda i: fn(i, cs[i]))(_bucket_search(w, mid, table)),
+        lambda: (lambda i: fn(i, cs[i]))(_binary_search(w, mid)),
     )
 
 
@@ -302,23 +315,8 @@ def _binary_search(w: Array, mid: Array) -> Array:
     return idx
 
 
-def _nearest_pair(w: Array, cs: Array, mid: Array) -> tuple[Array, Array]:
-    """``(index, value)`` of the nearest sorted representative, shapes of ``w``."""
-    k = cs.shape[0]
-    if k <= _CHAIN_MAX_K:  # selects against scalars vectorise; gathers do not
-        idx = jnp.zeros(w.shape, jnp.int32)
-        v = jnp.full(w.shape, cs[0], cs.dtype)
-        for j in range(k - 1):
-            above = w > mid[j]
-            idx = idx + above.astype(jnp.int32)
-            v = jnp.where(above, cs[j + 1], v)
-        return idx, v
-    idx = nearest_index(w, cs, mid)
-    return idx, cs[idx]
-
-
 def _nearest_value(w: Array, cs: Array, mid: Array) -> Array:
-    return _nearest_pair(w, cs, mid)[1]
+    return _with_nearest(lambda idx, near: near, w, cs, mid)
 
 
 def _partial_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -426,10 +424,15 @@ def _nearest_total_fwd(w, reps, well):
     order, cs, mid = _sorted_reps(reps, cd)
     k = cs.shape[0]
 
-    def block_stats(wb):
-        idx, near = _nearest_pair(wb, cs, mid)
+    def stats(wb, idx, near):
         value, slope = _of_distance(wb - near, well)
         return jnp.sum(value), _cluster_sums(slope, idx, k, variadic)
+
+    def block_stats(wb):
+        if variadic:  # (the select chain here made XLA keep an N-sized temporary)
+            idx = nearest_index(wb, cs, mid)
+            return stats(wb, idx, cs[idx])
+        return _with_nearest(lambda idx, near: stats(wb, idx, near), wb, cs, mid)
 
     wc = w.astype(cd)
     # The variadic reduction recomputes f'(d) once per operand: only for d^2.
@@ -451,8 +454,11 @@ def _nearest_total_bwd(well, res, g):
     cd = _compute_dtype(w.dtype)
     _, cs, mid = _sorted_reps(reps, cd)
     wc = w.astype(cd)
-    _, slope = _of_distance(wc - _nearest_value(wc, cs, mid), well)
-    return (g * slope).astype(w.dtype), (-g * sums).astype(reps.dtype)
+    # The gradient is formed inside _with_nearest's branches: no other N-sized array.
+    dw = _with_nearest(
+        lambda _, near: (g * _of_distance(wc - near, well)[1]).astype(w.dtype), wc, cs, mid
+    )
+    return dw, (-g * sums).astype(reps.dtype)
 
 
 _nearest_total.defvjp(_nearest_total_fwd, _nearest_total_bwd)
