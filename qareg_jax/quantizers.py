@@ -824,8 +824,10 @@ def uq(w: Any, k: int, *, symmetric: bool = False) -> tuple[np.ndarray, np.ndarr
     is dense, with missing grid points only across empty grid cells (sparse tails).
     The codebook holds the used levels, padded; <= k distinct values: exact.
 
-    ``symmetric=True``: the symmetric max-abs grid of signed b-bit integers
-    (k = 2**b), as in Alizadeh et al. 2020: ``n = (k - 1) // 2`` (7 at 4 bits),
+    ``symmetric=True``: the per-tensor symmetric max-abs grid of restricted-range
+    signed b-bit integers (k = 2**b), a common PTQ convention (the gradient-l1
+    paper quantizes symmetrically; its exact range convention was not available
+    to us): ``n = (k - 1) // 2`` (7 at 4 bits),
     ``delta = max|w| / n``, levels ``delta * {-n, ..., n}`` (2n + 1 <= k; needs
     k >= 3). The codebook holds the whole grid, padded, so ``assignments - n`` is
     the signed integer code; <= k distinct values: exact, as for every method.
