@@ -48,17 +48,20 @@ import numpy as np
 
 Array = jax.Array
 
-# Above this K the compare chain (K - 1 fused selects per weight) loses to the
-# binary search (log2 K gathers from a K-element table per weight).
+# Above this K the compare chain (K - 1 fused selects per weight) loses to a
+# table lookup (a few gathers per weight).
 _CHAIN_MAX_K = 32
-# Up to this K, per-representative sums use one variadic reduction, above it a
-# scatter-add (CPU time on a 4096 x 4096 kernel, nearest: variadic 14 / 43 ms at
-# K = 2 / 4, blocked scatter-add 35 / 28 ms).
+# Up to this K, nearest's backward (element-wise path) sums per representative with
+# one variadic reduction, above it with a scatter-add.
 _VARIADIC_MAX_K = 2
 # Above _CHAIN_MAX_K the nearest index is looked up in a table of _BUCKETS buckets
 # per midpoint, then refined by up to _REFINE comparisons.
 _BUCKETS = 16
 _REFINE = 2
+# Up to this K, nearest_total's per-representative sums come from threshold sums
+# (_threshold_stats; CPU time on a 4096 x 4096 kernel at K = 3 / 4 / 8: 20 / 25 /
+# 67 ms, blocked scatter-add 80 / 60 / 50 ms).
+_THRESHOLD_MAX_K = 4
 # Block length for the scatter-add path of nearest_total (bounds its temporaries).
 _BLOCK = 1 << 20
 # Row length of the first level of the variadic reduction (see _partial_axes).
@@ -417,32 +420,62 @@ def _nearest_total(w, reps, well):
     return _nearest_total_fwd(w, reps, well)[0]
 
 
+def _threshold_stats(wc: Array, cs: Array, mid: Array) -> tuple[Array, Array]:
+    """``(sum_i d_i^2, [sum_{i in k} 2 d_i]_k)`` for ``f = d^2`` in one fused reduction.
+
+    Instead of masking by cluster (each operand recomputing the index), it sums
+    ``w`` and counts weights above each midpoint (2 (K - 1) cheap operands); a
+    cluster's sum is the difference of neighbouring thresholds:
+    ``sum_{i in k} (w_i - c_k) = (A_{k-1} - A_k) - (N_{k-1} - N_k) c_k``. Counts are
+    int32 (exact); sums are two-level, so the differences are as accurate as a
+    float32 total of ``w``.
+    """
+    near = jnp.full(wc.shape, cs[0], cs.dtype)
+    for j in range(cs.shape[0] - 1):
+        near = jnp.where(wc > mid[j], cs[j + 1], near)
+    d = wc - near
+    ops = [d * d, wc]
+    for j in range(cs.shape[0] - 1):
+        above = wc > mid[j]
+        ops += [jnp.where(above, wc, 0), above.astype(jnp.int32)]
+    partials = jax.lax.reduce(
+        tuple(ops),
+        tuple(jnp.zeros((), o.dtype) for o in ops),
+        lambda x, y: tuple(u + v for u, v in zip(x, y, strict=True)),
+        _partial_axes(wc.shape),
+    )
+    tot = [jnp.sum(p) for p in partials]
+    zero_f, zero_i = jnp.zeros((), wc.dtype), jnp.zeros((), jnp.int32)
+    above_sum = jnp.stack([tot[1], *tot[2::2], zero_f])
+    above_n = jnp.stack([jnp.asarray(wc.size, jnp.int32), *tot[3::2], zero_i])
+    n = (above_n[:-1] - above_n[1:]).astype(wc.dtype)
+    return tot[0], 2 * ((above_sum[:-1] - above_sum[1:]) - n * cs)
+
+
 def _nearest_total_fwd(w, reps, well):
     # One pass gives the total of f(d) and each representative's sum of f'(d) that
     # the backward pass needs for the reps, so it only recomputes d for dw.
     cd = _compute_dtype(w.dtype)
     order, cs, mid = _sorted_reps(reps, cd)
     k = cs.shape[0]
+    wc = w.astype(cd)
+    if well is None and k <= _THRESHOLD_MAX_K:
+        total, sums = _threshold_stats(wc, cs, mid)
+        return total, (w, reps, _unsort(sums, order))
 
     def stats(wb, idx, near):
         value, slope = _of_distance(wb - near, well)
-        return jnp.sum(value), _cluster_sums(slope, idx, k, variadic)
+        return jnp.sum(value), _cluster_sums(slope, idx, k, False)
 
     def block_stats(wb):
-        if variadic:  # (the select chain here made XLA keep an N-sized temporary)
-            idx = nearest_index(wb, cs, mid)
-            return stats(wb, idx, cs[idx])
         return _with_nearest(lambda idx, near: stats(wb, idx, near), wb, cs, mid)
 
-    wc = w.astype(cd)
-    # The variadic reduction recomputes f'(d) once per operand: only for d^2.
-    variadic = k <= _VARIADIC_MAX_K and well is None
-    nb = 1 if variadic else _leading_blocks(w.shape)
+    # The scatter-add needs its operands in memory: go block by block (along
+    # axis 0) so its temporaries are O(block), not O(N).
+    nb = _leading_blocks(w.shape)
     if nb == 1:
         total, sums = block_stats(wc)
     else:
-        # The scatter-add needs its operands in memory: go block by block (along
-        # axis 0) so its temporaries are O(block), not O(N).
         blocks = wc.reshape(nb, w.shape[0] // nb, *w.shape[1:])
         totals, block_sums = jax.lax.map(block_stats, blocks)
         total, sums = jnp.sum(totals), jnp.sum(block_sums, axis=0)
