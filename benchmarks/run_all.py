@@ -30,7 +30,13 @@ HEADLINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "regularizer_overhead": (("regularizer", "k"), ("time_ratio", "memory_ratio")),
     "kmeans_vs_sklearn": (
         ("n", "k"),
-        ("ours_seconds", "speedup_sklearn_over_ours", "inertia_ratio_ours_over_sklearn"),
+        (
+            "ours_seconds",
+            "speedup_sklearn_over_ours",
+            "inertia_ratio_ours_over_sklearn",
+            "speedup_kmeans1d_over_ours",
+            "inertia_ratio_ours_over_kmeans1d",
+        ),
     ),
     "pack_throughput": (
         ("k",),
