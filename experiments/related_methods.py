@@ -1,4 +1,4 @@
-"""Related methods on the embedded digits set (8x8, SmallCNN, CPU): gradient l1, R2, DKM.
+"""Related methods with the SmallCNN on CPU: gradient l1, R2, DKM (digits by default).
 
 Every method starts from the same plain-trained model of its seed (``--pretrain``
 Adam steps), then trains ``--phase2`` more steps on the same batches with its own
@@ -18,6 +18,22 @@ loss ("none": the plain loss), so the methods differ only in that phase:
     python experiments/related_methods.py --smoke         # seconds, no files written
 
 Writes ``experiments/results/related_methods.json`` and ``.md``.
+
+Other datasets (``--dataset``; none of them is needed by the project):
+
+* ``cifar10``: tensorflow-datasets CIFAR-10, prepared beforehand (``qareg prepare-data``;
+  ``--data-path`` is the tfds data directory, default tfds' own);
+* ``cifar10_jpeg``: the JPEG-75 copy of CIFAR-10, ``--data-path`` naming its ``.tar.gz``
+  archive or the extracted ``train/`` + ``test/`` folder (decoded once, cached as ``.npz``
+  by ``qareg_jax.data``);
+* ``folder``: any ``--data-path`` with the layout ``<split>/<class>/<image>``.
+
+``--train-subset`` / ``--test-subset`` keep a fixed random subset (seed 0, the same subset
+as ``experiments/run_table.py`` with a config's ``train_subset`` / ``test_subset``). These
+write ``experiments/results/related_methods_<dataset>.json`` and ``.md``, e.g.
+
+    python experiments/related_methods.py --dataset cifar10_jpeg \\
+        --data-path ../shared/data/cifar10-jpeg75.tar.gz --train-subset 10000 --test-subset 2000
 """
 
 from __future__ import annotations
@@ -44,23 +60,64 @@ import common  # noqa: E402
 import qareg_jax as q  # noqa: E402
 from qareg_jax import dkm, quantizers, range_reg  # noqa: E402
 from qareg_jax._tree import named_leaves  # noqa: E402
-from qareg_jax.data import load_dataset  # noqa: E402
+from qareg_jax.data import CIFAR10_CLASSES, DataNotFoundError, Dataset, load_dataset  # noqa: E402
 from qareg_jax.gradient_l1 import grad_l1_penalty, gradient_l1  # noqa: E402
 from qareg_jax.models import get_model  # noqa: E402
+from qareg_jax.train import subset  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
 BITS = (8, 6, 4, 3, 2)
 R2_KINDS = ("linf", "margin", "soft_min_max")
+DATASETS = ("digits", "cifar10", "cifar10_jpeg", "folder")
+# Test accuracy and the train-set diagnostics run on at most this many images at a time
+# (digits fits in one chunk, so its numbers do not depend on it).
+CHUNK = 2048
 
 
 # ----------------------------------------------------------------------------- setup
 
 
-class Task:
-    """Digits data, the SmallCNN, the task loss, test accuracy and the batch sequence."""
+class DataError(Exception):
+    """The requested dataset cannot be loaded; the message says what to do."""
 
-    def __init__(self, batch_size: int):
+
+def load_data(args: argparse.Namespace) -> Dataset:
+    """The dataset of ``--dataset`` / ``--data-path``, restricted to the requested subsets."""
+    name, path = args.dataset, args.data_path
+    if name == "digits":
         ds = load_dataset("digits")
+    elif name == "cifar10":
+        try:
+            ds = load_dataset("cifar10", path)
+        except DataNotFoundError as e:
+            raise DataError(str(e)) from e
+    else:
+        what = (
+            "the CIFAR-10 JPEG copy (cifar10-jpeg75.tar.gz, or its extracted folder with "
+            "train/<class>/*.jpg and test/<class>/*.jpg)"
+            if name == "cifar10_jpeg"
+            else "an image folder <split>/<class>/<image> (or a .tar.gz of it)"
+        )
+        if not path:
+            raise DataError(f"--dataset {name} needs --data-path: {what}")
+        if not Path(path).expanduser().exists():
+            raise DataError(
+                f"--data-path {path!r} does not exist; --dataset {name} reads {what}. "
+                "This dataset is optional: the default --dataset digits needs no files."
+            )
+        ds = load_dataset(f"folder:{path}")
+        if name == "cifar10_jpeg" and ds.class_names != CIFAR10_CLASSES:
+            raise DataError(
+                f"{path!r} has classes {list(ds.class_names)}, not the ten CIFAR-10 classes; "
+                "use --dataset folder for other image folders"
+            )
+    return subset(ds, args.train_subset, args.test_subset)
+
+
+class Task:
+    """Data, the SmallCNN, the task loss, test accuracy and the batch sequence."""
+
+    def __init__(self, batch_size: int, ds: Dataset):
         self.x_train = jnp.asarray(ds.normalize(ds.train_images))
         self.y_train = jnp.asarray(ds.train_labels)
         self.x_test = jnp.asarray(ds.normalize(ds.test_images))
@@ -77,14 +134,41 @@ class Task:
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
     def accuracy(self, variables: Any) -> float:
-        pred = jnp.argmax(self._logits(variables, self.x_test), -1)
-        return float(jnp.mean(pred == self.y_test))
+        correct = 0
+        for i in range(0, self.y_test.shape[0], CHUNK):
+            pred = jnp.argmax(self._logits(variables, self.x_test[i : i + CHUNK]), -1)
+            correct += int(jnp.sum(pred == self.y_test[i : i + CHUNK]))
+        return correct / self.y_test.shape[0]
 
     def batches(self, seed: int, phase: int, steps: int):
         rng = np.random.default_rng([seed, phase])
         for _ in range(steps):
             idx = rng.integers(0, self.y_train.shape[0], self.batch_size)
             yield self.x_train[idx], self.y_train[idx]
+
+
+def train_loss_and_grad_l1(task: Task, variables: Any, paths: list[str]) -> tuple[float, float]:
+    """Loss and gradient-l1 (``grad_l1_penalty`` on ``paths``, the default selection) of the
+    whole training set; beyond ``CHUNK`` images the full-set gradient is accumulated chunk
+    by chunk."""
+    n = task.y_train.shape[0]
+    if n <= CHUNK:
+        loss, pen, _ = jax.jit(grad_l1_penalty, static_argnums=0)(
+            task.loss, variables, (task.x_train, task.y_train)
+        )
+        return float(loss), float(pen)
+    value_and_grad = jax.jit(jax.value_and_grad(task.loss))
+    total, grads = 0.0, None
+    for i in range(0, n, CHUNK):
+        batch = (task.x_train[i : i + CHUNK], task.y_train[i : i + CHUNK])
+        loss, g = value_and_grad(variables, batch)
+        m = batch[1].shape[0]
+        total += m * float(loss)
+        g = jax.tree.map(lambda a, m=m: m * a.astype(jnp.float32), g)
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+    leaves = named_leaves(grads)
+    pen = sum(float(jnp.sum(jnp.abs(leaves[p]))) for p in paths) / n
+    return total / n, pen
 
 
 def fit(
@@ -197,9 +281,28 @@ def _dirty_files() -> list[str]:
     return [line[3:] for line in out.splitlines()]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def describe(args: argparse.Namespace, ds: Dataset) -> str:
+    """One line naming the data, e.g. for the JSON config and the markdown header."""
+    n_train, n_test = len(ds.train_labels), len(ds.test_labels)
+    picked = (
+        " (fixed random subset, seed 0)"
+        if args.train_subset is not None or args.test_subset is not None
+        else ""
+    )
+    if args.dataset == "digits":
+        return f"sklearn digits 8x8 (qareg_jax.data, {n_train} train / {n_test} test{picked})"
+    what = {
+        "cifar10": "CIFAR-10 (tensorflow-datasets)",
+        "cifar10_jpeg": "CIFAR-10 (JPEG-75 copy)",
+        "folder": f"image folder {args.data_path}",
+    }[args.dataset]
+    h, w, c = ds.image_shape
+    return f"{what}, {h}x{w}x{c}, {n_train} train / {n_test} test{picked}"
+
+
+def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
     machine = common.machine_info() | {"uncommitted_at_start": _dirty_files()}
-    task = Task(args.batch)
+    task = Task(args.batch, ds)
     ks = [int(s) for s in args.ks.split(",")]
     out: dict[str, list[dict[str, Any]]] = {"gradient_l1": [], "range": [], "dkm_vs_nearest": []}
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -236,9 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trained["gradient_l1"] = (tree["model"], stats, time.perf_counter() - t0)
         for method in ("none", "gradient_l1"):
             v, stats, secs = trained[method]
-            loss, pen, _ = jax.jit(grad_l1_penalty, static_argnums=0)(
-                task.loss, v, (task.x_train, task.y_train)
-            )
+            loss, pen = train_loss_and_grad_l1(task, v, paths)
             row = {
                 "seed": seed,
                 "method": method,
@@ -249,8 +350,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "step_ms": stats["step_ms"],
                 # Full training set: the plain model interpolates it, so its gradient
                 # (what the penalty targets) is already close to 0.
-                "train_loss": float(loss),
-                "train_grad_l1": float(pen),
+                "train_loss": loss,
+                "train_grad_l1": pen,
             }
             out["gradient_l1"].append(row)
             print(f"  {method:12s} fp {row['fp']:.3f} uq {row['uq']}", flush=True)
@@ -309,23 +410,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{r['step_ms']:.2f} ms/step peak {r['peak_bytes'] / 2**20:.2f} MiB",
                 flush=True,
             )
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(task.init(0)))
+    tuning = (
+        "picked on seed 0 by test accuracy, which the reported seeds exclude: "
+        "gradient-l1 lam in {0.003, 0.01, 0.03, 0.1}; R2 lams linf {0.01, 0.03, 0.1}, "
+        "margin {0.1, 1, 3}, soft_min_max {0.01, 0.03, 0.1}; nearest lam {10, 100, 1e3, "
+        "1e4} at lr 1e-3 and {100, 1e3} at lr 3e-3 and 1e-2; DKM tau_frac {0.1, 0.3, 1} "
+        "at lr 1e-3 and 0.3 at lr 3e-3 and 1e-2. With Adam the results hardly depend on "
+        "lam once a penalty dominates a weight's gradient."
+    )
+    if args.dataset != "digits":
+        tuning = (
+            f"not tuned on this dataset: the values below are the digits defaults unless the "
+            f"command line overrides them; the digits defaults were {tuning}"
+        )
     return {
         "experiment": "related_methods",
         "command": " ".join(["python experiments/related_methods.py", *args.argv]),
         "machine": machine,
         "config": {k: v for k, v in vars(args).items() if k not in ("argv", "out_dir", "smoke")}
         | {
-            "dataset": "sklearn digits 8x8 (qareg_jax.data, 1437 train / 360 test)",
-            "model": "SmallCNN (conv 16, conv 32, fc 64, fc 10)",
+            "dataset_name": args.dataset,
+            "dataset": describe(args, ds),
+            "model": f"SmallCNN (conv 16, conv 32, fc 64, fc {ds.num_classes}; "
+            f"{n_params:,} parameters)",
             "quantized": "all conv/dense kernels (codebook.select default), per layer",
             "optimizer": "Adam; pretrain at lr, phase 2 at finetune_lr, DKM at dkm_lr, "
             "nearest at nearest_lr",
-            "tuning": "picked on seed 0 by test accuracy, which the reported seeds exclude: "
-            "gradient-l1 lam in {0.003, 0.01, 0.03, 0.1}; R2 lams linf {0.01, 0.03, 0.1}, "
-            "margin {0.1, 1, 3}, soft_min_max {0.01, 0.03, 0.1}; nearest lam {10, 100, 1e3, "
-            "1e4} at lr 1e-3 and {100, 1e3} at lr 3e-3 and 1e-2; DKM tau_frac {0.1, 0.3, 1} "
-            "at lr 1e-3 and 0.3 at lr 3e-3 and 1e-2. With Adam the results hardly depend on "
-            "lam once a penalty dominates a weight's gradient.",
+            "tuning": tuning,
             "dkm_tau": "per layer (dkm_tau_frac * mean spacing of the k-means start)^2",
             "peak_bytes": "compiled memory_analysis of the jitted train step",
         },
@@ -343,8 +455,9 @@ def _ms(values: list[float]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     m, cfg = result["machine"], result["config"]
+    name = cfg.get("dataset_name", "digits")
     lines = [
-        "# Related methods on digits (SmallCNN)",
+        f"# Related methods on {'digits' if name == 'digits' else cfg['dataset']} (SmallCNN)",
         "",
         f"Command: `{result['command']}`  ",
         f"Date: {m['date']}, commit {m['commit']} (files differing from it at the start: "
@@ -434,24 +547,54 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dkm-tau-frac", type=float, default=0.3)
     p.add_argument("--nearest-lam", type=float, default=100.0)
     p.add_argument("--nearest-lr", type=float, default=1e-2)
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="digits",
+        help="digits (default, offline); cifar10 (tensorflow-datasets, prepared); "
+        "cifar10_jpeg (the JPEG copy at --data-path); folder (image folder at --data-path). "
+        "Non-digits results go to related_methods_<dataset>.json/.md",
+    )
+    p.add_argument(
+        "--data-path",
+        help="cifar10_jpeg/folder: the .tar.gz archive or folder <split>/<class>/<image>; "
+        "cifar10: the tensorflow-datasets data directory",
+    )
+    p.add_argument("--train-subset", type=int, help="keep this many training images (seed 0)")
+    p.add_argument("--test-subset", type=int, help="keep this many test images (seed 0)")
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--smoke", action="store_true", help="one seed, a few steps, no files")
     args = p.parse_args(argv)
+    for flag in ("train_subset", "test_subset"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be a positive number of images")
+    if args.data_path and args.dataset == "digits":
+        p.error("--data-path is for --dataset cifar10, cifar10_jpeg or folder, not digits")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.smoke:
         args.seeds, args.pretrain, args.phase2, args.dkm_steps, args.ks = "0", 20, 5, 5, "2,4"
     return args
 
 
+def output_stem(args: argparse.Namespace) -> str:
+    """``related_methods`` for digits, ``related_methods_<dataset>`` otherwise."""
+    return "related_methods" if args.dataset == "digits" else f"related_methods_{args.dataset}"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
-    result = run(args)
+    try:
+        ds = load_data(args)
+    except DataError as e:
+        raise SystemExit(f"related_methods.py: {e}") from None
+    result = run(args, ds)
     if not args.smoke:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "related_methods.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "related_methods.md").write_text(markdown(result))
-        print(f"wrote {out / 'related_methods.json'} and .md")
+        stem = output_stem(args)
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{stem}.md").write_text(markdown(result))
+        print(f"wrote {out / stem}.json and .md")
     else:
         print(markdown(result))
     return result
