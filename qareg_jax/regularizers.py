@@ -360,20 +360,35 @@ def _cluster_sums(values: Array, idx: Array, k: int, variadic: bool) -> Array:
     return jnp.zeros(k, values.dtype).at[idx].add(values)
 
 
-def _leading_blocks(shape: tuple[int, ...]) -> int:
-    """Number of equal blocks along axis 0 that bring a block to <= _BLOCK elements.
+def _leading_blocks(shape: tuple[int, ...], block: int = _BLOCK) -> int:
+    """Number of equal blocks along axis 0 that bring a block to <= ``block`` elements.
 
     Splitting only axis 0 leaves the other axes (and their sharding) untouched;
     1 when the array is small or axis 0 has no fitting divisor.
     """
     n = math.prod(shape)
-    if n <= _BLOCK or not shape:
+    if n <= block or not shape:
         return 1
-    rows = shape[0]
-    for d in range(-(-n // _BLOCK), min(rows, 4 * -(-n // _BLOCK)) + 1):
+    rows, want = shape[0], -(-n // block)
+    for d in range(want, min(rows, 4 * want) + 1):
         if rows % d == 0:
             return d
-    return rows if rows <= 4 * -(-n // _BLOCK) else 1
+    return rows if rows <= 4 * want else 1
+
+
+def _as_blocks(x: Array, block: int = _BLOCK) -> Array:
+    """``x`` viewed as ``(nb, ...)`` equal blocks of about ``block`` elements along axis 0.
+
+    Axes before the last two (a conv kernel's spatial axes) are merged first, so a
+    (3, 3, C, D) kernel splits into up to 9 blocks; the last two axes (where
+    sharding rules split kernels) are never touched. ``reshape(x.shape)`` undoes it.
+    """
+    if x.ndim >= 3:
+        x = x.reshape(math.prod(x.shape[:-2]), *x.shape[-2:])
+    elif x.ndim == 0:
+        x = x.reshape(1)
+    nb = _leading_blocks(x.shape, block)
+    return x.reshape(nb, x.shape[0] // nb, *x.shape[1:])
 
 
 def _unsort(sorted_values: Array, order: Array) -> Array:
@@ -470,28 +485,39 @@ def _nearest_total_fwd(w, reps, well):
     def block_stats(wb):
         return _with_nearest(lambda idx, near: stats(wb, idx, near), wb, cs, mid)
 
-    # The scatter-add needs its operands in memory: go block by block (along
-    # axis 0) so its temporaries are O(block), not O(N).
-    nb = _leading_blocks(w.shape)
-    if nb == 1:
+    # The scatter-add needs its operands in memory (and the table lookup's gathers
+    # materialise their indices): go block by block, so temporaries are O(block).
+    blocks = _as_blocks(wc, _block_for(k))
+    if blocks.shape[0] == 1:
         total, sums = block_stats(wc)
     else:
-        blocks = wc.reshape(nb, w.shape[0] // nb, *w.shape[1:])
         totals, block_sums = jax.lax.map(block_stats, blocks)
         total, sums = jnp.sum(totals), jnp.sum(block_sums, axis=0)
     return total, (w, reps, _unsort(sums, order))
+
+
+def _block_for(k: int) -> int:
+    return _BLOCK if k <= _CHAIN_MAX_K else _BLOCK // 4
 
 
 def _nearest_total_bwd(well, res, g):
     w, reps, sums = res
     cd = _compute_dtype(w.dtype)
     _, cs, mid = _sorted_reps(reps, cd)
+
+    def grad(wb):
+        # Formed inside _with_nearest's branches: no other N-sized array leaves them.
+        return _with_nearest(
+            lambda _, near: (g * _of_distance(wb - near, well)[1]).astype(w.dtype), wb, cs, mid
+        )
+
     wc = w.astype(cd)
-    # The gradient is formed inside _with_nearest's branches: no other N-sized array.
-    dw = _with_nearest(
-        lambda _, near: (g * _of_distance(wc - near, well)[1]).astype(w.dtype), wc, cs, mid
-    )
-    return dw, (-g * sums).astype(reps.dtype)
+    k = cs.shape[0]
+    blocks = _as_blocks(wc, _block_for(k))
+    if k <= _CHAIN_MAX_K or blocks.shape[0] == 1:  # the compare chain fuses: no temporaries
+        return grad(wc), (-g * sums).astype(reps.dtype)
+    # The table lookup's gathers materialise their int32 indices: go block by block.
+    return jax.lax.map(grad, blocks).reshape(w.shape), (-g * sums).astype(reps.dtype)
 
 
 _nearest_total.defvjp(_nearest_total_fwd, _nearest_total_bwd)
@@ -639,11 +665,6 @@ def _all_reps_bwd(kind, param, res, g):
 _all_reps.defvjp(_all_reps_fwd, _all_reps_bwd)
 
 
-def _blocks(wc: Array) -> Array:
-    nb = _leading_blocks(wc.shape)
-    return wc.reshape(nb, wc.shape[0] // nb, *wc.shape[1:]) if wc.shape else wc.reshape(1)
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _all_reps_total(w, reps, kind, param):
     """``sum(_all_reps(w, ...))`` (compute dtype), block by block along axis 0, so the
@@ -651,7 +672,7 @@ def _all_reps_total(w, reps, kind, param):
     cd = _compute_dtype(w.dtype)
     rc = reps.astype(cd)
     value = _ALL_REPS[kind][0]
-    return jnp.sum(jax.lax.map(lambda b: jnp.sum(value(b, rc, param)), _blocks(w.astype(cd))))
+    return jnp.sum(jax.lax.map(lambda b: jnp.sum(value(b, rc, param)), _as_blocks(w.astype(cd))))
 
 
 def _all_reps_total_fwd(w, reps, kind, param):
@@ -663,7 +684,7 @@ def _all_reps_total_bwd(kind, param, res, g):
     cd = _compute_dtype(w.dtype)
     rc, gc = reps.astype(cd), g.astype(cd)
     grads = _ALL_REPS[kind][1]
-    dw, dc = jax.lax.map(lambda b: grads(b, rc, param, gc), _blocks(w.astype(cd)))
+    dw, dc = jax.lax.map(lambda b: grads(b, rc, param, gc), _as_blocks(w.astype(cd)))
     return dw.reshape(w.shape).astype(w.dtype), jnp.sum(dc, axis=0).astype(reps.dtype)
 
 

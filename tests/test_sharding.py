@@ -475,6 +475,31 @@ class TestOn8Devices:
         compiled = step.lower(snapped, state, shard_batch(data, layout.mesh), 0).compile()
         assert not _all_gathered_shapes(compiled) & kernels
 
+    @pytest.mark.parametrize(
+        ("spec", "reg", "k"),
+        [
+            (P(None, None, None, "model"), "nearest", 256),
+            (P(None, None, "model", None), "nearest", 256),
+            (P(None, None, None, "model"), "softmin", 4),
+        ],
+    )
+    def test_blocked_penalties_keep_the_kernel_sharded(self, layouts, spec, reg, k):
+        """The block-by-block paths (large conv kernel, table lookup / scan) reshape
+        only the spatial axes: nothing is gathered, the gradient stays placed and equal."""
+        w = jax.random.normal(jax.random.PRNGKey(0), (3, 3, 128, 256)) * 0.05
+        reps = jnp.linspace(-0.1, 0.1, k)
+        f = {
+            "nearest": lambda w: q.nearest_total(w, reps),
+            "softmin": lambda w: q.all_reps_total(w, reps, "softmin", 1e-3),
+        }[reg]
+        ws = jax.device_put(w, NamedSharding(layouts["data4_model2"].mesh, spec))
+        grad = jax.jit(jax.grad(f))
+        assert not _all_gathered_shapes(grad.lower(ws).compile()) & {"3,3,128,256"}
+        out = grad(ws)
+        assert out.sharding.spec == spec
+        ref = jax.grad(f)(w)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(ref))))
+
     def test_nnx_state_trains_sharded(self, problem, layouts):
         _, _, _, data = problem
         graphdef, params = nnx.split(NNXMLP(nnx.Rngs(0)), nnx.Param)
