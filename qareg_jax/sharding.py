@@ -153,6 +153,15 @@ class Layout:
         known = tuple(self.mesh.axis_names)
         if DATA_AXIS not in known:
             raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis; its axes are {known}")
+        explicit = [
+            a for a, t in zip(known, self.mesh.axis_types, strict=True) if t != AxisType.Auto
+        ]
+        if explicit:
+            # The per-representative scatter-adds do not take sharding-in-types yet.
+            raise ValueError(
+                f"mesh axis_types must be AxisType.Auto (as make_mesh builds them); axes "
+                f"{explicit} are {[str(self.mesh.axis_types[known.index(a)]) for a in explicit]}"
+            )
         object.__setattr__(self, "rules", tuple((str(r), P(*s)) for r, s in self.rules))
         for pattern, spec in self.rules:
             re.compile(pattern)

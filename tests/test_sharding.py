@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import AbstractMesh, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import qareg_jax as q
@@ -122,6 +122,12 @@ def test_unknown_mesh_axis_is_named():
         abstract_layout(model_axis="mp")
     with pytest.raises(ValueError, match="'data' axis"):
         Layout(AbstractMesh((8,), ("batch",)))
+
+
+def test_explicit_mesh_axes_are_refused():
+    mesh = AbstractMesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Explicit))
+    with pytest.raises(ValueError, match=r"AxisType.Auto.*\['model'\]"):
+        Layout(mesh)
 
 
 def test_rule_that_does_not_divide_raises():
