@@ -456,9 +456,11 @@ def _ms(values: list[float]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     m, cfg = result["machine"], result["config"]
     name = cfg.get("dataset_name", "digits")
-    lines = [
-        f"# Related methods on {'digits' if name == 'digits' else cfg['dataset']} (SmallCNN)",
-        "",
+    title = {"cifar10": "CIFAR-10", "cifar10_jpeg": "CIFAR-10 (JPEG-75 copy)"}.get(name, name)
+    lines = [f"# Related methods on {title} (SmallCNN)", ""]
+    if name != "digits":
+        lines += [f"Data: {cfg['dataset']}; model: {cfg['model']}.  "]
+    lines += [
         f"Command: `{result['command']}`  ",
         f"Date: {m['date']}, commit {m['commit']} (files differing from it at the start: "
         f"{', '.join(m['uncommitted_at_start']) or 'none'}), {m['platform']}, "
