@@ -71,5 +71,7 @@ def test_smoke_on_an_image_folder_subset(tmp_path, monkeypatch, capsys):
     assert {(r["method"], r["k"]) for r in result["dkm_vs_nearest"]} == {
         (m, k) for m in ("dkm", "nearest") for k in (2, 4)
     }
-    assert "# Related methods on image folder" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "# Related methods on folder (SmallCNN)" in printed
+    assert f"Data: image folder {folder}, 8x8x3" in printed
     assert not out.exists()  # --smoke writes no files
