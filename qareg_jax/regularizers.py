@@ -511,13 +511,7 @@ def _nearest_total_bwd(well, res, g):
             lambda _, near: (g * _of_distance(wb - near, well)[1]).astype(w.dtype), wb, cs, mid
         )
 
-    wc = w.astype(cd)
-    k = cs.shape[0]
-    blocks = _as_blocks(wc, _block_for(k))
-    if k <= _CHAIN_MAX_K or blocks.shape[0] == 1:  # the compare chain fuses: no temporaries
-        return grad(wc), (-g * sums).astype(reps.dtype)
-    # The table lookup's gathers materialise their int32 indices: go block by block.
-    return jax.lax.map(grad, blocks).reshape(w.shape), (-g * sums).astype(reps.dtype)
+    return grad(w.astype(cd)), (-g * sums).astype(reps.dtype)
 
 
 _nearest_total.defvjp(_nearest_total_fwd, _nearest_total_bwd)
