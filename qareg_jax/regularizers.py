@@ -504,14 +504,12 @@ def _nearest_total_bwd(well, res, g):
     w, reps, sums = res
     cd = _compute_dtype(w.dtype)
     _, cs, mid = _sorted_reps(reps, cd)
-
-    def grad(wb):
-        # Formed inside _with_nearest's branches: no other N-sized array leaves them.
-        return _with_nearest(
-            lambda _, near: (g * _of_distance(wb - near, well)[1]).astype(w.dtype), wb, cs, mid
-        )
-
-    return grad(w.astype(cd)), (-g * sums).astype(reps.dtype)
+    wc = w.astype(cd)
+    # dw is formed inside _with_nearest's branches: no other N-sized array leaves them.
+    dw = _with_nearest(
+        lambda _, near: (g * _of_distance(wc - near, well)[1]).astype(w.dtype), wc, cs, mid
+    )
+    return dw, (-g * sums).astype(reps.dtype)
 
 
 _nearest_total.defvjp(_nearest_total_fwd, _nearest_total_bwd)
