@@ -43,6 +43,16 @@ def named_leaves(tree: Any) -> dict[str, Any]:
     return out
 
 
+def leaves_naming(tree: Any, paths: Any, what: str) -> dict[str, Any]:
+    """``named_leaves(tree)``, after checking that every path in ``paths`` is among them
+    (else a ``ValueError`` listing the missing ones, ``what`` naming the argument)."""
+    leaves = named_leaves(tree)
+    missing = [p for p in paths if p not in leaves]
+    if missing:
+        raise ValueError(f"{what} name leaves that params does not have: {missing}")
+    return leaves
+
+
 def replace_leaves(tree: Any, new: Mapping[str, Any]) -> Any:
     """A copy of ``tree`` with the leaves named in ``new`` replaced (others kept)."""
     unknown = set(new) - set(named_leaves(tree))

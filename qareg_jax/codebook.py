@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import regularizers as R
-from ._tree import named_leaves
+from ._tree import leaves_naming, named_leaves
 
 Schedule = Callable[[Any], Any]
 INTERVALS = ("minmax", "percentile", "std")
@@ -124,10 +124,7 @@ def resolve_paths(params: Any, paths: Sequence[str] | None) -> list[str]:
     paths = list(paths)
     if not paths:
         raise ValueError("paths is empty: select at least one leaf (or pass None for the default)")
-    leaves = named_leaves(params)
-    missing = [p for p in paths if p not in leaves]
-    if missing:
-        raise ValueError(f"paths name leaves that params does not have: {missing}")
+    leaves_naming(params, paths, "paths")
     return paths
 
 
@@ -272,10 +269,7 @@ def attach(
     """
     if not specs:
         raise ValueError("specs is empty: select at least one leaf (see make_specs)")
-    leaves = named_leaves(params)
-    missing = [p for p in specs if p not in leaves]
-    if missing:
-        raise ValueError(f"specs name leaves that params does not have: {missing}")
+    leaves = leaves_naming(params, specs, "specs")
     resolved: dict[str, QuantSpec] = {}
     reps: dict[str, jax.Array] = {}
     for path, spec in specs.items():

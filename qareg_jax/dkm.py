@@ -53,8 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._tree import named_leaves, replace_leaves
-from .codebook import INITS, init_representatives, select
+from ._tree import leaves_naming, named_leaves, replace_leaves
+from .codebook import INITS, init_representatives, resolve_paths
 from .regularizers import check_float, check_k, check_positive, nearest_index
 
 Array = jax.Array
@@ -214,17 +214,8 @@ def dkm_init(
     k = check_k(k)
     if init not in INITS:
         raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
+    paths = resolve_paths(params, paths)
     leaves = named_leaves(params)
-    if paths is None:
-        paths = select(params)
-    if isinstance(paths, str):
-        raise TypeError("paths must be a sequence of path strings, not one string")
-    paths = list(paths)
-    if not paths:
-        raise ValueError("paths is empty: select at least one leaf (or pass None for the default)")
-    missing = [p for p in paths if p not in leaves]
-    if missing:
-        raise ValueError(f"paths name leaves that params does not have: {missing}")
     out = {}
     for path in paths:
         leaf = check_float(leaves[path], path)
@@ -246,11 +237,7 @@ def _centroid_leaves(params: Any, centroids: Mapping[str, Array]) -> dict[str, A
     """The named leaves of ``params``, after checking ``centroids`` is non-empty and names them."""
     if not centroids:
         raise ValueError("centroids is empty: build them with dkm_init(params, paths, k)")
-    leaves = named_leaves(params)
-    missing = [p for p in centroids if p not in leaves]
-    if missing:
-        raise ValueError(f"centroids name leaves that params does not have: {missing}")
-    return leaves
+    return leaves_naming(params, centroids, "centroids")
 
 
 def dkm_transform(
