@@ -486,18 +486,15 @@ def _nearest_total_fwd(w, reps, well):
         return _with_nearest(lambda idx, near: stats(wb, idx, near), wb, cs, mid)
 
     # The scatter-add needs its operands in memory (and the table lookup's gathers
-    # materialise their indices): go block by block, so temporaries are O(block).
-    blocks = _as_blocks(wc, _block_for(k))
+    # materialise their indices, hence quarter blocks): go block by block, so
+    # temporaries are O(block).
+    blocks = _as_blocks(wc, _BLOCK if k <= _CHAIN_MAX_K else _BLOCK // 4)
     if blocks.shape[0] == 1:
         total, sums = block_stats(wc)
     else:
         totals, block_sums = jax.lax.map(block_stats, blocks)
         total, sums = jnp.sum(totals), jnp.sum(block_sums, axis=0)
     return total, (w, reps, _unsort(sums, order))
-
-
-def _block_for(k: int) -> int:
-    return _BLOCK if k <= _CHAIN_MAX_K else _BLOCK // 4
 
 
 def _nearest_total_bwd(well, res, g):
