@@ -28,6 +28,11 @@ def test_smoke_run_writes_json(name, tmp_path):
     assert name in run_all.table([res], tmp_path)
     if name == "regularizer_overhead_vgg16":  # the variant's arguments reached the script
         assert payload["config"]["model"] == "vgg16" and payload["config"]["batch"] == 2
+    if name == "regularizer_overhead":  # the O(N K) penalties carry their lower bound
+        for row in payload["rows"]:
+            floor = row.get("pairwise_floor_ratio")
+            assert (floor is not None) == (row["regularizer"] in ("softmin", "product"))
+            assert floor is None or (floor > 1 and row["pairwise_pass_ms"] > 0)
 
 
 def test_regularizer_overhead_names_its_output_after_the_model():
