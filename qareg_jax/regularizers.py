@@ -62,7 +62,7 @@ _REFINE = 2
 # (_threshold_stats; CPU time on a 4096 x 4096 kernel at K = 3 / 4 / 8: 20 / 25 /
 # 67 ms, blocked scatter-add 80 / 60 / 50 ms).
 _THRESHOLD_MAX_K = 4
-# Block length for the scatter-add path of nearest_total (bounds its temporaries).
+# Block length of the blocked penalties (bounds their temporaries).
 _BLOCK = 1 << 20
 # Row length of the first level of the variadic reduction (see _partial_axes).
 _ROW = 512
@@ -551,10 +551,13 @@ def nearest(w: Array, reps: Array) -> Array:
 # ------------------------------------------------- sums over all representatives
 #
 # softmin, product and wells(mean) are sums over the K representatives of a
-# per-pair term. Both passes scan over k with carries the size of ``w`` (or of a
-# block of it, for the totals); the backward pass recomputes the terms instead
-# of keeping N-sized residuals. Each kind is a pair of functions on compute-dtype
-# arrays: ``value(wc, rc, param)`` and ``grads(wc, rc, param, gc) -> (dw, dc)``.
+# per-pair term; every pass scans over k with carries the size of ``w`` (or of a
+# block of it, for the totals), never K x N. Each kind is one function on
+# compute-dtype arrays, ``terms(wc, rc, param) -> (value, h)``: the element-wise
+# penalty and ``h(d)``, the derivative in ``w`` of the pair term at ``d = w - c_k``
+# (so ``dw = sum_k h`` and ``dc_k = -sum_i h``). The element-wise penalty's backward
+# pass recomputes them (no N-sized residual); the total's forward pass computes the
+# gradients itself, since its cotangent is a scalar.
 
 
 def _scan_reps(fn: Callable[[Array, Array], Array], init: Array, reps: Array) -> Array:
@@ -575,68 +578,44 @@ def _backward_over_reps(h: Callable[[Array], Array], wc: Array, reps_c: Array):
     return jax.lax.scan(body, jnp.zeros_like(wc), reps_c)
 
 
-def _softmin_lse(wc, reps_c, tau):
-    # Online log-sum-exp over k of z_k = -(w - c_k)^2 / tau, one exp per term:
-    # of exp(m - m_new) and exp(z - m_new) one is always exp(0) = 1.
-    def step(carry, c):
-        m, s = carry
-        z = -((wc - c) ** 2) / tau
-        e = jnp.exp(-jnp.abs(z - m))
-        return jnp.maximum(m, z), jnp.where(z > m, s * e + 1, s + e)
-
-    m0 = -((wc - reps_c[0]) ** 2) / tau
-    m, s = _scan_reps(step, (m0, jnp.ones_like(wc)), reps_c[1:])
-    return m + jnp.log(s)
-
-
-def _softmin_value(wc, rc, tau):
-    return -tau * (_softmin_lse(wc, rc, tau) - math.log(rc.shape[0]))
-
-
-def _softmin_grads(wc, rc, tau, gc):
-    lse = _softmin_lse(wc, rc, tau)  # recomputed: no N-sized residual
+def _softmin_terms(wc, rc, tau):
+    # log-sum-exp over k of z_k = -(w - c_k)^2 / tau in two passes: the nearest
+    # squared distance d2 (so the largest z_k is -d2 / tau), then sum_k exp(z_k + d2 / tau),
+    # each term <= 1 and the nearest one exactly 1. One exp per term and no select
+    # next to it: an online log-sum-exp needs one, and XLA CPU then runs the exp
+    # several times slower (benchmarks/xla_patterns.py).
+    closest = lambda acc, c: jnp.minimum(acc, (wc - c) ** 2)  # noqa: E731
+    d2 = _scan_reps(closest, jnp.full_like(wc, jnp.inf), rc)
+    terms = lambda acc, c: acc + jnp.exp((d2 - (wc - c) ** 2) / tau)  # noqa: E731
+    lse = jnp.log(_scan_reps(terms, jnp.zeros_like(wc), rc)) - d2 / tau
     # d value / d w = sum_k a_k 2 (w - c_k), a_k = softmax_k(-(w - c_k)^2 / tau).
-    return _backward_over_reps(lambda d: gc * 2 * d * jnp.exp(-(d * d) / tau - lse), wc, rc)
+    return -tau * (lse - math.log(rc.shape[0])), lambda d: 2 * d * jnp.exp(-(d * d) / tau - lse)
 
 
-def _product_value(wc, rc, _=None):
+def _product_terms(wc, rc, _=None):
     # log(0) = -inf gives an exact 0 at every representative.
     logsum = _scan_reps(lambda acc, c: acc + jnp.log((wc - c) ** 2), jnp.zeros_like(wc), rc)
-    return jnp.exp(logsum / rc.shape[0])
-
-
-def _product_grads(wc, rc, _, gc):
+    value = jnp.exp(logsum / rc.shape[0])
     # d value / d w = value * (2/K) sum_k 1 / (w - c_k); zero (a subgradient) where value is 0.
-    # The value is recomputed rather than kept: no N-sized residual.
-    coef = gc * _product_value(wc, rc) * (2.0 / rc.shape[0])
-    safe = lambda d: jnp.where(d == 0, 0.0, coef / jnp.where(d == 0, 1.0, d))  # noqa: E731
-    return _backward_over_reps(safe, wc, rc)
+    coef = value * (2.0 / rc.shape[0])
+    return value, lambda d: jnp.where(d == 0, 0.0, coef / jnp.where(d == 0, 1.0, d))
 
 
-def _wells_mean_value(wc, rc, sigma):
-    inv = 1.0 / (2 * sigma * sigma)
-    total = _scan_reps(lambda acc, c: acc + jnp.exp(-((wc - c) ** 2) * inv), jnp.zeros_like(wc), rc)
-    return 1.0 - total / rc.shape[0]
-
-
-def _wells_mean_grads(wc, rc, sigma, gc):
+def _wells_mean_terms(wc, rc, sigma):
     inv = 1.0 / (2 * sigma * sigma)
     k = rc.shape[0]
-    return _backward_over_reps(lambda d: gc * (2 * inv / k) * d * jnp.exp(-(d * d) * inv), wc, rc)
+    total = _scan_reps(lambda acc, c: acc + jnp.exp(-((wc - c) ** 2) * inv), jnp.zeros_like(wc), rc)
+    return 1.0 - total / k, lambda d: (2 * inv / k) * d * jnp.exp(-(d * d) * inv)
 
 
-_ALL_REPS = {
-    "softmin": (_softmin_value, _softmin_grads),
-    "product": (_product_value, _product_grads),
-    "wells_mean": (_wells_mean_value, _wells_mean_grads),
-}
+_ALL_REPS = {"softmin": _softmin_terms, "product": _product_terms, "wells_mean": _wells_mean_terms}
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _all_reps(w, reps, kind, param):
     """Element-wise penalty ``kind`` (shape of ``w``)."""
     cd = _compute_dtype(w.dtype)
-    value = _ALL_REPS[kind][0](w.astype(cd), reps.astype(cd), param)
+    value = _ALL_REPS[kind](w.astype(cd), reps.astype(cd), param)[0]
     return value.astype(w.dtype)
 
 
@@ -647,7 +626,9 @@ def _all_reps_fwd(w, reps, kind, param):
 def _all_reps_bwd(kind, param, res, g):
     w, reps = res
     cd = _compute_dtype(w.dtype)
-    dw, dc = _ALL_REPS[kind][1](w.astype(cd), reps.astype(cd), param, g.astype(cd))
+    wc, rc, gc = w.astype(cd), reps.astype(cd), g.astype(cd)
+    h = _ALL_REPS[kind](wc, rc, param)[1]  # recomputed: no N-sized residual
+    dw, dc = _backward_over_reps(lambda d: gc * h(d), wc, rc)
     return dw.astype(w.dtype), dc.astype(reps.dtype)
 
 
@@ -660,21 +641,29 @@ def _all_reps_total(w, reps, kind, param):
     scan carries are O(block) rather than O(N) (and stay in cache)."""
     cd = _compute_dtype(w.dtype)
     rc = reps.astype(cd)
-    value = _ALL_REPS[kind][0]
-    return jnp.sum(jax.lax.map(lambda b: jnp.sum(value(b, rc, param)), _as_blocks(w.astype(cd))))
+    blocks = _as_blocks(w.astype(cd))
+    return jnp.sum(jax.lax.map(lambda b: jnp.sum(_ALL_REPS[kind](b, rc, param)[0]), blocks))
 
 
 def _all_reps_total_fwd(w, reps, kind, param):
-    return _all_reps_total(w, reps, kind, param), (w, reps)
+    # The cotangent of a total is a scalar g, so the gradients are g times those of
+    # the total: computed here, in the same blocks as the value, they cost one more
+    # scan over k instead of the backward pass repeating the value's scans.
+    cd = _compute_dtype(w.dtype)
+    rc = reps.astype(cd)
+
+    def block(b):
+        value, h = _ALL_REPS[kind](b, rc, param)
+        return (jnp.sum(value), *_backward_over_reps(h, b, rc))
+
+    values, dw, dc = jax.lax.map(block, _as_blocks(w.astype(cd)))
+    dtypes = (jnp.zeros(0, w.dtype), jnp.zeros(0, reps.dtype))  # residuals must be arrays
+    return jnp.sum(values), (dw.reshape(w.shape), jnp.sum(dc, axis=0), dtypes)
 
 
 def _all_reps_total_bwd(kind, param, res, g):
-    w, reps = res
-    cd = _compute_dtype(w.dtype)
-    rc, gc = reps.astype(cd), g.astype(cd)
-    grads = _ALL_REPS[kind][1]
-    dw, dc = jax.lax.map(lambda b: grads(b, rc, param, gc), _as_blocks(w.astype(cd)))
-    return dw.reshape(w.shape).astype(w.dtype), jnp.sum(dc, axis=0).astype(reps.dtype)
+    dw, dc, (w_dtype, reps_dtype) = res
+    return (g * dw).astype(w_dtype.dtype), (g * dc).astype(reps_dtype.dtype)
 
 
 _all_reps_total.defvjp(_all_reps_total_fwd, _all_reps_total_bwd)

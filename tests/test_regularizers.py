@@ -348,7 +348,10 @@ def test_all_reps_total_equals_the_elementwise_sum(kind):
     v1, g1 = jax.value_and_grad(R.all_reps_total, argnums=(0, 1))(w, reps, kind, param)
     v0, g0 = jax.value_and_grad(lambda w, r: jnp.sum(elem(w, r)), argnums=(0, 1))(w, reps)
     np.testing.assert_allclose(v1, v0, rtol=1e-5)
-    np.testing.assert_allclose(g1[0], g0[0], rtol=1e-5, atol=1e-12)
+    # dw sums terms of both signs (softmin: pulls towards reps on either side), so
+    # where they cancel the two summation orders differ at float32 rounding of the
+    # terms: compare against the gradient's scale there.
+    np.testing.assert_allclose(g1[0], g0[0], rtol=1e-5, atol=1e-6 * float(jnp.max(abs(g0[0]))))
     np.testing.assert_allclose(g1[1], g0[1], rtol=1e-4, atol=1e-6 * float(jnp.max(abs(g0[1]))))
 
 
