@@ -318,17 +318,31 @@ def test_nearest_index_matches_searchsorted(k, dist):
     assert bool(fits) == (dist != "clustered")
 
 
-@pytest.mark.parametrize("k", [2, 4, 300])
-def test_nearest_total_rep_gradient_is_accurate_on_a_large_layer(k):
-    """Per-representative sums over 4M weights match a float64 reference: the
-    reductions are two-level, not one sequential float32 loop (which drifted by ~1e-3)."""
+_SIGMA = 0.02
+_NEAREST_SUMS = {  # total -> the slope f'(d) of its per-weight term f(d), d = w - nearest rep
+    "nearest_total": (R.nearest_total, lambda d: 2 * d),
+    "nearest (element-wise)": (lambda w, r: jnp.sum(R.nearest(w, r)), lambda d: 2 * d),
+    "wells_total": (
+        lambda w, r: R.wells_total(w, r, _SIGMA),
+        lambda d: d / _SIGMA**2 * np.exp(-(d * d) / (2 * _SIGMA**2)),
+    ),
+}
+
+
+@pytest.mark.parametrize("k", [2, 4, 16, 300])
+@pytest.mark.parametrize("name", sorted(_NEAREST_SUMS))
+def test_nearest_rep_gradients_are_accurate_on_a_large_layer(name, k):
+    """Per-representative sums over 4M weights match a float64 reference on every
+    path (threshold sums, variadic reduction, scatter-add): no sum runs as one
+    sequential float32 loop (which drifted by ~1e-3)."""
+    total, slope = _NEAREST_SUMS[name]
     w = jax.random.normal(jax.random.key(0), (2048, 2048)) * 0.05 + 0.003
     reps = jnp.quantile(w, jnp.linspace(0.01, 0.99, k))
-    g = np.asarray(jax.jit(jax.grad(R.nearest_total, argnums=1))(w, reps), np.float64)
+    g = np.asarray(jax.jit(jax.grad(total, argnums=1))(w, reps), np.float64)
     wn, rn = np.asarray(w, np.float64).ravel(), np.asarray(reps, np.float64)
     mid = (np.asarray(reps)[1:] + np.asarray(reps)[:-1]) / 2  # float32 midpoints, as used
     idx = np.searchsorted(mid, np.asarray(w).ravel(), side="left")
-    ref = np.bincount(idx, weights=-2 * (wn - rn[idx]), minlength=k)
+    ref = np.bincount(idx, weights=-slope(wn - rn[idx]), minlength=k)
     assert np.max(np.abs(g - ref)) <= 2e-5 * np.max(np.abs(ref))
 
 
