@@ -495,10 +495,12 @@ def _nearest_total_fwd(w, reps, well):
         return _with_nearest(lambda idx, near: stats(wb, idx, near), wb, cs, mid)
 
     # The scatter-add needs its operands and indices in memory (as do the table
-    # lookup's gathers): go block by block, so temporaries are O(block). Quarter
-    # blocks: AlexNet's step peak at K = 2 / 16 fell from 1.20 / 1.22 to 1.17 / 1.17x
-    # the plain step for wells, from 1.05 to 1.01x for nearest at K = 16, at equal time.
-    blocks = _as_blocks(wc, _BLOCK // 4)
+    # lookup's gathers): go block by block, so temporaries are O(block). Block sizes
+    # by the compiled step peak (x plain) of AlexNet / VGG16 for nearest K = 16, wells
+    # K = 2, nearest K = 256: quarter blocks everywhere 1.01, 1.17, 1.12 / 1.09, 1.24,
+    # 1.23; full blocks everywhere 1.05, 1.20, - / 1.02, 1.15, -; quarter blocks for
+    # dense kernels and full ones for conv kernels 1.03, 1.19, 1.11 / 1.02, 1.15, 1.17.
+    blocks = _as_blocks(wc, _BLOCK // 4 if wc.ndim <= 2 else _BLOCK)
     if blocks.shape[0] == 1:
         total, sums = block_stats(wc)
     else:
