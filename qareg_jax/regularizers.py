@@ -687,7 +687,10 @@ def all_reps_total(w: Array, reps: Array, kind: str, param: float | None = None)
 
     Equal to summing :func:`softmin` / :func:`product` / :func:`wells` (mode
     "mean") but computed block by block: O(block) temporaries instead of O(N)
-    scan carries. ``penalty`` uses it for these regularizers.
+    scan carries. Differentiated, its forward pass also computes the gradients
+    (one scan over the K representatives fewer than recomputing them in the
+    backward pass) and keeps the weight gradient, shape of ``w``, until then.
+    O(N K) time. ``penalty`` uses it for these regularizers.
     """
     w = check_float(w)
     reps = _check_reps(reps)
