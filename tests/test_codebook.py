@@ -1,6 +1,7 @@
 """Selection, specs, representatives in the param tree, penalty, one optax step."""
 
 import dataclasses
+import warnings
 
 import flax.linen as nn
 import jax
@@ -239,6 +240,22 @@ def test_bad_specs():
         q.QuantSpec(sigma=-1.0)
     with pytest.raises(ValueError, match="init must be one of"):
         q.QuantSpec(init="random")
+
+
+def test_o_n_k_penalties_warn_above_32_levels_and_point_to_nearest():
+    for kw in (
+        dict(regularizer="softmin"),
+        dict(regularizer="product"),
+        dict(regularizer="wells", wells_mode="mean"),
+    ):
+        with pytest.warns(UserWarning, match=r"all k=64 representatives.*'nearest'"):
+            q.QuantSpec(k=64, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q.QuantSpec(k=32, regularizer="softmin")
+        q.QuantSpec(k=256, regularizer="nearest")
+        q.QuantSpec(k=256, regularizer="wells")  # mode "max": O(N log K)
+        q.QuantSpec(k=256, regularizer="sine")
 
 
 def test_bad_selection_and_attach():
