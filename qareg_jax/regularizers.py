@@ -454,10 +454,7 @@ def _threshold_stats(wc: Array, cs: Array, mid: Array) -> tuple[Array, Array]:
     int32 (exact); sums are two-level, so the differences are as accurate as a
     float32 total of ``w``.
     """
-    near = jnp.full(wc.shape, cs[0], cs.dtype)
-    for j in range(cs.shape[0] - 1):
-        near = jnp.where(wc > mid[j], cs[j + 1], near)
-    d = wc - near
+    d = wc - _nearest_value(wc, cs, mid)
     ops = [d * d, wc]
     for j in range(cs.shape[0] - 1):
         above = wc > mid[j]
@@ -696,10 +693,12 @@ def all_reps_total(w: Array, reps: Array, kind: str, param: float | None = None)
     reps = _check_reps(reps)
     if kind not in _ALL_REPS:
         raise ValueError(f"kind must be one of {sorted(_ALL_REPS)}, got {kind!r}")
-    if kind != "product":
+    if kind == "product":
+        param = None
+    else:
         check_positive(param, "tau" if kind == "softmin" else "sigma")
         param = float(param)
-    return _all_reps_total(w, reps, kind, None if kind == "product" else param)
+    return _all_reps_total(w, reps, kind, param)
 
 
 def softmin(w: Array, reps: Array, tau: float) -> Array:
