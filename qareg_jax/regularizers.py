@@ -421,11 +421,13 @@ def _nearest_bwd(res, g):
     cd = _compute_dtype(w.dtype)
     order, cs, mid = _sorted_reps(reps, cd)
     wc = w.astype(cd)
-    idx = nearest_index(wc, cs, mid)
-    gd = 2 * g.astype(cd) * (wc - cs[idx])
     k = cs.shape[0]
-    dreps = _unsort(-_cluster_sums(gd, idx, k, k <= _VARIADIC_MAX_K), order)
-    return gd.astype(w.dtype), dreps.astype(reps.dtype)
+
+    # The compare chain gives the level with the index (no gather cs[idx] for K <= 32).
+    idx, near = _with_nearest(lambda idx, near: (idx, near), wc, cs, mid)
+    gd = 2 * g.astype(cd) * (wc - near)
+    sums = _cluster_sums(gd, idx, k, k <= _VARIADIC_MAX_K)
+    return gd.astype(w.dtype), _unsort(-sums, order).astype(reps.dtype)
 
 
 _nearest_sq.defvjp(_nearest_fwd, _nearest_bwd)
