@@ -1,15 +1,14 @@
 """The paper's setting for AlexNet (CIFAR variant) on CIFAR-10: every regularizer and
-baseline at K in {2, 4, 8, 16, 32}, with the frozen-representatives ablation.
+baseline at K in {2, 4, 8, 16, 32}, with the frozen-representatives ablation. The base
+of the other paper-scale configs (``vgg16_cifar10.py``, ``alexnet_cifar10_jpeg_fp.py``).
 
-The paper's training hyper-parameters are not available to us (PAPERS.md); these are
-ours. Adam with cosine decay for the full-precision and the regularized phases, as in
-the digits runs where the default lambdas were chosen (Adam's step is bounded by the
-learning rate, so a strong lambda cannot throw the weights off as with SGD). Quantized
-fine-tuning with Adam 1e-4: sHAM used SGD 1e-3 with momentum, whose step on a
-representative grows with the number of weights summed into its gradient (millions
-here). Lambda defaults to ``train.DEFAULT_LAM`` (chosen on the digits CPU runs), ramped
-up over the first half of the regularized phase. Needs an accelerator: AlexNet costs
-~0.6 s/step on a 2-core CPU.
+The paper's training hyper-parameters are not public (docs/references.md section 1);
+these are ours. Adam with cosine decay for the full-precision and the regularized
+phases: Adam's step is bounded by the learning rate, so a strong lambda cannot throw the
+weights off as with SGD. Quantized fine-tuning with Adam 1e-4: sHAM's SGD 1e-3 moves a
+representative by the sum of its weights' gradients, millions of them here. Lambda
+defaults to each regularizer's registry default, ramped up over the first half of the
+regularized phase.
 
     python experiments/run_table.py experiments/configs/alexnet_cifar10.py
 """
