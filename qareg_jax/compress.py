@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._tree import named_leaves
-from .quantizers import _check_k, index_dtype
+from .quantizers import check_k, index_dtype
 
 __all__ = [
     "FORMAT_VERSION",
@@ -67,7 +67,7 @@ Quantized = Mapping[str, tuple[Any, Any]]
 
 def bits_per_index(k: int) -> int:
     """``ceil(log2 k)``: bits needed for indices 0..k-1 (k >= 2)."""
-    return (_check_k(k) - 1).bit_length()
+    return (check_k(k) - 1).bit_length()
 
 
 def _group_layout(b: int) -> list[tuple[int, int, bool]]:

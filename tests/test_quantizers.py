@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from qareg_jax import quantizers as q
 from qareg_jax._tree import named_leaves
+from qareg_jax.quantizers import assignment
 
 
 def _data(kind: str, n: int, seed: int = 0) -> np.ndarray:
@@ -140,12 +141,12 @@ def test_assign_nearest_every_path_exact_on_ties_float_neighbours_and_subnormals
     n * log2 k >= _FAST_WORK) equal a float64 searchsorted on the midpoints (ties
     lower), including weights on and next to midpoints, subnormal weights and
     midpoints (XLA flushes them), zeros and a padded tail."""
-    monkeypatch.setattr(q, "_FAST_WORK", 0)  # the XLA path at any size
+    monkeypatch.setattr(assignment, "_FAST_WORK", 0)  # the XLA path at any size
     rng = np.random.default_rng(k)
     codebook = np.sort(rng.normal(size=k) * 0.05).astype(np.float32)
     mids = 0.5 * (codebook[:-1].astype(np.float64) + codebook[1:])
     near = np.float32(mids[rng.integers(0, k - 1, 30_000)])
-    n = 3 * q._CHUNK + 12_345
+    n = 3 * assignment._CHUNK + 12_345
     w = (rng.normal(size=n) * 0.06).astype(np.float32)
     w[:30_000] = near
     w[30_000:60_000] = np.nextafter(near, np.float32(np.inf))
@@ -153,7 +154,7 @@ def test_assign_nearest_every_path_exact_on_ties_float_neighbours_and_subnormals
     w[90_000:90_100] = 0.0
     w[-5:] = near[:5]
     rng.shuffle(w)
-    w[q._CHUNK + 7] = np.float32(1e-40)  # one chunk with a subnormal weight
+    w[assignment._CHUNK + 7] = np.float32(1e-40)  # one chunk with a subnormal weight
     expected = np.searchsorted(mids, w.astype(np.float64), side="left")
     np.testing.assert_array_equal(q.assign_nearest(w, codebook), expected)
     # Subnormal midpoints: levels straddling zero within the subnormal range.
@@ -171,7 +172,7 @@ def test_assign_nearest_ties_agree_with_snap_assign(k, fast_work, monkeypatch):
     """Exact midpoints (float32) go to the lower level in both, on every path."""
     from qareg_jax.snap import assign
 
-    monkeypatch.setattr(q, "_FAST_WORK", fast_work)
+    monkeypatch.setattr(assignment, "_FAST_WORK", fast_work)
     w = np.array([0.5, 2.0, -0.5, 0.0, 1.0, 3.0, 1.5, 2.5], np.float32)
     ours = q.assign_nearest(w, np.array([0.0, 1.0, 3.0], np.float32))
     np.testing.assert_array_equal(ours, [0, 1, 0, 0, 1, 2, 1, 2])

@@ -1,0 +1,96 @@
+"""Quantize the selected leaves of a parameter tree with one baseline, layer by layer."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._tree import named_leaves, replace_leaves
+from .binary import binary_ls
+from .common import check_k, host_float
+from .cws import cws
+from .ecsq import ecsq
+from .pws import PWS_SEED_MSG, pws
+from .uq import uq
+
+QUANTIZERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "kmeans": cws,
+    "cws": cws,
+    "uniform": uq,
+    "uq": uq,
+    "pws": pws,
+    "ecsq": ecsq,
+    "binary": binary_ls,
+}
+
+
+def _layer_seed(seed: Any, path: str) -> int:
+    """Independent per-layer seed from a global seed and the layer's path (order-free)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    ss = np.random.SeedSequence([int(seed), zlib.crc32(path.encode())])
+    return int(ss.generate_state(1)[0])
+
+
+def quantize_tree(
+    params: Any,
+    paths: Sequence[str],
+    k: int | Mapping[str, int],
+    method: str | Callable[..., tuple[np.ndarray, np.ndarray]] = "kmeans",
+    **kw: Any,
+) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Quantize the leaves named in ``paths`` with one method, layer by layer.
+
+    ``k`` is one int or a {path: int} dict covering every path. ``method`` is a key
+    of :data:`QUANTIZERS` or a callable ``(w, k, **kw) -> (codebook, assignments)``.
+    For ``"pws"`` the ``seed`` is combined with each path into an independent layer
+    seed. Everything is validated before any layer is quantized.
+
+    Returns ``(quantized_params, {path: (codebook (k,), assignments leaf.shape)})``:
+    quantized leaves are ``codebook[assignments]`` in the leaf's dtype (jax arrays
+    for jax leaves), others are untouched.
+    """
+    if isinstance(method, str):
+        if method not in QUANTIZERS:
+            raise ValueError(f"unknown method {method!r}; choose one of {sorted(QUANTIZERS)}")
+        fn = QUANTIZERS[method]
+    elif callable(method):
+        fn = method
+    else:
+        raise TypeError(f"method must be a name or a callable, got {type(method).__name__}")
+    if isinstance(paths, str):
+        raise TypeError("paths must be a list of path strings, not one string")
+    paths = list(paths)
+    if len(set(paths)) != len(paths):
+        raise ValueError("paths contains duplicates")
+    leaves = named_leaves(params)
+    missing = [p for p in paths if p not in leaves]
+    if missing:
+        raise ValueError(f"paths not in the tree: {missing}")
+    if isinstance(k, Mapping):
+        absent = [p for p in paths if p not in k]
+        if absent:
+            raise ValueError(f"k has no entry for paths {absent}")
+        ks = {p: check_k(k[p]) for p in paths}
+    else:
+        ks = dict.fromkeys(paths, check_k(k))
+    if fn is pws and kw.get("seed") is None:
+        raise ValueError(PWS_SEED_MSG)
+    for p in paths:  # dtype / empty / finite checks of every layer before any work
+        host_float(leaves[p], p)
+
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    new: dict[str, Any] = {}
+    for p in paths:
+        layer_kw = {**kw, "seed": _layer_seed(kw["seed"], p)} if fn is pws else kw
+        codebook, assignments = fn(leaves[p], ks[p], **layer_kw)
+        out[p] = (codebook, assignments)
+        leaf = leaves[p]
+        snapped = codebook.astype(leaf.dtype)[assignments]
+        new[p] = jnp.asarray(snapped) if isinstance(leaf, jax.Array) else snapped
+    return replace_leaves(params, new), out
