@@ -21,13 +21,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import data, report, train
+from . import data, pipeline, report
 from . import regularizers as R
 from .models import MODELS
 
 # The README's main job: the embedded digits set, SmallCNN, three regularizers and two
 # baselines at K = 2 and 4 (about a minute on a 2-core CPU, mostly XLA compilation).
-DEMO = train.Config(
+DEMO = pipeline.Config(
     regularizers=("nearest", "softmin", "sine"),
     ks=(2, 4),
     baselines=("kmeans", "uniform"),
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     run = sub.add_parser("run", help="one experiment (flags override --config)")
-    run.add_argument("--config", help="Python file defining get_config() -> train.Config")
+    run.add_argument("--config", help="Python file defining get_config() -> pipeline.Config")
     run.add_argument("--model", help=f"one of {', '.join(MODELS)}")
     run.add_argument("--dataset", help=f"one of {', '.join(data.DATASET_NAMES)}")
     run.add_argument("--dataset-label", help="name of the dataset in tables")
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--k", nargs="+", help="numbers of levels, e.g. --k 2 4 8")
     run.add_argument(
-        "--baseline", nargs="+", help=f"one or more of {', '.join(train.BASELINES)}, or none"
+        "--baseline", nargs="+", help=f"one or more of {', '.join(pipeline.BASELINES)}, or none"
     )
     run.add_argument("--lambda", dest="lam", type=float, help="lambda of every regularizer")
     run.add_argument("--lam-warmup", type=float, help="fraction of the phase ramping lambda up")
@@ -119,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> train.Config:
-    """The ``train.Config`` of ``qareg run``: ``--config`` (or the defaults) plus the flags."""
-    config = train.load_config(args.config) if args.config else train.Config()
+def config_from_args(args: argparse.Namespace) -> pipeline.Config:
+    """The ``pipeline.Config`` of ``qareg run``: ``--config`` (or the defaults) plus the flags."""
+    config = pipeline.load_config(args.config) if args.config else pipeline.Config()
     changes: dict[str, Any] = {}
     for flag, field in (
         ("model", "model"),
@@ -171,7 +171,7 @@ def _demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     # A finished or interrupted demo with the same settings is continued, not refused.
     resume = not args.overwrite and os.path.exists(os.path.join(workdir, "config.json"))
-    results = train.train_and_evaluate(
+    results = pipeline.train_and_evaluate(
         config, workdir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress
     )
     _finish(workdir, results, start)
@@ -180,7 +180,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     start = time.perf_counter()
-    results = train.train_and_evaluate(
+    results = pipeline.train_and_evaluate(
         config,
         args.workdir,
         resume=args.resume,
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
         OSError,  # FileNotFoundError, DataNotFoundError, FileExistsError
         ImportError,
-        train.TrainingDivergedError,
+        pipeline.TrainingDivergedError,
     ) as e:
         print(f"qareg: error: {e}", file=sys.stderr)
         return EXIT_ERROR

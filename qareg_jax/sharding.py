@@ -16,7 +16,7 @@ Data parallelism over a ``"data"`` mesh axis, optionally with large kernels spli
     ft_step = make_train_step(task_loss, ft, None, layout, snapped, ft_state)
 
 Models with BatchNorm and dropout (``model_state = {"batch_stats": ...}`` outside the
-train tree, as in :mod:`qareg_jax.train`)::
+train tree, as in :mod:`qareg_jax.pipeline`)::
 
     ms = shard(model_state, layout)
     step = make_train_step(task_loss, tx, specs, layout, tp, state, model_state=ms, rng=True)
@@ -66,7 +66,6 @@ from jax.sharding import PartitionSpec as P
 
 from ._tree import map_named
 from .codebook import QuantSpec
-from .penalty import penalty
 from .snap import snap
 
 DATA_AXIS = "data"
@@ -188,6 +187,10 @@ class Layout:
         """A full copy on every device (scalars such as ``step`` and the metrics)."""
         return NamedSharding(self.mesh, P())
 
+    def tree_shardings(self, tree: Any) -> Any:
+        """:func:`tree_shardings` of ``tree`` under this layout."""
+        return tree_shardings(tree, self)
+
     def spec(self, path: str, shape: Sequence[int]) -> P:
         """The ``PartitionSpec`` of a leaf of this path and shape.
 
@@ -305,7 +308,11 @@ def make_train_step(
     rng: bool = False,
     donate: bool = True,
 ) -> Callable[..., tuple[Any, ...]]:
-    """A jitted, sharded train step.
+    """A jitted, sharded train step: :func:`qareg_jax.pipeline.train_step_fn`'s body with
+    the train tree, optimizer state and model state as separate arguments.
+
+    ``qareg_jax.pipeline.make_train_step(model_or_loss, tx, specs, layout=layout)`` is
+    the same step over a whole ``TrainState``.
 
     Signatures (bracketed parts only with ``model_state`` / ``rng``)::
 
@@ -317,7 +324,7 @@ def make_train_step(
     step)`` (no penalty when ``specs`` is None, e.g. with a ``quantized_finetune``
     optimizer); its gradient with respect to the whole train tree (weights and
     representatives) goes through ``tx`` and ``optax.apply_updates``. As in
-    :func:`qareg_jax.train.make_train_step`, mutable collections (BatchNorm
+    :func:`qareg_jax.pipeline.make_train_step`, mutable collections (BatchNorm
     ``batch_stats``) live outside the differentiated tree: ``task_loss`` gets them and
     returns their new values next to the loss, and the dropout key is
     ``jax.random.fold_in(key, step)``, so a run is a function of ``key`` and the
@@ -348,30 +355,35 @@ def make_train_step(
       The jitted step; ``metrics`` holds ``"loss"``, ``"task_loss"`` and ``"penalty"``
       (float32 scalars; the penalty at ``step``).
     """
+    # Imported here: the pipeline package imports orbax, which ``import qareg_jax`` avoids.
+    from .pipeline.steps import TrainState, empty_window, train_step_fn
+
     stateful = model_state is not None
     trees = (train_params, opt_state) + ((model_state,) if stateful else ())
     tree_specs = tuple(tree_shardings(t, layout) for t in trees)
     n_state = len(trees) - 2
 
-    def loss_fn(tp: Any, inputs: tuple[Any, ...], step: Any) -> tuple[jax.Array, tuple[Any, ...]]:
+    def loss(tp: Any, state: Any, batch: Any, key: jax.Array) -> tuple[Any, Any]:
+        inputs = ((state,) if stateful else ()) + (batch,) + ((key,) if rng else ())
         out = task_loss(tp["model"], *inputs)
-        task, new_state = out if stateful else (out, None)
-        task = jnp.asarray(task, jnp.float32)
-        reg = penalty(tp, specs, step) if specs else jnp.zeros((), jnp.float32)
-        return task + reg, (task, reg, new_state)
+        return out if stateful else (out, state)
 
-    def train_step(tp: Any, state: Any, *args: Any) -> tuple[Any, ...]:
+    body = train_step_fn(loss, tx, specs)
+
+    def train_step(tp: Any, opt: Any, *args: Any) -> tuple[Any, ...]:
         """``args``: ``[model_state,] batch, step, [key]``."""
         batch, step = args[n_state : n_state + 2]
-        inputs = args[:n_state] + (batch,)
-        if rng:
-            inputs += (jax.random.fold_in(args[-1], step),)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (task, reg, new_state)), grads = grad_fn(tp, inputs, step)
-        updates, state = tx.update(grads, state, tp)
-        tp = optax.apply_updates(tp, updates)
-        metrics = {"loss": loss, "task_loss": task, "penalty": reg}
-        return (tp, state) + ((new_state,) if stateful else ()) + (metrics,)
+        state = TrainState(
+            params=tp,
+            opt_state=opt,
+            model_state=args[0] if stateful else {},
+            key=args[-1] if rng else jax.random.PRNGKey(0),  # unused without rng
+            step=jnp.asarray(step, jnp.int32),
+            window=empty_window(),
+            bad_step=jnp.full((), -1, jnp.int32),
+        )
+        new, metrics = body(state, batch)
+        return (new.params, new.opt_state) + ((new.model_state,) if stateful else ()) + (metrics,)
 
     scalars = (layout.replicated,) * (2 if rng else 1)
     return jax.jit(

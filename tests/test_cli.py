@@ -7,7 +7,7 @@ import pathlib
 import pytest
 from PIL import Image
 
-from qareg_jax import cli, train
+from qareg_jax import cli, pipeline
 
 
 def test_demo_fast_writes_table_and_plots_then_report_works(tmp_path, capsys):
@@ -82,7 +82,7 @@ def test_bad_data_exits_nonzero_before_training(tmp_path, capsys):
 
 
 def test_workdir_with_another_run_needs_resume_or_overwrite(tmp_path, capsys):
-    train.prepare_workdir(tmp_path / "run", train.Config())
+    pipeline.prepare_workdir(tmp_path / "run", pipeline.Config())
     assert cli.main(_run(tmp_path)) == 1
     assert "already holds a run; pass --resume" in capsys.readouterr().err
     assert cli.main(_run(tmp_path, "--resume", "--k", "8")) == 1

@@ -28,6 +28,8 @@ import qareg_jax as q
 from qareg_jax import compress
 from qareg_jax._tree import named_leaves
 from qareg_jax.models import get_model
+from qareg_jax.pipeline import make_init_fn
+from qareg_jax.pipeline import make_train_step as make_core_train_step
 from qareg_jax.sharding import (
     Layout,
     init_opt_state,
@@ -39,8 +41,6 @@ from qareg_jax.sharding import (
     tree_shardings,
 )
 from qareg_jax.snap import quantized_finetune, snap
-from qareg_jax.train import make_init_fn
-from qareg_jax.train import make_train_step as make_plain_train_step
 
 N_DEVICES = 8
 multi = pytest.mark.skipif(
@@ -277,8 +277,8 @@ def train_bn(layout, tx, specs, task_loss, train_params, model_state, data, step
     return tp, ms, metrics
 
 
-def test_batchnorm_dropout_step_matches_the_train_module_step():
-    """On one device the sharded step is qareg_jax.train's step: same dropout keys,
+def test_batchnorm_dropout_step_matches_the_core_step():
+    """On one device the sharded step is the pipeline's core step: same dropout keys,
     same batch statistics, same parameters."""
     model, task_loss, tp0, ms0, specs, data = setup_bn_problem()
     tx = optax.sgd(0.1, momentum=0.9)
@@ -286,12 +286,12 @@ def test_batchnorm_dropout_step_matches_the_train_module_step():
     tp, ms, metrics = train_bn(layout, tx, specs, task_loss, tp0, ms0, data, 3, seed=5)
 
     ref = make_init_fn(tx)(tp0, ms0, np.uint32(5))
-    ref_step = make_plain_train_step(model, tx, specs)
+    ref_step = make_core_train_step(model, tx, specs)
     for _ in range(3):
         ref = ref_step(ref, data)
-    assert_trees_close(tp, ref["params"], rtol=1e-5, atol=1e-6)
-    assert_trees_close(ms, ref["model_state"], rtol=1e-5, atol=1e-6)
-    mean_task = ref["window"]["task_loss"] / ref["window"]["count"]
+    assert_trees_close(tp, ref.params, rtol=1e-5, atol=1e-6)
+    assert_trees_close(ms, ref.model_state, rtol=1e-5, atol=1e-6)
+    mean_task = ref.window["task_loss"] / ref.window["count"]
     np.testing.assert_allclose(np.mean([m["task_loss"] for m in metrics]), mean_task, rtol=1e-5)
     stats, stats0 = named_leaves(host(ms)), named_leaves(host(ms0))
     assert all(not np.allclose(stats[p], stats0[p]) for p in stats)  # statistics moved
@@ -302,6 +302,26 @@ def test_batchnorm_dropout_step_matches_the_train_module_step():
     np.testing.assert_array_equal(fc1[1], fc1[2])  # deterministic in the key
     first, _, _ = train_bn(layout, tx, specs, task_loss, tp0, ms0, data, 1, seed=5)
     assert not np.allclose(host(first)["model"]["fc1"]["kernel"], fc1[1])  # the key is used
+
+
+def test_core_step_with_a_one_device_layout_gives_the_same_params():
+    """``make_train_step(..., layout=...)`` on one device: bit-identical to the plain step."""
+    model, _, tp0, ms0, specs, data = setup_bn_problem()
+    tx = optax.adam(1e-2)
+    layout = Layout(make_mesh(devices=jax.devices()[:1]))
+    init = make_init_fn(tx)
+    plain, placed = init(tp0, ms0, np.uint32(3)), shard(init(tp0, ms0, np.uint32(3)), layout)
+    plain_step = make_core_train_step(model, tx, specs)
+    placed_step = make_core_train_step(model, tx, specs, layout=layout)
+    for _ in range(3):
+        plain = plain_step(plain, data)
+        placed = placed_step(placed, shard_batch(data, layout.mesh))
+    a, b = named_leaves(host(plain.as_dict())), named_leaves(host(placed.as_dict()))
+    assert a.keys() == b.keys()
+    for path in a:
+        np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+    assert int(placed.step) == 3 and int(placed.bad_step) == -1
+    assert_placed(placed.params, layout)
 
 
 # ----------------------------------------------------------------------- on 8 devices

@@ -1,4 +1,4 @@
-"""The pipeline of qareg_jax.train: mock CIFAR-10 and digits end to end, the ordering
+"""The pipeline (qareg_jax.pipeline): mock CIFAR-10 and digits end to end, the ordering
 regularized > k-means PTQ at K=2, bit-exact resume, divergence, config and workdir checks."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from qareg_jax import compress, data, train
+from qareg_jax import compress, data, pipeline
 
 # Tiny settings: one epoch per phase, one regularizer and one baseline at K=2.
-TINY = train.Config(
+TINY = pipeline.Config(
     pretrain_epochs=1,
     reg_epochs=1,
     finetune_epochs=1,
@@ -40,7 +40,7 @@ def test_one_epoch_on_mock_cifar10(tmp_path):
         mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
     ):
         config = TINY.replace(dataset="cifar10", data_dir=str(tmp_path / "tfds"))
-        results = train.train_and_evaluate(config, tmp_path / "run", progress=False)
+        results = pipeline.train_and_evaluate(config, tmp_path / "run", progress=False)
     rows = results["rows"]
     assert [(r["method"], r["k"]) for r in rows] == [("nearest", 2), ("kmeans", 2)]
     for row in rows:
@@ -63,7 +63,7 @@ def test_one_epoch_on_mock_cifar10(tmp_path):
 
 
 # The ordering test's run; the resume test interrupts and resumes the same config.
-ORDERING = train.Config(
+ORDERING = pipeline.Config(
     finetune_epochs=2,
     regularizers=("nearest",),
     ks=(2,),
@@ -76,7 +76,7 @@ ORDERING = train.Config(
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("digits") / "whole"
-    return workdir, train.train_and_evaluate(ORDERING, workdir, progress=False)
+    return workdir, pipeline.train_and_evaluate(ORDERING, workdir, progress=False)
 
 
 def test_digits_regularized_beats_kmeans_ptq_at_k2(digits_run):
@@ -93,14 +93,16 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, digits_run
     whole_dir, whole = digits_run
     # 44 steps per epoch: pretrain 660, reg 440, finetune 88 (twice).
     parts = tmp_path / "parts"
-    with pytest.raises(train.TrainingInterrupted):
-        train.train_and_evaluate(ORDERING, parts, progress=False, stop_after=250)
+    with pytest.raises(pipeline.TrainingInterrupted):
+        pipeline.train_and_evaluate(ORDERING, parts, progress=False, stop_after=250)
     # Resumes pretraining at its step-200 checkpoint, finishes it (460 steps), then stops
     # at reg step 290 (checkpoint at 200).
-    with pytest.raises(train.TrainingInterrupted):
-        train.train_and_evaluate(ORDERING, parts, resume=True, progress=False, stop_after=750)
-    assert train._checkpoint_manager(parts / "checkpoints/reg-nearest-k2/reg").latest_step() == 200
-    resumed = train.train_and_evaluate(ORDERING, parts, resume=True, progress=False)
+    with pytest.raises(pipeline.TrainingInterrupted):
+        pipeline.train_and_evaluate(ORDERING, parts, resume=True, progress=False, stop_after=750)
+    assert (
+        pipeline.checkpoint_manager(parts / "checkpoints/reg-nearest-k2/reg").latest_step() == 200
+    )
+    resumed = pipeline.train_and_evaluate(ORDERING, parts, resume=True, progress=False)
 
     assert _rows_without_time(resumed) == _rows_without_time(whole)
     for name in ("reg-nearest-k2", "ptq-kmeans-k2"):
@@ -110,14 +112,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, digits_run
         a = (whole_dir / "metrics" / f"{name}.jsonl").read_text()
         assert a == (parts / "metrics" / f"{name}.jsonl").read_text()
     # A finished run resumes to the same results without training again.
-    again = train.train_and_evaluate(ORDERING, parts, resume=True, progress=False, stop_after=1)
+    again = pipeline.train_and_evaluate(ORDERING, parts, resume=True, progress=False, stop_after=1)
     assert _rows_without_time(again) == _rows_without_time(whole)
 
 
 def test_nan_loss_stops_keeps_last_good_checkpoint_and_names_the_step(tmp_path):
     ds = data.load_dataset("digits")
     config = TINY.replace(batch_size=64, checkpoint_every=1, log_every=4)
-    seed = train._phase_seed(config.seed, "pretrain/train")
+    seed = pipeline.phase_seed(config.seed, "pretrain/train")
     # One NaN pixel poisons the loss of the step whose batch draws that image.
     for index in range(len(ds.train_labels)):
         images = ds.train_images.copy()
@@ -127,9 +129,9 @@ def test_nan_loss_stops_keeps_last_good_checkpoint_and_names_the_step(tmp_path):
         bad_step = next(s for s, b in enumerate(batches) if np.isnan(b["image"]).any())
         if bad_step >= 3:
             break
-    with pytest.raises(train.TrainingDivergedError, match=f"at step {bad_step} of pretrain"):
-        train.train_and_evaluate(config, tmp_path, progress=False, dataset=poisoned)
-    manager = train._checkpoint_manager(tmp_path / "checkpoints/pretrain/train")
+    with pytest.raises(pipeline.TrainingDivergedError, match=f"at step {bad_step} of pretrain"):
+        pipeline.train_and_evaluate(config, tmp_path, progress=False, dataset=poisoned)
+    manager = pipeline.checkpoint_manager(tmp_path / "checkpoints/pretrain/train")
     assert manager.latest_step() == bad_step  # steps 0 .. bad_step - 1, all finite
     restored = manager.restore(bad_step)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["params"]))
@@ -157,17 +159,17 @@ def test_bad_config_is_refused_with_allowed_values(changes, message):
 
 
 def test_workdir_holding_another_run_is_refused(tmp_path):
-    train.prepare_workdir(tmp_path / "a", TINY)
-    with pytest.raises(train.WorkdirError, match="--resume.*--overwrite"):
-        train.prepare_workdir(tmp_path / "a", TINY)
-    with pytest.raises(train.WorkdirError, match="different run.*ks: \\[2\\] -> \\[4\\]"):
-        train.prepare_workdir(tmp_path / "a", TINY.replace(ks=(4,)), resume=True)
-    train.prepare_workdir(tmp_path / "a", TINY.replace(ks=(4,)), overwrite=True)
+    pipeline.prepare_workdir(tmp_path / "a", TINY)
+    with pytest.raises(pipeline.WorkdirError, match="--resume.*--overwrite"):
+        pipeline.prepare_workdir(tmp_path / "a", TINY)
+    with pytest.raises(pipeline.WorkdirError, match="different run.*ks: \\[2\\] -> \\[4\\]"):
+        pipeline.prepare_workdir(tmp_path / "a", TINY.replace(ks=(4,)), resume=True)
+    pipeline.prepare_workdir(tmp_path / "a", TINY.replace(ks=(4,)), overwrite=True)
     assert json.loads((tmp_path / "a/config.json").read_text())["config"]["ks"] == [4]
     (tmp_path / "b").mkdir()
     (tmp_path / "b/notes.txt").write_text("mine")
-    with pytest.raises(train.WorkdirError, match="not empty and holds no qareg run"):
-        train.prepare_workdir(tmp_path / "b", TINY, overwrite=True)
+    with pytest.raises(pipeline.WorkdirError, match="not empty and holds no qareg run"):
+        pipeline.prepare_workdir(tmp_path / "b", TINY, overwrite=True)
     assert (tmp_path / "b/notes.txt").exists()
 
 
@@ -176,27 +178,27 @@ def test_planned_stages_skip_frozen_static_and_binary_above_k2():
         regularizers=("sine", "nearest"), ks=(2, 4), freeze_reps=(False, True),
         baselines=("binary", "kmeans"),
     )  # fmt: skip
-    assert [s[0] for s in train.planned_stages(config)] == [
+    assert [s.name for s in pipeline.planned_stages(config)] == [
         "reg-sine-k2", "reg-nearest-k2", "reg-nearest-frozen-k2", "ptq-binary-k2",
         "ptq-kmeans-k2", "reg-sine-k4", "reg-nearest-k4", "reg-nearest-frozen-k4",
         "ptq-kmeans-k4",
     ]  # fmt: skip
     frozen_only = config.replace(ks=(2,), baselines=(), freeze_reps=(True,))
-    assert [s[0] for s in train.planned_stages(frozen_only)] == [
+    assert [s.name for s in pipeline.planned_stages(frozen_only)] == [
         "reg-sine-k2", "reg-nearest-frozen-k2",
     ]  # fmt: skip
 
 
 def test_frozen_reps_keep_their_values_and_lambda_ramps():
     tree = {"model": {"w": jax.numpy.ones((3, 2))}, "reps": {"w": jax.numpy.array([0.0, 2.0])}}
-    tx = train.make_optimizer(TINY, 0.1, 10, freeze_reps=True)
+    tx = pipeline.make_optimizer(TINY, 0.1, 10, freeze_reps=True)
     grads = jax.tree.map(jax.numpy.ones_like, tree)
     updates, _ = jax.jit(tx.update)(grads, tx.init(tree), tree)
     assert np.all(np.asarray(updates["reps"]["w"]) == 0)
     assert np.all(np.asarray(updates["model"]["w"]) != 0)
-    ramp = train.lam_schedule(100.0, 0.5, 10)
+    ramp = pipeline.lam_schedule(100.0, 0.5, 10)
     assert [float(ramp(s)) for s in (0, 1, 5, 9)] == [0.0, 20.0, 100.0, 100.0]
-    assert train.lam_schedule(100.0, 0.0, 10) == 100.0
+    assert pipeline.lam_schedule(100.0, 0.0, 10) == 100.0
 
 
 def test_load_config_from_file(tmp_path):
@@ -204,7 +206,73 @@ def test_load_config_from_file(tmp_path):
     path.write_text(
         "from qareg_jax.train import Config\n\ndef get_config():\n    return Config(ks=[2, 8])\n"
     )
-    assert train.load_config(path).ks == (2, 8)
+    assert pipeline.load_config(path).ks == (2, 8)
     (tmp_path / "bad.py").write_text("x = 1\n")
     with pytest.raises(ValueError, match="defines no get_config"):
-        train.load_config(tmp_path / "bad.py")
+        pipeline.load_config(tmp_path / "bad.py")
+
+
+def test_load_config_through_the_train_alias(tmp_path):
+    # Experiment configs import Config from qareg_jax.train; it is the pipeline's Config.
+    from qareg_jax import train
+
+    path = tmp_path / "cfg.py"
+    path.write_text(
+        "from qareg_jax.train import Config\n\ndef get_config():\n    return Config()\n"
+    )
+    assert train.Config is pipeline.Config
+    assert isinstance(pipeline.load_config(path), pipeline.Config)
+
+
+def test_checkpoint_of_the_dict_state_restores_into_train_state(tmp_path):
+    # Format-1 workdirs (written before TrainState) hold the state as this plain dict.
+    import orbax.checkpoint as ocp
+
+    tx = pipeline.make_optimizer(TINY, 0.1, 10)
+    params = {"model": {"fc": {"kernel": jax.numpy.arange(6.0).reshape(3, 2)}}, "reps": {}}
+    state = pipeline.make_init_fn(tx)(params, {}, np.uint32(7))
+    old = {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "model_state": {},
+        "key": state.key,
+        "step": state.step + 5,
+        "window": pipeline.empty_window(),
+        "bad_step": state.bad_step,
+    }
+    manager = pipeline.checkpoint_manager(tmp_path / "ckpt")
+    manager.save(5, args=ocp.args.StandardSave(old))
+    restored = pipeline.restore_state(manager, 5, state)
+    manager.close()
+    assert isinstance(restored, pipeline.TrainState) and int(restored.step) == 5
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(old), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+
+
+def test_config_json_without_newer_fields_resumes(tmp_path):
+    # A field added later (with its default) must not make an older run "a different run".
+    pipeline.prepare_workdir(tmp_path, TINY)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["config"]["codebook_dtype"]  # as if written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    pipeline.prepare_workdir(tmp_path, TINY, resume=True)
+    with pytest.raises(pipeline.WorkdirError, match="codebook_dtype: None -> 'float16'"):
+        pipeline.prepare_workdir(tmp_path, TINY.replace(codebook_dtype="float16"), resume=True)
+
+
+def test_stage_kinds_registry_and_result_round_trip(digits_run):
+    workdir, results = digits_run
+    assert list(pipeline.STAGE_KINDS) == ["regularizer", "ptq"]
+    stages = pipeline.planned_stages(ORDERING)
+    assert [(s.kind, s.method, s.k) for s in stages] == [
+        ("regularizer", "nearest", 2),
+        ("ptq", "kmeans", 2),
+    ]
+    for stage, row in zip(stages, results["rows"], strict=True):
+        stored = json.loads((workdir / "stages" / f"{stage.name}.json").read_text())
+        result = pipeline.StageResult.from_json(stored)
+        assert result.to_json() == stored
+        assert result.to_json(histograms=False) == row
+        assert list(row)[:5] == ["model", "dataset", "device", "stage", "acc_fp"]
+    assert results["rows"][1]["acc_reg"] is None and results["rows"][1]["kind"] == "baseline"

@@ -1,0 +1,251 @@
+"""The experiment schema: ``Config`` (validated on construction) and ``load_config``."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import data, quantizers
+from .. import regularizers as R
+from ..codebook import INITS, INTERVALS
+from ..models import MODELS
+
+BASELINES = ("kmeans", "uniform", "pws", "ecsq", "binary")
+OPTIMIZERS = ("adam", "sgd")
+# Lambda per regularizer when Config.lam does not name it. The penalties live on
+# different scales (nearest/softmin/product in squared weight units, sine/cosine/wells
+# in [0, 1]) and per-layer *means* are small, so lambda is large. Chosen on the digits
+# default (SmallCNN, Adam 3e-3, 10 regularized epochs, lambda ramped over the first
+# half) from sweeps over factors of 10: weaker values snap about as badly as k-means PTQ.
+DEFAULT_LAM: dict[str, float] = {
+    "nearest": 1e5,
+    "softmin": 1e5,
+    "product": 1e4,
+    "sine": 300.0,
+    "cosine": 100.0,
+    "wells": 300.0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One experiment: model, data, the three training phases, methods and K values.
+
+    Attributes:
+      model: "alexnet", "vgg16" or "small".
+      dataset: "cifar10", "digits" or "folder:PATH" (see ``data.load_dataset``).
+      dataset_label: how tables name the dataset (default: ``dataset``).
+      data_dir: tensorflow-datasets directory for "cifar10".
+      train_subset, test_subset: use only this many examples (a fixed random subset).
+      dropout_rate: passed to models that have dropout (alexnet, vgg16); None: their default.
+      seed: initialisation, data order, dropout and PWS rounding.
+      batch_size, eval_batch_size: examples per step / per evaluation batch.
+      optimizer: "adam" (AdamW) or "sgd" (momentum 0.9, nesterov) for pretraining and
+        regularizing.
+      weight_decay: decoupled weight decay on the model's kernels (not on representatives).
+      pretrain_epochs, pretrain_lr: full-precision phase (cosine-decayed learning rate).
+      regularizers: the quantization-aware penalties to run (``regularizers.REGULARIZERS``).
+      ks: numbers of levels.
+      freeze_reps: run each dynamic regularizer once per value: ``(False, True)`` adds the
+        frozen-representatives ablation (reps keep their initial values while regularizing).
+      from_pretrained: start the regularized runs from the pretrained weights (True) or
+        from the same random initialisation as pretraining (False).
+      reg_epochs, reg_lr: regularized phase (cosine-decayed learning rate).
+      lam: lambda for every regularizer, or a ``{regularizer: lambda}`` dict (missing
+        names take ``DEFAULT_LAM``).
+      lam_warmup: fraction of the regularized phase over which lambda ramps linearly up
+        from 0 (0: constant lambda).
+      interval, interval_param, init, reduction: ``QuantSpec`` fields of every layer.
+      tau, sigma: softmin temperature / wells width of every layer; None: from the spread
+        of each layer's initial representatives (see ``codebook.QuantSpec``).
+      include, exclude: path regexes selecting the quantized leaves (default: every conv
+        and dense kernel).
+      finetune_epochs, finetune_lr, finetune_optimizer: quantized fine-tuning (constant rate).
+      baselines: post-training quantizers, ``BASELINES``; "binary" runs at K=2 only.
+      index_dtype: dtype of the stored indices (e.g. "uint8"); None: the smallest per K.
+      codebook_dtype: "float32" or "float16" codebooks in the packed model.
+      log_every, checkpoint_every: steps between metric records / checkpoints.
+    """
+
+    model: str = "small"
+    dataset: str = "digits"
+    dataset_label: str | None = None
+    data_dir: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    dropout_rate: float | None = None
+    seed: int = 0
+    batch_size: int = 32
+    eval_batch_size: int = 500
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    pretrain_epochs: int = 15
+    pretrain_lr: float = 3e-3
+    regularizers: tuple[str, ...] = ("nearest", "softmin", "sine")
+    ks: tuple[int, ...] = (2, 4)
+    freeze_reps: tuple[bool, ...] = (False,)
+    from_pretrained: bool = True
+    reg_epochs: int = 10
+    reg_lr: float = 3e-3
+    lam: float | Mapping[str, float] = dataclasses.field(default_factory=dict)
+    lam_warmup: float = 0.5
+    interval: str = "minmax"
+    interval_param: float | None = None
+    init: str = "kmeans"
+    reduction: str = "mean"
+    tau: float | None = None
+    sigma: float | None = None
+    include: str | None = None
+    exclude: str | None = None
+    finetune_epochs: int = 3
+    finetune_lr: float = 1e-3
+    finetune_optimizer: str = "adam"
+    baselines: tuple[str, ...] = ("kmeans", "uniform")
+    index_dtype: str | None = None
+    codebook_dtype: str = "float32"
+    log_every: int = 20
+    checkpoint_every: int = 200
+
+    def __post_init__(self) -> None:
+        # Lists (from JSON or the CLI) become tuples so configs compare and hash by value.
+        for name in ("regularizers", "ks", "freeze_reps", "baselines"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.lam, Mapping):
+            object.__setattr__(self, "lam", dict(self.lam))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field and its allowed values."""
+        self._validate_methods()
+        self._validate_training()
+        self._validate_lambda()
+
+    def _validate_methods(self) -> None:
+        _choice("model", self.model, tuple(MODELS))
+        if self.dataset not in ("cifar10", "digits") and not (
+            self.dataset.startswith("folder:") and len(self.dataset) > len("folder:")
+        ):
+            raise ValueError(
+                f"unknown dataset {self.dataset!r}; allowed: {', '.join(data.DATASET_NAMES)}"
+            )
+        for name in self.regularizers:
+            _choice("regularizer", name, R.REGULARIZERS)
+        for name in self.baselines:
+            _choice("baseline", name, BASELINES)
+        if not self.regularizers and not self.baselines:
+            raise ValueError("nothing to run: give at least one regularizer or baseline")
+        if not self.ks:
+            raise ValueError("ks is empty: give at least one number of levels K")
+        if len(set(self.ks)) != len(self.ks):
+            raise ValueError(f"ks has duplicates: {list(self.ks)}")
+        for k in self.ks:
+            _check_k(k, self.index_dtype)
+        if not self.freeze_reps or not all(isinstance(f, bool) for f in self.freeze_reps):
+            raise ValueError(
+                f"freeze_reps must be a non-empty tuple of bools, got {self.freeze_reps}"
+            )
+
+    def _validate_training(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("finetune_optimizer", self.finetune_optimizer, OPTIMIZERS)
+        _choice("interval", self.interval, INTERVALS)
+        _choice("init", self.init, INITS)
+        _choice("reduction", self.reduction, ("mean", "sum"))
+        _choice("codebook_dtype", self.codebook_dtype, ("float32", "float16"))
+        for name in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
+            _positive_int(name, getattr(self, name))
+        for name in ("pretrain_epochs", "reg_epochs", "finetune_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.pretrain_epochs == 0 and (self.baselines or self.from_pretrained):
+            raise ValueError(
+                "pretrain_epochs is 0 but the baselines or from_pretrained need a pretrained model"
+            )
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        for name in ("pretrain_lr", "reg_lr", "finetune_lr"):
+            R.check_positive(getattr(self, name), name)
+        for name in ("tau", "sigma"):
+            if getattr(self, name) is not None:
+                R.check_positive(getattr(self, name), name)
+
+    def _validate_lambda(self) -> None:
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.lam_warmup <= 1:
+            raise ValueError(f"lam_warmup must be in [0, 1], got {self.lam_warmup!r}")
+        lams = self.lam.values() if isinstance(self.lam, Mapping) else [self.lam]
+        for value in lams:
+            if isinstance(value, bool) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"lambda must be a finite number >= 0, got {value!r}")
+        if isinstance(self.lam, Mapping):
+            for name in self.lam:
+                _choice("lam key", name, R.REGULARIZERS)
+
+    def lam_for(self, regularizer: str) -> float:
+        """The (final) lambda of ``regularizer``."""
+        if isinstance(self.lam, Mapping):
+            return float(self.lam.get(regularizer, DEFAULT_LAM[regularizer]))
+        return float(self.lam)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with ``changes``."""
+        return dataclasses.replace(self, **changes)
+
+
+def _choice(name: str, value: object, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_k(k: object, index_dtype: str | None) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"K must be an integer >= 2 (the number of levels), got {k!r}")
+    if index_dtype is None:
+        if k > quantizers.MAX_K:
+            raise ValueError(f"K={k} is too large: indices are at most uint32 (K <= 2**32)")
+        return
+    try:
+        dtype = np.dtype(index_dtype)
+    except TypeError:
+        raise ValueError(f"index_dtype {index_dtype!r} is not a numpy dtype") from None
+    if not np.issubdtype(dtype, np.unsignedinteger):
+        raise ValueError(f"index_dtype must be an unsigned integer dtype, got {dtype}")
+    if k - 1 > np.iinfo(dtype).max:
+        raise ValueError(
+            f"K={k} does not fit the index dtype {dtype} (K <= {np.iinfo(dtype).max + 1})"
+        )
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """The ``Config`` returned by ``get_config()`` in the Python file ``path``."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"qareg_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {str(path)!r} defines no get_config()")
+    config = module.get_config()
+    if not isinstance(config, Config):
+        raise ValueError(f"get_config() in {str(path)!r} must return a qareg_jax.pipeline.Config")
+    return config

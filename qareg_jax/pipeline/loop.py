@@ -1,0 +1,233 @@
+"""One training phase: checkpoints (orbax), metrics (jsonl), NaN detection and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import pathlib
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from .. import data
+from ..codebook import QuantSpec
+from ..penalty import penalty_stats
+from .config import Config
+from .steps import StepFn, TrainState, empty_window, init_variables, make_eval_fn
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the stage, phase and step."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by the ``stop_after`` hook of ``train_and_evaluate`` (tests, debugging)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every stage needs; built once by ``train_and_evaluate``.
+
+    Attributes:
+      config: the run's configuration.
+      workdir: the run directory.
+      model: the flax module.
+      ds: the dataset in memory.
+      device: the accelerator's name, recorded in every result row.
+      progress: show tqdm bars.
+      stop_after: raise :class:`TrainingInterrupted` after this many optimizer steps in
+        this process (simulates a crash; nothing is saved at that point).
+      counter: a one-element list counting optimizer steps for ``stop_after``.
+      compiled: jitted functions shared by the stages of the run (the evaluation, the
+        fine-tuning step per K), so each compiles once: compiling, not stepping, dominates
+        small runs on a CPU.
+    """
+
+    config: Config
+    workdir: pathlib.Path
+    model: nn.Module
+    ds: data.Dataset
+    device: str = ""
+    progress: bool = True
+    stop_after: int | None = None
+    counter: list[int] = dataclasses.field(default_factory=lambda: [0])
+    compiled: dict[Any, Any] = dataclasses.field(default_factory=dict)
+
+    def initial_variables(self) -> dict[str, Any]:
+        """The model's random initialisation for ``config.seed`` (computed once per run:
+        compiling the initializers' random number generation takes seconds on a CPU)."""
+        if "init" not in self.compiled:
+            self.compiled["init"] = init_variables(
+                self.model, self.ds.image_shape, self.config.seed
+            )
+        return self.compiled["init"]
+
+    def accuracy(self, params: Any, model_state: Mapping[str, Any]) -> float:
+        """Test accuracy of ``params`` (the "params" collection) with ``model_state``."""
+        if "eval" not in self.compiled:
+            self.compiled["eval"] = make_eval_fn(self.model)
+        return self.compiled["eval"](
+            variables(params, model_state), self.ds, self.config.eval_batch_size
+        )
+
+    def say(self, message: str) -> None:
+        """One line above the progress bars (nothing without ``progress``)."""
+        if self.progress:
+            tqdm.write(message)
+
+
+def variables(params: Any, model_state: Mapping[str, Any]) -> dict[str, Any]:
+    """Flax variables from the "params" collection and the other collections."""
+    return {"params": params, **model_state}
+
+
+def phase_seed(seed: int, name: str) -> int:
+    """A data/dropout seed per (seed, phase name), independent of the order phases run in."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
+
+
+def batches_from(ds: data.Dataset, batch_size: int, seed: int, start: int) -> Iterator[data.Batch]:
+    """Training batches from global step ``start`` on, epoch after epoch.
+
+    The order depends only on (seed, epoch), so a resumed phase replays it: the batches of
+    the interrupted epoch before ``start`` are skipped (built and dropped, a fraction of an
+    epoch of host work, because grain's iterator offers no cheaper seek for this pipeline).
+    """
+    spe = data.steps_per_epoch(ds, batch_size)
+    epoch, offset = divmod(start, spe)
+    for e in itertools.count(epoch):
+        it = data.train_batches(ds, batch_size, seed=seed, epoch=e)
+        if e == epoch and offset:
+            it = itertools.islice(it, offset, None)
+        yield from it
+
+
+def checkpoint_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
+    """The orbax manager of one phase's directory (two checkpoints kept, synchronous)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, like: TrainState) -> TrainState:
+    """Checkpoint ``step`` restored into the structure (and placement) of ``like``.
+
+    Checkpoints hold the state as a plain dict (:meth:`TrainState.as_dict`), the layout
+    format-1 workdirs were written with, so both old and new checkpoints restore.
+    """
+    restored = mngr.restore(step, args=ocp.args.StandardRestore(like.as_dict()))
+    return TrainState(**restored)
+
+
+def save_state(mngr: ocp.CheckpointManager, step: int, state: TrainState) -> None:
+    """Checkpoint ``state`` as step ``step`` (see :func:`restore_state`)."""
+    mngr.save(step, args=ocp.args.StandardSave(state.as_dict()))
+
+
+def _rewrite_metrics(path: pathlib.Path, phase: str, after: int) -> None:
+    """Drop the records of ``phase`` past step ``after`` (a resumed phase logs them again)."""
+    if not path.exists():
+        return
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    kept = [r for r in records if not (r["phase"] == phase and r["step"] > after)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _check_finite(
+    state: TrainState, mngr: ocp.CheckpointManager, where: str, directory: pathlib.Path
+) -> None:
+    bad = int(state.bad_step)  # host sync, only at log / checkpoint steps
+    if bad >= 0:
+        raise TrainingDivergedError(
+            f"the loss became NaN or infinite at step {bad} of {where}; stopped. The last "
+            f"good checkpoint is step {mngr.latest_step()} in {directory}. Lower the "
+            "learning rate or lambda."
+        )
+
+
+def run_phase(
+    ctx: Context,
+    stage: str,
+    phase: str,
+    state: TrainState,
+    step_fn: StepFn,
+    epochs: int,
+    *,
+    specs: Mapping[str, QuantSpec] | None = None,
+) -> TrainState:
+    """Train ``state`` for ``epochs`` epochs with checkpoints, logging and NaN detection.
+
+    Restores the latest checkpoint of ``checkpoints/<stage>/<phase>`` if there is one
+    (a finished phase then returns at once). Every ``log_every`` steps appends the mean
+    task loss and penalty since the last record, and ``penalty_stats`` per layer when
+    ``specs`` is given, to ``metrics/<stage>.jsonl``.
+
+    Raises:
+      TrainingDivergedError: a non-finite loss; the last good checkpoint is kept.
+      TrainingInterrupted: the ``ctx.stop_after`` hook fired.
+    """
+    cfg = ctx.config
+    total = epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
+    directory = ctx.workdir / "checkpoints" / stage / phase
+    mngr = checkpoint_manager(directory)
+    metrics_path = ctx.workdir / "metrics" / f"{stage}.jsonl"
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    start = mngr.latest_step() or 0
+    if start:
+        state = restore_state(mngr, start, state)
+    if start >= total:
+        mngr.close()
+        return state
+    _rewrite_metrics(metrics_path, phase, start)
+    stats_fn = jax.jit(lambda p, s: penalty_stats(p, specs, s)) if specs else None
+    seed = phase_seed(cfg.seed, f"{stage}/{phase}")
+    batches = batches_from(ctx.ds, cfg.batch_size, seed, start)
+    desc = f"{stage} {phase}"
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not ctx.progress, leave=False)
+    try:
+        for step in range(start + 1, total + 1):
+            state = step_fn(state, next(batches))
+            bar.update()
+            ctx.counter[0] += 1
+            if ctx.stop_after is not None and ctx.counter[0] >= ctx.stop_after:
+                raise TrainingInterrupted(f"stopped after {ctx.counter[0]} steps ({desc})")
+            log, save = step % cfg.log_every == 0, step % cfg.checkpoint_every == 0
+            if not (log or save or step == total):
+                continue
+            _check_finite(state, mngr, desc, directory)
+            if log or step == total:
+                record = _metrics_record(phase, step, state, stats_fn)
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                state = state.replace(window=empty_window())
+                bar.set_postfix(loss=f"{record['task_loss']:.3f}", refresh=False)
+            if save or step == total:
+                save_state(mngr, step, state)
+    finally:
+        bar.close()
+        mngr.close()
+    return state
+
+
+def _metrics_record(
+    phase: str, step: int, state: TrainState, stats_fn: Callable | None
+) -> dict[str, Any]:
+    window = jax.device_get(state.window)
+    count = max(int(window["count"]), 1)
+    record: dict[str, Any] = {
+        "phase": phase,
+        "step": step,
+        "task_loss": float(window["task_loss"]) / count,
+        "penalty": float(window["penalty"]) / count,
+    }
+    if stats_fn is not None:
+        # The schedule's lambda at the last step taken (step - 1).
+        stats = jax.device_get(stats_fn(state.params, step - 1))
+        record["layers"] = {p: {k: float(v) for k, v in s.items()} for p, s in stats.items()}
+    return record
