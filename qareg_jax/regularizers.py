@@ -46,18 +46,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .nearest import nearest_index, nearest_value, with_nearest  # noqa: F401 (re-export)
+
 Array = jax.Array
 
-# Above this K the compare chain (K - 1 fused selects per weight) loses to a
-# table lookup (a few gathers per weight).
-_CHAIN_MAX_K = 32
 # Up to this K, nearest's backward (element-wise path) sums per representative with
 # one variadic reduction, above it with a scatter-add.
 _VARIADIC_MAX_K = 2
-# Above _CHAIN_MAX_K the nearest index is looked up in a table of _BUCKETS buckets
-# per midpoint, then refined by up to _REFINE comparisons.
-_BUCKETS = 16
-_REFINE = 2
 # Up to this K, nearest_total's per-representative sums come from threshold sums
 # (_threshold_stats; CPU time on a 4096 x 4096 kernel at K = 3 / 4 / 8: 20 / 25 /
 # 67 ms, blocked scatter-add 80 / 60 / 50 ms).
@@ -239,91 +234,6 @@ def _sorted_reps(reps: Array, cd) -> tuple[Array, Array, Array]:
     return order, cs, (cs[1:] + cs[:-1]) / 2
 
 
-def nearest_index(w: Array, cs: Array, mid: Array) -> Array:
-    """Index into sorted ``cs`` of the nearest representative, shape of ``w`` (int32).
-
-    Ties (``w`` exactly on a midpoint) go to the lower representative.
-    ``mid`` are the ``K - 1`` midpoints of the sorted ``cs``.
-    """
-    return _with_nearest(lambda idx, near: idx, w, cs, mid, need_value=False)
-
-
-def _with_nearest(fn: Callable, w: Array, cs: Array, mid: Array, need_value: bool = True):
-    """``fn(idx, near)`` with the nearest sorted representative's index and value.
-
-    Up to _CHAIN_MAX_K a compare chain (selects against scalars vectorise; gathers
-    do not). Above it, XLA CPU gathers cost ~10x an element-wise op: the index is
-    looked up in a uniform bucket table (1 gather) and refined (_REFINE gathers)
-    instead of a log2(K)-gather binary search, whenever no bucket holds more
-    midpoints than the refinement steps over; else the exact binary search runs.
-    ``fn`` runs inside the branches, so the N-sized index need not be materialised.
-    """
-    k = cs.shape[0]
-    if k <= _CHAIN_MAX_K:
-        idx = jnp.zeros(w.shape, jnp.int32)
-        near = jnp.full(w.shape, cs[0], cs.dtype) if need_value else None
-        for j in range(k - 1):
-            above = w > mid[j]
-            idx = idx + above.astype(jnp.int32)
-            if need_value:
-                near = jnp.where(above, cs[j + 1], near)
-        return fn(idx, near)
-    table, fits = _bucket_table(mid)
-    return jax.lax.cond(
-        fits,
-        lambda: (lambda i: fn(i, cs[i]))(_bucket_search(w, mid, table)),
-        lambda: (lambda i: fn(i, cs[i]))(_binary_search(w, mid)),
-    )
-
-
-def _bucket_of(x: Array, mid: Array) -> Array:
-    """A monotone non-decreasing bucket number in ``[0, m]``, ``m = _BUCKETS * (K - 1)``."""
-    m = _BUCKETS * mid.shape[0]
-    span = mid[-1] - mid[0]
-    scale = m / jnp.where(span > 0, span, 1)
-    scale = jnp.where((span > 0) & jnp.isfinite(scale), scale, 0)
-    return jnp.clip(jnp.floor((x - mid[0]) * scale), 0, m).astype(jnp.int32)
-
-
-def _bucket_table(mid: Array) -> tuple[Array, Array]:
-    """``table[b]``: the number of midpoints in buckets ``< b`` (shape ``(m + 2,)``), and
-    whether every bucket holds at most ``_REFINE`` midpoints.
-
-    Since the bucket map is monotone, a ``w`` in bucket ``b`` has every midpoint of
-    a lower bucket below it and every midpoint of a higher bucket above it: its
-    index lies in ``[table[b], table[b + 1]]``.
-    """
-    m = _BUCKETS * mid.shape[0]
-    table = jnp.searchsorted(_bucket_of(mid, mid), jnp.arange(m + 2), side="left")
-    return table.astype(jnp.int32), jnp.max(jnp.diff(table)) <= _REFINE
-
-
-def _bucket_search(w: Array, mid: Array, table: Array) -> Array:
-    padded = jnp.concatenate([mid, jnp.full((_REFINE,), jnp.inf, mid.dtype)])
-    idx = table[_bucket_of(w, mid)]
-    for _ in range(_REFINE):
-        idx = idx + (w > padded[idx]).astype(jnp.int32)
-    return idx
-
-
-def _binary_search(w: Array, mid: Array) -> Array:
-    # Unrolled and branchless, so it fuses into one pass (jnp.searchsorted's
-    # default loops over the array log K times and was ~6x slower here).
-    k = mid.shape[0] + 1
-    size = 1 << (k - 1).bit_length()
-    table = jnp.concatenate([mid, jnp.full((size - (k - 1),), jnp.inf, mid.dtype)])
-    idx = jnp.zeros(w.shape, jnp.int32)
-    step = size // 2
-    while step >= 1:
-        idx = jnp.where(table[idx + step - 1] < w, idx + step, idx)
-        step //= 2
-    return idx
-
-
-def _nearest_value(w: Array, cs: Array, mid: Array) -> Array:
-    return _with_nearest(lambda idx, near: near, w, cs, mid)
-
-
 def _partial_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shortest run of trailing axes holding >= _ROW elements (all axes if none does).
 
@@ -408,7 +318,7 @@ def _unsort(sorted_values: Array, order: Array) -> Array:
 def _nearest_sq(w, reps):
     cd = _compute_dtype(w.dtype)
     _, cs, mid = _sorted_reps(reps, cd)
-    d = w.astype(cd) - _nearest_value(w.astype(cd), cs, mid)
+    d = w.astype(cd) - nearest_value(w.astype(cd), cs, mid)
     return (d * d).astype(w.dtype)
 
 
@@ -424,7 +334,7 @@ def _nearest_bwd(res, g):
     k = cs.shape[0]
 
     # The compare chain gives the level with the index (no gather cs[idx] for K <= 32).
-    idx, near = _with_nearest(lambda idx, near: (idx, near), wc, cs, mid)
+    idx, near = with_nearest(lambda idx, near: (idx, near), wc, cs, mid)
     gd = 2 * g.astype(cd) * (wc - near)
     sums = _cluster_sums(gd, idx, k, k <= _VARIADIC_MAX_K)
     return gd.astype(w.dtype), _unsort(-sums, order).astype(reps.dtype)
@@ -456,7 +366,7 @@ def _threshold_stats(wc: Array, cs: Array, mid: Array) -> tuple[Array, Array]:
     int32 (exact); sums are two-level, so the differences are as accurate as a
     float32 total of ``w``.
     """
-    d = wc - _nearest_value(wc, cs, mid)
+    d = wc - nearest_value(wc, cs, mid)
     ops = [d * d, wc]
     for j in range(cs.shape[0] - 1):
         above = wc > mid[j]
@@ -491,7 +401,7 @@ def _nearest_total_fwd(w, reps, well):
         return jnp.sum(value), _cluster_sums(slope, idx, k, False)
 
     def block_stats(wb):
-        return _with_nearest(lambda idx, near: stats(wb, idx, near), wb, cs, mid)
+        return with_nearest(lambda idx, near: stats(wb, idx, near), wb, cs, mid)
 
     # The scatter-add needs its operands and indices in memory (as do the table
     # lookup's gathers): go block by block, so temporaries are O(block). Block sizes
@@ -514,7 +424,7 @@ def _nearest_total_bwd(well, res, g):
     _, cs, mid = _sorted_reps(reps, cd)
     wc = w.astype(cd)
     # dw is formed inside _with_nearest's branches: no other N-sized array leaves them.
-    dw = _with_nearest(
+    dw = with_nearest(
         lambda _, near: (g * _of_distance(wc - near, well)[1]).astype(w.dtype), wc, cs, mid
     )
     return dw, (-g * sums).astype(reps.dtype)
