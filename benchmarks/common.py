@@ -1,13 +1,14 @@
-"""Shared pieces of the benchmark scripts: machine info, timing, JSON output."""
+"""Shared pieces of the benchmark scripts: machine info, timing, JSON output.
+
+Run the scripts as modules from the repository root: ``python -m benchmarks.NAME``.
+"""
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,29 +16,25 @@ from typing import Any
 
 import jax
 
+from qareg_jax import provenance
+
 RESULTS = Path(__file__).resolve().parent / "results"
+# The repository root: child processes run ``python -m benchmarks.NAME`` from there.
+REPO = Path(__file__).resolve().parents[1]
 
 
 def machine_info() -> dict[str, Any]:
-    """Where and when a benchmark ran: device, CPU count, versions, date, git commit."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    """Where and when a benchmark ran: date, git commit and machine (as in
+    :mod:`qareg_jax.provenance`), plus platform, CPU count, device and library versions."""
     import flax
     import numpy as np
     import optax
 
     dev = jax.devices()[0]
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit or None,
+        "date": provenance.utc_now(),
+        "git_commit": provenance.git_commit(),
+        "machine": provenance.machine(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),

@@ -8,25 +8,22 @@ allocation needed, so it is reported even where the run is skipped) and times th
 compiled call. A reference run whose compiled footprint exceeds ``--max-gb`` is
 not executed (said so in the JSON).
 
-    python benchmarks/dkm_memory.py            # N in {1M, 8M}, K in {16, 256}
-    python benchmarks/dkm_memory.py --smoke    # tiny sizes, seconds
+    python -m benchmarks.dkm_memory            # N in {1M, 8M}, K in {16, 256}
+    python -m benchmarks.dkm_memory --smoke    # tiny sizes, seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-from qareg_jax import dkm  # noqa: E402
+from benchmarks import common
+from qareg_jax.contrib import dkm
 
 IMPLS = {"blocked": dkm.dkm_layer, "reference": dkm.dkm_layer_reference}
 
@@ -95,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["time_ratio_blocked_over_reference"] = row["time_s"] / ref["time_s"]
     return {
         "benchmark": "dkm_memory",
-        "command": "python benchmarks/dkm_memory.py " + " ".join(args.argv),
+        "command": "python -m benchmarks.dkm_memory " + " ".join(args.argv),
         "machine": common.machine_info(),
         "config": {
             "ns": args.ns,

@@ -12,8 +12,8 @@ above ``--kmeans1d-max-work`` are skipped, and without the package its columns a
 null with the reason. All inertias are recomputed the same way (float64 sum of
 squared errors to the returned centroids).
 
-    python benchmarks/kmeans_vs_sklearn.py                # N in {1M, 10M}, K in {4, 16, 256}
-    python benchmarks/kmeans_vs_sklearn.py --smoke        # tiny sizes, seconds
+    python -m benchmarks.kmeans_vs_sklearn                # N in {1M, 10M}, K in {4, 16, 256}
+    python -m benchmarks.kmeans_vs_sklearn --smoke        # tiny sizes, seconds
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-from qareg_jax.quantizers import inertia, kmeans_1d  # noqa: E402
+from benchmarks import common
+from qareg_jax.quantizers import inertia, kmeans_1d
 
 SKLEARN_MAX_ITER = 300
 SKLEARN_TOL = 1e-4
@@ -79,9 +76,12 @@ def fit_child(lib: str, n: int, k: int, seed: int, dist: str) -> None:
 
 
 def run_child(lib: str, n: int, k: int, seed: int, dist: str, limit: float) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", lib, str(n), str(k), str(seed), dist]
+    cmd = [sys.executable, "-m", "benchmarks.kmeans_vs_sklearn", "--child", lib, str(n), str(k)]
+    cmd += [str(seed), dist]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=True)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=limit, check=True, cwd=common.REPO
+        )
     except subprocess.TimeoutExpired:
         return {"timed_out": True, "limit_seconds": limit}
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -8,8 +8,8 @@ bits each), ``unpack_indices``, ``save`` (one checksummed file, fsync'd) and
 checked bit-exact against ``codebook[assignments]`` and the file size against the
 accounted packed size (not timed). Target: quantize + pack < 5 s for 100M weights.
 
-    python benchmarks/pack_throughput.py            # N = 100M, K in {2, 4, 16, 256}
-    python benchmarks/pack_throughput.py --smoke    # N = 100k
+    python -m benchmarks.pack_throughput            # N = 100M, K in {2, 4, 16, 256}
+    python -m benchmarks.pack_throughput --smoke    # N = 100k
 """
 
 from __future__ import annotations
@@ -17,19 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-from qareg_jax import compress  # noqa: E402
-from qareg_jax.quantizers import assign_nearest  # noqa: E402
+from benchmarks import common
+from qareg_jax import compress
+from qareg_jax.quantizers import assign_nearest
 
 
 def timed(fn: Any, cpu: dict[str, float], name: str) -> tuple[Any, float]:

@@ -13,31 +13,27 @@ terms, a lower bound on the ratio of any implementation that evaluates each term
 least once (the backward pass needs them again). Results go to JSON
 (``results/regularizer_overhead.json`` for AlexNet, ``..._<model>.json`` otherwise).
 
-    python benchmarks/regularizer_overhead.py                            # AlexNet
-    python benchmarks/regularizer_overhead.py --model vgg16 --batch 32   # VGG16-BN
-    python benchmarks/regularizer_overhead.py --smoke                    # seconds, for tests
-    python benchmarks/regularizer_overhead.py --smoke --model vgg16      # batch 2, nearest K=2
+    python -m benchmarks.regularizer_overhead                            # AlexNet
+    python -m benchmarks.regularizer_overhead --model vgg16 --batch 32   # VGG16-BN
+    python -m benchmarks.regularizer_overhead --smoke                    # seconds, for tests
+    python -m benchmarks.regularizer_overhead --smoke --model vgg16      # batch 2, nearest K=2
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import qareg_jax as q  # noqa: E402
-from qareg_jax import regularizers as R  # noqa: E402
-from qareg_jax._tree import named_leaves  # noqa: E402
-from qareg_jax.models import get_model  # noqa: E402
+import qareg_jax as q
+from benchmarks import common
+from qareg_jax import regularizers as R
+from qareg_jax._tree import named_leaves
+from qareg_jax.models import get_model
 
 REGULARIZERS = ("sine", "cosine", "nearest", "softmin", "product", "wells")
 # Penalties defined as a sum over all K representatives for every weight, and the

@@ -1,14 +1,15 @@
 """Run every benchmark script in this folder and print one summary table of their JSON.
 
 Each script ``benchmarks/NAME.py`` (all but ``common.py`` and this file) runs in its own
-process as ``python NAME.py [--smoke] --out OUT_DIR/NAME.json``, and each entry of
+process as ``python -m benchmarks.NAME [--smoke] --out OUT_DIR/NAME.json`` (from the
+repository root), and each entry of
 ``VARIANTS`` (a script with other arguments, e.g. ``regularizer_overhead_vgg16``) likewise;
 a failing run is reported and the others still run. The table has one line per result
 row: the case (e.g. regularizer and K) and its headline numbers.
 
-    python benchmarks/run_all.py --smoke          # seconds per script, JSON to a temp dir
-    python benchmarks/run_all.py                  # full runs, JSON to benchmarks/results/
-    python benchmarks/run_all.py --only scaling,dkm_memory
+    python -m benchmarks.run_all --smoke          # seconds per script, JSON to a temp dir
+    python -m benchmarks.run_all                  # full runs, JSON to benchmarks/results/
+    python -m benchmarks.run_all --only scaling,dkm_memory
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-NOT_BENCHMARKS = {"common", "run_all"}
+NOT_BENCHMARKS = {"__init__", "common", "run_all"}
 # Per benchmark: the row fields naming the case, then the headline numbers.
 HEADLINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "regularizer_overhead": (("regularizer", "k"), ("time_ratio", "memory_ratio")),
@@ -67,11 +68,14 @@ def discover() -> list[str]:
 def run_script(name: str, out: Path, smoke: bool, timeout: float | None) -> dict[str, Any]:
     """Runs one script or variant; returns its status, wall time and the tail of its output."""
     script, extra = VARIANTS.get(name, (name, ()))
-    cmd = [sys.executable, str(HERE / f"{script}.py"), *extra, "--out", str(out)]
+    module = f"{HERE.name}.{script}"
+    cmd = [sys.executable, "-m", module, *extra, "--out", str(Path(out).resolve())]
     cmd += ["--smoke"] * smoke
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    try:  # from the repository root, where the benchmarks package is importable
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=HERE.parent
+        )
         status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
         tail = (proc.stdout + proc.stderr)[-2000:]
     except subprocess.TimeoutExpired:

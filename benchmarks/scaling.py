@@ -12,8 +12,8 @@ per second, weak-scaling efficiency ``t(1) / t(n)`` and the compiled per-device 
 Host "devices" are slices of the same CPU: on a machine with few cores they share those
 cores, so this measures the overhead of partitioning and collectives, not a speed-up.
 
-    python benchmarks/scaling.py              # AlexNet, 16 images per device, n = 1, 2, 4, 8
-    python benchmarks/scaling.py --smoke      # SmallCNN on 8x8 inputs, n = 1, 2 (seconds)
+    python -m benchmarks.scaling              # AlexNet, 16 images per device, n = 1, 2, 4, 8
+    python -m benchmarks.scaling --smoke      # SmallCNN on 8x8 inputs, n = 1, 2 (seconds)
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,8 +103,11 @@ def run_device_count(n: int, argv: list[str]) -> dict[str, Any]:
     env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
     with tempfile.TemporaryDirectory() as tmp:
         row_file = Path(tmp) / "row.json"
-        cmd = [sys.executable, __file__, *argv, "--worker", str(n), "--row-out", str(row_file)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        cmd = [sys.executable, "-m", "benchmarks.scaling", *argv, "--worker", str(n)]
+        cmd += ["--row-out", str(row_file)]
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, check=False, cwd=common.REPO
+        )
         if proc.returncode:
             raise RuntimeError(f"worker for {n} devices failed:\n{proc.stderr[-4000:]}")
         return json.loads(row_file.read_text())

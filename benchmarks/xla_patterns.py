@@ -7,24 +7,21 @@ small table, a scatter-add into K bins, and a multi-output reduction. This times
 each one, jitted, and writes milliseconds and nanoseconds per weight to JSON, with
 the ratio to a plain ``sum(w)``.
 
-    python benchmarks/xla_patterns.py           # N = 16M (a 4096 x 4096 kernel)
-    python benchmarks/xla_patterns.py --smoke   # N = 64k, for tests
+    python -m benchmarks.xla_patterns           # N = 16M (a 4096 x 4096 kernel)
+    python -m benchmarks.xla_patterns --smoke   # N = 64k, for tests
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 BINS = 256
 SCALE = 100.0  # exp(-SCALE w^2) with w ~ N(0, 0.02^2): terms of order 1

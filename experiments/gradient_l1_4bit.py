@@ -23,8 +23,8 @@ seeds 0-7; lam is picked on ``--tune-seed`` (0) from ``--lams`` by 4-bit symmetr
 test accuracy; the reported seeds (10-19) and the test in tests/test_gradient_l1.py
 (seeds 10-14) were never used for either.
 
-    python experiments/gradient_l1_4bit.py            # ~1 min on 2 shared CPU cores
-    python experiments/gradient_l1_4bit.py --smoke    # seconds, no files written
+    python -m experiments.gradient_l1_4bit            # ~1 min on 2 shared CPU cores
+    python -m experiments.gradient_l1_4bit --smoke    # seconds, no files written
 
 Writes ``experiments/results/gradient_l1_4bit.json`` and ``.md``.
 """
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,17 +44,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import common
+from qareg_jax import provenance, quantizers
+from qareg_jax._tree import named_leaves
+from qareg_jax.codebook import select
+from qareg_jax.contrib.gradient_l1 import gradient_l1
+from qareg_jax.data import load_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import common  # noqa: E402
-
-from qareg_jax import quantizers  # noqa: E402
-from qareg_jax._tree import named_leaves  # noqa: E402
-from qareg_jax.codebook import select  # noqa: E402
-from qareg_jax.data import load_dataset  # noqa: E402
-from qareg_jax.gradient_l1 import gradient_l1  # noqa: E402
-
 RESULTS = ROOT / "experiments" / "results"
 BITS = (8, 6, 4, 3)
 QUANTS = {"sym": {"symmetric": True}, "uq": {}}  # name -> uq keyword arguments
@@ -178,16 +174,12 @@ def one_setting(args, ls: float, seeds: list[int], lam: float) -> list[dict[str,
     return rows
 
 
-def _dirty_files() -> list[str]:
-    out = subprocess.run(
-        ["git", "status", "--porcelain", "--", "qareg_jax", "experiments/gradient_l1_4bit.py"],
-        capture_output=True, text=True, cwd=ROOT, check=False,
-    ).stdout  # fmt: skip
-    return [line[3:] for line in out.splitlines()]
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    machine = common.machine_info() | {"uncommitted_at_start": _dirty_files()}
+    machine = common.machine_info() | {
+        "uncommitted_at_start": provenance.git_dirty_files(
+            "qareg_jax", "experiments/gradient_l1_4bit.py"
+        )
+    }
     lams = [float(s) for s in args.lams.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"tuning lam on seed {args.tune_seed}", flush=True)
@@ -203,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ablation = one_setting(args, 0.0, seeds, lam) if args.ls > 0 else []
     return {
         "experiment": "gradient_l1_4bit",
-        "command": " ".join(["python experiments/gradient_l1_4bit.py", *args.argv]),
+        "command": " ".join(["python -m experiments.gradient_l1_4bit", *args.argv]),
         "machine": machine,
         "config": {k: v for k, v in vars(args).items() if k not in ("argv", "out_dir", "smoke")}
         | {
@@ -288,7 +280,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# Gradient l1 vs none at 4-bit uniform PTQ (digits, MLP 64-32-10)",
         "",
         f"Command: `{result['command']}`  ",
-        f"Date: {m['date']}, commit {m['commit']} (files differing from it at the start: "
+        f"Date: {m['date']}, commit {m['git_commit']} (files differing from it at the start: "
         f"{', '.join(m['uncommitted_at_start']) or 'none'}), {m['platform']}, "
         f"{m['cpu_count']} CPUs (shared), jax {m['versions']['jax']}.  ",
         f"{cfg['model']}; Adam lr {cfg['lr']}, batch {cfg['batch']}, {cfg['steps']} steps, "

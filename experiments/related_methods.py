@@ -14,8 +14,8 @@ loss ("none": the plain loss), so the methods differ only in that phase:
    equal K and equal steps from the phase-2 "none" model: accuracy after snapping,
    time per training step and the train step's compiled peak memory.
 
-    python experiments/related_methods.py                 # full run (seeds 1, 2, 3)
-    python experiments/related_methods.py --smoke         # seconds, no files written
+    python -m experiments.related_methods                 # full run (seeds 1, 2, 3)
+    python -m experiments.related_methods --smoke         # seconds, no files written
 
 Writes ``experiments/results/related_methods.json`` and ``.md``.
 
@@ -32,7 +32,7 @@ Other datasets (``--dataset``; none of them is needed by the project):
 as ``experiments/run_table.py`` with a config's ``train_subset`` / ``test_subset``). These
 write ``experiments/results/related_methods_<dataset>.json`` and ``.md``, e.g.
 
-    python experiments/related_methods.py --dataset cifar10_jpeg \\
+    python -m experiments.related_methods --dataset cifar10_jpeg \\
         --data-path ../shared/data/cifar10-jpeg75.tar.gz --train-subset 10000 --test-subset 2000
 """
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -52,19 +51,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import qareg_jax as q
+from benchmarks import common
+from qareg_jax import provenance, quantizers
+from qareg_jax._tree import named_leaves
+from qareg_jax.contrib import dkm, range_reg
+from qareg_jax.contrib.gradient_l1 import grad_l1_penalty, gradient_l1
+from qareg_jax.data import CIFAR10_CLASSES, DataNotFoundError, Dataset, load_dataset
+from qareg_jax.models import get_model
+from qareg_jax.train import subset
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import common  # noqa: E402
-
-import qareg_jax as q  # noqa: E402
-from qareg_jax import dkm, quantizers, range_reg  # noqa: E402
-from qareg_jax._tree import named_leaves  # noqa: E402
-from qareg_jax.data import CIFAR10_CLASSES, DataNotFoundError, Dataset, load_dataset  # noqa: E402
-from qareg_jax.gradient_l1 import grad_l1_penalty, gradient_l1  # noqa: E402
-from qareg_jax.models import get_model  # noqa: E402
-from qareg_jax.train import subset  # noqa: E402
-
 RESULTS = ROOT / "experiments" / "results"
 BITS = (8, 6, 4, 3, 2)
 R2_KINDS = ("linf", "margin", "soft_min_max")
@@ -269,18 +266,6 @@ def run_nearest(task: Task, variables: Any, k: int, args, seed: int):
 # ----------------------------------------------------------------------------- runs
 
 
-def _dirty_files() -> list[str]:
-    """Files of the package and scripts that differ from the recorded commit at the start."""
-    out = subprocess.run(
-        ["git", "status", "--porcelain", "--", "qareg_jax", "experiments/related_methods.py"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    ).stdout
-    return [line[3:] for line in out.splitlines()]
-
-
 def describe(args: argparse.Namespace, ds: Dataset) -> str:
     """One line naming the data, e.g. for the JSON config and the markdown header."""
     n_train, n_test = len(ds.train_labels), len(ds.test_labels)
@@ -301,7 +286,11 @@ def describe(args: argparse.Namespace, ds: Dataset) -> str:
 
 
 def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
-    machine = common.machine_info() | {"uncommitted_at_start": _dirty_files()}
+    machine = common.machine_info() | {
+        "uncommitted_at_start": provenance.git_dirty_files(
+            "qareg_jax", "experiments/related_methods.py"
+        )
+    }
     task = Task(args.batch, ds)
     ks = [int(s) for s in args.ks.split(",")]
     out: dict[str, list[dict[str, Any]]] = {"gradient_l1": [], "range": [], "dkm_vs_nearest": []}
@@ -426,7 +415,7 @@ def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
         )
     return {
         "experiment": "related_methods",
-        "command": " ".join(["python experiments/related_methods.py", *args.argv]),
+        "command": " ".join(["python -m experiments.related_methods", *args.argv]),
         "machine": machine,
         "config": {k: v for k, v in vars(args).items() if k not in ("argv", "out_dir", "smoke")}
         | {
@@ -462,7 +451,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"Data: {cfg['dataset']}; model: {cfg['model']}.  "]
     lines += [
         f"Command: `{result['command']}`  ",
-        f"Date: {m['date']}, commit {m['commit']} (files differing from it at the start: "
+        f"Date: {m['date']}, commit {m['git_commit']} (files differing from it at the start: "
         f"{', '.join(m['uncommitted_at_start']) or 'none'}), {m['platform']}, "
         f"{m['cpu_count']} CPUs (shared with other jobs: times are indicative), "
         f"jax {m['versions']['jax']}.  ",

@@ -1,7 +1,7 @@
 """Run an experiment config (or a chosen subset of it) and write its result table.
 
-    python experiments/run_table.py experiments/configs/digits_small.py
-    python experiments/run_table.py experiments/configs/alexnet_cifar10.py \\
+    python -m experiments.run_table experiments/configs/digits_small.py
+    python -m experiments.run_table experiments/configs/alexnet_cifar10.py \\
         --regularizers nearest sine --ks 2 4 --baselines kmeans --name alexnet_k2_k4
 
 The run lives in ``--workdir`` (default ``runs/<name>``, git-ignored; ``--resume``
@@ -15,45 +15,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
 import pathlib
-import platform
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 
-from qareg_jax import report, train
+from qareg_jax import provenance, report, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def git_commit() -> str:
-    """HEAD's hash, with ``+dirty`` when tracked files differ from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        head = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def machine() -> str:
-    """OS, memory and the JAX device, e.g. ``"Linux x86_64, 24 GB RAM, cpu: 2 cores, ..."``."""
-    try:
-        ram = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB RAM"
-    except (ValueError, OSError, AttributeError):
-        ram = "RAM unknown"
-    return f"{platform.system()} {platform.machine()}, {ram}, {train.device_name()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,18 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         config, workdir, resume=args.resume, overwrite=args.overwrite
     )
     out = report.write_report(workdir)
-    provenance = {
-        "command": shlex.join([sys.executable.split("/")[-1], *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "git_commit": git_commit(),
+    record = {
+        **provenance.record(),
         "wall_s": time.perf_counter() - start,
         "workdir": str(workdir),
     }
     dest = pathlib.Path(args.results) / name
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "results.json").write_text(json.dumps({**provenance, **results}, indent=1) + "\n")
-    header = "\n".join(f"- {key}: `{value}`" for key, value in provenance.items())
+    (dest / "results.json").write_text(json.dumps({**record, **results}, indent=1) + "\n")
+    header = "\n".join(f"- {key}: `{value}`" for key, value in record.items())
     label = config.dataset_label or config.dataset
     (dest / "table.md").write_text(f"# {config.model} on {label}\n\n{header}\n\n{out['table']}\n")
     shutil.copy(workdir / "table.csv", dest / "table.csv")
@@ -107,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if not png.name.startswith("hist_") or png.stem.endswith(f"-k{first_k}"):
             shutil.copy(png, dest / png.name)
     print(out["table"])
-    print(f"\nwritten to {dest} in {provenance['wall_s']:.0f} s")
+    print(f"\nwritten to {dest} in {record['wall_s']:.0f} s")
     return 0
 
 

@@ -6,7 +6,7 @@ living in the same parameter tree. Afterwards every selected weight is snapped
 to its level and fine-tuned with the weights kept exactly quantized.
 """
 
-from . import compress, dkm, gradient_l1, quantizers, range_reg, regularizers, sharding
+from . import compress, contrib, quantizers, regularizers, sharding
 from .codebook import (
     QuantSpec,
     attach,
@@ -41,12 +41,11 @@ __all__ = [
     "attach",
     "check_tree",
     "compress",
+    "contrib",
     "cosine",
     "default_rule",
-    "dkm",
     "elementwise",
     "finetune_specs",
-    "gradient_l1",
     "init_representatives",
     "layer_penalties",
     "levels",
@@ -58,7 +57,6 @@ __all__ = [
     "product",
     "quantized_finetune",
     "quantizers",
-    "range_reg",
     "regularizers",
     "select",
     "sharding",

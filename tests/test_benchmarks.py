@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-import regularizer_overhead  # noqa: E402
-import run_all  # noqa: E402
+from benchmarks import regularizer_overhead, run_all
+
+REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", run_all.discover())
 def test_smoke_run_writes_json(name, tmp_path):
     out = tmp_path / f"{name}.json"
@@ -48,24 +48,31 @@ def test_run_all_lists_the_scripts_and_rejects_unknown_names():
     names = run_all.discover()
     assert "scaling" in names and "common" not in names and "run_all" not in names
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "run_all.py"), "--smoke", "--only", "nope"],
+        [sys.executable, "-m", "benchmarks.run_all", "--smoke", "--only", "nope"],
         capture_output=True,
         text=True,
         check=False,
+        cwd=REPO,
     )
     assert proc.returncode == 2 and "unknown benchmarks ['nope']" in proc.stderr
 
 
 def _kmeans_bench(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> dict:
     out = tmp_path / "kmeans.json"
-    cmd = [sys.executable, str(BENCHMARKS / "kmeans_vs_sklearn.py"), "--sizes", "20000"]
+    cmd = [sys.executable, "-m", "benchmarks.kmeans_vs_sklearn", "--sizes", "20000"]
     proc = subprocess.run(
-        [*cmd, *args, "--out", str(out)], capture_output=True, text=True, env=env, check=False
+        [*cmd, *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_kmeans_benchmark_without_kmeans1d_records_null_with_a_reason(tmp_path):
     shadow = tmp_path / "shadow" / "kmeans1d"
     shadow.mkdir(parents=True)
@@ -81,6 +88,7 @@ def test_kmeans_benchmark_without_kmeans1d_records_null_with_a_reason(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_kmeans_benchmark_with_kmeans1d_is_near_its_optimum_and_skips_large_work(tmp_path):
     pytest.importorskip("kmeans1d")
     payload = _kmeans_bench(tmp_path, "--ks", "2", "4", "--kmeans1d-max-work", "50000")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qareg_jax import dkm as D
+from qareg_jax.contrib import dkm as D
 
 
 def _w(shape, seed=0, scale=0.1):
@@ -192,8 +192,14 @@ def test_errors():
     params = {"Dense_0": {"kernel": _w((4, 3))}}
     with pytest.raises(ValueError, match="k must be an integer >= 2"):
         D.dkm_init(params, None, 1)
-    with pytest.raises(ValueError, match="init must be one of"):
+    with pytest.raises(ValueError, match="unknown init 'random'"):
         D.dkm_init(params, None, 4, init="random")
+    with pytest.raises(TypeError, match="k must be an integer"):
+        D.dkm_init(params, None, 4.0)
+    with pytest.raises(TypeError, match="iters must be an integer"):
+        D.dkm_layer(w, c, 1e-3, 2.0)
+    with pytest.raises(TypeError, match="block_size"):
+        D.dkm_layer(w, c, 1e-3, block_size=8.0)
     with pytest.raises(ValueError, match="paths is empty"):
         D.dkm_init(params, [], 4)
     with pytest.raises(ValueError, match="does not have"):

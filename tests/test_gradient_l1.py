@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from qareg_jax.gradient_l1 import grad_l1_penalty, gradient_l1
+from qareg_jax.contrib.gradient_l1 import grad_l1_penalty, gradient_l1
 
 A = np.array([[1.0, 2.0, -0.5], [3.0, -1.0, 0.25], [0.5, 0.5, 2.0], [-1.0, 0.0, 1.0]])
 B = np.array([1.0, 0.5, -0.25, 0.75])

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from qareg_jax import range_reg as RR
+from qareg_jax.contrib import range_reg as RR
 
 
 def _params(seed=0):
@@ -129,10 +129,12 @@ def test_errors():
     tp = {"model": params, "range": RR.init_range_params(params, None, "margin")}
     with pytest.raises(ValueError, match="lam must be"):
         RR.range_penalty(tp, None, "margin", -1.0)
-    with pytest.raises(ValueError, match="kind must be one of"):
+    with pytest.raises(ValueError, match="unknown kind 'l2'"):
         RR.range_penalty(tp, None, "l2", 1.0)
-    with pytest.raises(ValueError, match="kind must be one of"):
+    with pytest.raises(ValueError, match="unknown kind 'minmax'"):
         RR.init_range_params(params, None, "minmax")
+    with pytest.raises(TypeError, match="kind must be a str"):
+        RR.init_range_params(params, None, 2)
     with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
         RR.init_range_params(params, None, "soft_min_max", alpha=0.0)
     with pytest.raises(ValueError, match="alpha_scale must be a finite number > 0"):

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
-import related_methods  # noqa: E402
+from experiments import related_methods
 
 
 def _tiny_folder(root: Path, classes=("a", "b"), per_class=(6, 2)) -> Path:
@@ -52,6 +49,7 @@ def test_absent_or_wrong_data_fails_with_a_clear_message(tmp_path, monkeypatch):
         related_methods.parse(["--dataset", "folder", "--train-subset", "0"])
 
 
+@pytest.mark.slow
 def test_smoke_on_an_image_folder_subset(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("QAREG_CACHE_DIR", str(tmp_path / "cache"))
     folder = _tiny_folder(tmp_path / "imgs")

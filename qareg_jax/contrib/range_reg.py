@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._tree import named_leaves
-from .codebook import check_lam, resolve_paths
-from .regularizers import check_float, check_positive
+from .._tree import named_leaves
+from ..codebook import resolve_paths
+from ..validation import check_choice, check_float_array, check_lam, check_positive
 
 Array = jax.Array
 Schedule = Callable[[Any], Any]
@@ -47,7 +47,7 @@ DEFAULT_ALPHA_SCALE = 3.0
 
 
 def _f32(w: Array) -> Array:
-    return check_float(w).astype(jnp.promote_types(w.dtype, jnp.float32)).ravel()
+    return check_float_array(w, "w").astype(jnp.promote_types(w.dtype, jnp.float32)).ravel()
 
 
 def linf(w: Array) -> Array:
@@ -94,11 +94,6 @@ def soft_min_max(w: Array, alpha: Array | float) -> Array:
     return s_max - s_min + jnp.exp(-alpha)
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-
-
 def init_range_params(
     params: Any,
     paths: Sequence[str] | None = None,
@@ -126,7 +121,7 @@ def init_range_params(
       ValueError: unknown ``kind``, ``alpha`` or ``alpha_scale`` <= 0, empty or unknown
         ``paths``, a constant leaf (no default ``alpha``).
     """
-    _check_kind(kind)
+    check_choice("kind", kind, KINDS)
     if alpha is not None:
         check_positive(alpha, "alpha")
     check_positive(alpha_scale, "alpha_scale")
@@ -136,7 +131,7 @@ def init_range_params(
     leaves = named_leaves(params)
     out: dict[str, dict[str, Array]] = {}
     for path in paths:
-        leaf = check_float(leaves[path], path)
+        leaf = check_float_array(leaves[path], path)
         host = np.asarray(jax.device_get(leaf), np.float64)
         if kind == "margin":
             value = float(np.max(np.abs(host)))
@@ -155,7 +150,7 @@ def layer_range_penalties(
     train_params: Mapping[str, Any], paths: Sequence[str] | None = None, kind: str = "margin"
 ) -> dict[str, Array]:
     """``{path: R_l}``: each layer's range penalty before lambda (scalars)."""
-    _check_kind(kind)
+    check_choice("kind", kind, KINDS)
     if not isinstance(train_params, Mapping) or "model" not in train_params:
         raise ValueError('train_params must be a dict with a "model" key')
     model = train_params["model"]

@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._tree import named_leaves, replace_leaves
-from .codebook import check_lam, resolve_paths
+from .._tree import named_leaves, replace_leaves
+from ..codebook import resolve_paths
+from ..validation import check_lam
 
 Array = jax.Array
 Schedule = Callable[[Any], Any]
