@@ -218,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands[args.command](args)
     except (
         ValueError,
+        TypeError,  # a config file's field of the wrong type (validation)
         OSError,  # FileNotFoundError, DataNotFoundError, FileExistsError
         ImportError,
         pipeline.TrainingDivergedError,

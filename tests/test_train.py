@@ -146,7 +146,7 @@ def test_nan_loss_stops_keeps_last_good_checkpoint_and_names_the_step(tmp_path):
         (dict(baselines=("gptq",)), "allowed: kmeans, uniform, pws, ecsq, binary"),
         (dict(ks=(1,)), "integer >= 2"),
         (dict(ks=(300,), index_dtype="uint8"), "K=300 does not fit the index dtype uint8"),
-        (dict(ks=(2**32 + 1,)), "too large"),
+        (dict(ks=(2**32 + 1,)), "K must be <= 2"),
         (dict(lam=-1.0), "lambda must be"),
         (dict(lam_warmup=2.0), "lam_warmup"),
         (dict(pretrain_epochs=0), "pretrain_epochs is 0"),

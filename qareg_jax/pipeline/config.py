@@ -7,15 +7,16 @@ import importlib.util
 import json
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .. import data, quantizers
+from .. import data
 from .. import regularizers as R
 from ..codebook import INITS, INTERVALS
 from ..models import MODELS
+from ..validation import check_choice, check_k, check_positive
 
 BASELINES = ("kmeans", "uniform", "pws", "ecsq", "binary")
 OPTIMIZERS = ("adam", "sgd")
@@ -128,7 +129,7 @@ class Config:
         self._validate_lambda()
 
     def _validate_methods(self) -> None:
-        _choice("model", self.model, tuple(MODELS))
+        check_choice("model", self.model, tuple(MODELS))
         if self.dataset not in ("cifar10", "digits") and not (
             self.dataset.startswith("folder:") and len(self.dataset) > len("folder:")
         ):
@@ -136,9 +137,9 @@ class Config:
                 f"unknown dataset {self.dataset!r}; allowed: {', '.join(data.DATASET_NAMES)}"
             )
         for name in self.regularizers:
-            _choice("regularizer", name, R.REGULARIZERS)
+            check_choice("regularizer", name, R.REGULARIZERS)
         for name in self.baselines:
-            _choice("baseline", name, BASELINES)
+            check_choice("baseline", name, BASELINES)
         if not self.regularizers and not self.baselines:
             raise ValueError("nothing to run: give at least one regularizer or baseline")
         if not self.ks:
@@ -153,12 +154,12 @@ class Config:
             )
 
     def _validate_training(self) -> None:
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("finetune_optimizer", self.finetune_optimizer, OPTIMIZERS)
-        _choice("interval", self.interval, INTERVALS)
-        _choice("init", self.init, INITS)
-        _choice("reduction", self.reduction, ("mean", "sum"))
-        _choice("codebook_dtype", self.codebook_dtype, ("float32", "float16"))
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("finetune_optimizer", self.finetune_optimizer, OPTIMIZERS)
+        check_choice("interval", self.interval, INTERVALS)
+        check_choice("init", self.init, INITS)
+        check_choice("reduction", self.reduction, ("mean", "sum"))
+        check_choice("codebook_dtype", self.codebook_dtype, ("float32", "float16"))
         for name in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
             _positive_int(name, getattr(self, name))
         for name in ("pretrain_epochs", "reg_epochs", "finetune_epochs"):
@@ -173,10 +174,10 @@ class Config:
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         for name in ("pretrain_lr", "reg_lr", "finetune_lr"):
-            R.check_positive(getattr(self, name), name)
+            check_positive(getattr(self, name), name)
         for name in ("tau", "sigma"):
             if getattr(self, name) is not None:
-                R.check_positive(getattr(self, name), name)
+                check_positive(getattr(self, name), name)
 
     def _validate_lambda(self) -> None:
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -189,7 +190,7 @@ class Config:
                 raise ValueError(f"lambda must be a finite number >= 0, got {value!r}")
         if isinstance(self.lam, Mapping):
             for name in self.lam:
-                _choice("lam key", name, R.REGULARIZERS)
+                check_choice("lam key", name, R.REGULARIZERS)
 
     def lam_for(self, regularizer: str) -> float:
         """The (final) lambda of ``regularizer``."""
@@ -206,22 +207,14 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def _choice(name: str, value: object, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
-
-
 def _positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_k(k: object, index_dtype: str | None) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ValueError(f"K must be an integer >= 2 (the number of levels), got {k!r}")
+    check_k(k, "K")
     if index_dtype is None:
-        if k > quantizers.MAX_K:
-            raise ValueError(f"K={k} is too large: indices are at most uint32 (K <= 2**32)")
         return
     try:
         dtype = np.dtype(index_dtype)

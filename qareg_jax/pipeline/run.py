@@ -23,33 +23,18 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import time
 from typing import Any
 
-import jax
 import numpy as np
 
 from .. import data, report
 from ..models import get_model
+from ..provenance import device_name
 from .config import Config
 from .loop import Context
 from .stages import Pretrained, StageResult, planned_stages, pretrain, run_stage
 from .workdir import prepare_workdir
-
-
-def device_name() -> str:
-    """E.g. ``"cpu: 2 cores, Intel(R) Xeon(R) ..."`` or ``"gpu: NVIDIA H100 80GB HBM3"``."""
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        return f"{dev.platform}: {dev.device_kind}"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass  # not Linux: keep platform's name
-    return f"cpu: {os.cpu_count()} cores, {model}"
 
 
 def subset(ds: data.Dataset, train: int | None, test: int | None, seed: int = 0) -> data.Dataset:
