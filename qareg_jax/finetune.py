@@ -128,12 +128,44 @@ class QuantizedFinetuneState(NamedTuple):
     """State of :func:`quantized_finetune`.
 
     Attributes:
-      assignments: ``{path: indices}``, each of its weight's shape; fixed at init.
+      assignments: shaped like ``params["model"]``: at each selected leaf the index
+        of each weight's representative (the weight's shape, an unsigned dtype), at
+        every other leaf ``optax.MaskedNode()`` (as in ``optax.masked`` states), so
+        it shards, maps and checkpoints like the params. Fixed at init.
+        :func:`assignments_by_path` gives ``{path: indices}``.
       inner_state: the inner optimizer's state.
     """
 
-    assignments: dict[str, Array]
+    assignments: Any
     inner_state: optax.OptState
+
+
+def _assignment_tree(model: Any, assignments: Mapping[str, Array]) -> Any:
+    """``model``'s tree with ``assignments[path]`` at selected leaves, ``MaskedNode`` elsewhere."""
+    return map_named(lambda path, _: assignments.get(path, optax.MaskedNode()), model)
+
+
+def assignments_by_path(state: optax.OptState) -> dict[str, Array]:
+    """``{path: indices}`` of the one :class:`QuantizedFinetuneState` inside ``state``.
+
+    Args:
+      state: a :class:`QuantizedFinetuneState`, or any optimizer state holding
+        exactly one (an ``optax.chain``'s tuple, a :class:`RegularizeThenFinetuneState`).
+
+    Returns:
+      The assignments keyed by the selected leaves' paths, each of its weight's shape.
+
+    Raises:
+      ValueError: ``state`` holds no or several fine-tuning states.
+    """
+
+    def is_ft(x: Any) -> bool:
+        return isinstance(x, QuantizedFinetuneState)
+
+    found = [s for s in jax.tree.leaves(state, is_leaf=is_ft) if is_ft(s)]
+    if len(found) != 1:
+        raise ValueError(f"state must hold exactly one QuantizedFinetuneState, found {len(found)}")
+    return named_leaves(found[0].assignments)
 
 
 def quantized_finetune(
@@ -202,7 +234,9 @@ def quantized_finetune(
             path: assign(leaves[path], levels[path], index_dtype=index_dtypes[path])
             for path in specs
         }
-        return QuantizedFinetuneState(assignments, inner.init(params))
+        return QuantizedFinetuneState(
+            _assignment_tree(params["model"], assignments), inner.init(params)
+        )
 
     def update_fn(
         updates: Any, state: QuantizedFinetuneState, params: Any = None, **extra_args: Any
@@ -222,10 +256,11 @@ def quantized_finetune(
                 f"updates have no reps entries for {missing}: take gradients with respect "
                 "to the whole snapped tree"
             )
+        assignments = named_leaves(state.assignments)
         grads = named_leaves(updates["model"])
         rep_grads = dict(updates["reps"])
         for path, spec in specs.items():
-            g, a = grads[path], state.assignments[path].astype(jnp.int32)
+            g, a = grads[path], assignments[path].astype(jnp.int32)
             cd = jnp.promote_types(g.dtype, jnp.float32)
             # Scatter-add with N-d indices: no ravel, so a kernel sharded over a mesh
             # axis is not gathered onto every device.
@@ -264,7 +299,7 @@ def quantized_finetune(
         rep_updates, weight_updates = {}, {}
         for path in specs:
             w, c, u_c = leaves[path], levels[path], inner_updates["reps"][path]
-            a = state.assignments[path]
+            a = assignments[path]
             off = jnp.any(_bits(w) != _bits(c[a]))
             t = jnp.where(off, c, jnp.asarray(c + u_c).astype(c.dtype))
             rep_updates[path] = t - c
@@ -274,5 +309,235 @@ def quantized_finetune(
         out["model"] = replace_leaves(out["model"], weight_updates)
         out["reps"] = rep_updates
         return _like(params, out), QuantizedFinetuneState(state.assignments, inner_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class RegularizeThenFinetuneState(NamedTuple):
+    """State of :func:`regularize_then_finetune`.
+
+    Attributes:
+      count: int32 scalar, the number of updates so far.
+      snapped: bool scalar, True once the snapping update has run: every gradient
+        given from then on is a fine-tuning gradient (see :func:`is_finetuning`).
+      train_state: ``train_tx``'s state (frozen after the switch).
+      finetune_state: the :class:`QuantizedFinetuneState` of ``finetune_tx``;
+        placeholder values until the switch, set there from the snapped tree.
+    """
+
+    count: Array
+    snapped: Array
+    train_state: optax.OptState
+    finetune_state: QuantizedFinetuneState
+
+
+def is_finetuning(state: optax.OptState) -> Array:
+    """Whether the :func:`regularize_then_finetune` inside ``state`` has snapped.
+
+    Use it to drop the penalty from the loss once fine-tuning starts (its
+    gradient would otherwise pull the representatives)::
+
+        lam_t = jnp.where(is_finetuning(opt_state), 0.0, lam)
+
+    Args:
+      state: a :class:`RegularizeThenFinetuneState` or any optimizer state holding
+        exactly one.
+
+    Returns:
+      A bool scalar (traceable).
+
+    Raises:
+      ValueError: ``state`` holds no or several such states.
+    """
+
+    def is_rtf(x: Any) -> bool:
+        return isinstance(x, RegularizeThenFinetuneState)
+
+    found = [s for s in jax.tree.leaves(state, is_leaf=is_rtf) if is_rtf(s)]
+    if len(found) != 1:
+        raise ValueError(
+            f"state must hold exactly one RegularizeThenFinetuneState, found {len(found)}"
+        )
+    return found[0].snapped
+
+
+def regularize_then_finetune(
+    train_tx: optax.GradientTransformation,
+    finetune_tx: optax.GradientTransformation,
+    specs: Mapping[str, QuantSpec],
+    snap_at: int,
+    *,
+    rep_grad: str = "sum",
+    train_unselected: bool = True,
+    index_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """A whole run in one transformation: train, snap at step ``snap_at``, fine-tune.
+
+    Over the ``{"model", "reps"}`` tree of ``codebook.attach``:
+
+    - updates ``0 .. snap_at - 1``: ``train_tx`` (regularized training; the penalty
+      stays in the user's loss);
+    - update ``snap_at`` (the gradient is not used): snaps every selected weight to
+      its nearest representative, as :func:`qareg_jax.snap.snap`; everything else
+      holds still. ``finetune_tx``'s state is initialized here, on the snapped tree,
+      so its schedules count from the switch;
+    - updates ``snap_at + 1 ..``: :func:`quantized_finetune` with ``finetune_tx``
+      (weights kept exactly on their representatives, which train).
+
+    ``snap_at + 1 + n`` updates give what ``snap_at`` steps of ``train_tx``,
+    ``snap`` and ``n`` steps of ``quantized_finetune(finetune_tx)`` give. The phase
+    is chosen by ``lax.switch`` on the state's counter: a jitted step compiles once
+    and needs no change at the switch. The state holds both optimizers' states
+    throughout.
+
+    Exactness: the snapping update is ``c[a] - w``, exact (and the weight lands on
+    ``c[a]`` bitwise) whenever ``c[a]`` is zero or within a factor of two of ``w``.
+    A weight far from its level (a level far below the weight's scale) may land an
+    ulp off; the first fine-tuning update then moves it on bitwise and holds that
+    leaf's representatives still for one step (as ``quantized_finetune`` does for
+    unsnapped trees).
+
+    The loss: the transformation cannot tell the penalty's gradient from the
+    task's. Scale the penalty to zero once :func:`is_finetuning` is true
+    (``jnp.where(is_finetuning(opt_state), 0.0, lam)``), as the two-step path
+    fine-tunes the task loss alone. (With ``"nearest"`` the penalty's gradient is
+    zero on snapped weights anyway.)
+
+    Static specs (sine, cosine) are not supported: the tree keeps its structure
+    through the run, and their leaves have no representatives before snapping.
+    Use ``snap`` and ``quantized_finetune`` for them.
+
+    Must be the LAST transformation of an ``optax.chain``, its updates applied
+    with ``optax.apply_updates``.
+
+    Args:
+      train_tx: the training optimizer (schedules, chains, extra args all fine).
+      finetune_tx: the fine-tuning optimizer of the representatives and the
+        unselected leaves (see :func:`quantized_finetune`).
+      specs: the resolved specs, all dynamic; static Python data.
+      snap_at: number of training updates before the snap; a Python int >= 0.
+      rep_grad, train_unselected, index_dtype: as for :func:`quantized_finetune`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      :class:`RegularizeThenFinetuneState`; ``update`` needs ``params``.
+
+    Raises:
+      TypeError: ``snap_at`` is not an int.
+      ValueError: ``snap_at < 0``, a spec is static, or as :func:`quantized_finetune`.
+    """
+    if isinstance(snap_at, bool) or not isinstance(snap_at, int | np.integer):
+        raise TypeError(f"snap_at must be a Python int, got {type(snap_at).__name__}")
+    if snap_at < 0:
+        raise ValueError(f"snap_at must be >= 0, got {snap_at}")
+    specs = dict(specs)
+    static = sorted(path for path, spec in specs.items() if not spec.dynamic)
+    if static:
+        raise ValueError(
+            f"regularize_then_finetune needs dynamic specs; {static} are static (sine, "
+            "cosine) and have no representatives in the tree until snap() adds them: use "
+            "snap() and quantized_finetune() for these"
+        )
+    snap_at = int(snap_at)
+    finetune = quantized_finetune(
+        finetune_tx,
+        specs,
+        rep_grad=rep_grad,
+        train_unselected=train_unselected,
+        index_dtype=index_dtype,
+    )
+    train_tx = optax.with_extra_args_support(train_tx)
+    index_dtypes = {path: _checked_index_dtype(spec.k, index_dtype) for path, spec in specs.items()}
+
+    def init_fn(params: Any) -> RegularizeThenFinetuneState:
+        leaves_and_levels(params, specs, need_reps=True)
+        # Placeholder fine-tuning state of the right shapes; the switch replaces it.
+        return RegularizeThenFinetuneState(
+            count=jnp.zeros([], jnp.int32),
+            snapped=jnp.zeros([], bool),
+            train_state=train_tx.init(params),
+            finetune_state=finetune.init(params),
+        )
+
+    def zero_but_selected(params: Any, moves: Mapping[str, Array]) -> Any:
+        """Zero updates for ``params``, with ``moves[path]`` at the selected weights."""
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return _like(params, {**zeros, "model": replace_leaves(zeros["model"], moves)})
+
+    def snap_updates(params: Any) -> tuple[Any, Any]:
+        """First snapping update (each weight onto its nearest rep, or zero); the snapped tree."""
+        leaves, levels = leaves_and_levels(params, specs, need_reps=True)
+        moves, on_levels = {}, {}
+        for path in specs:
+            w, c = leaves[path], levels[path]
+            target = c[assign(w, c, index_dtype=index_dtypes[path])]
+            move = target - w
+            # w + (target - w) misses target by an ulp for some weights (|target| < |w| / 2
+            # loses bits in the subtraction); those go to zero instead (w + -w == 0
+            # exactly), from where the settling update's target - 0 lands exactly.
+            lands = _bits((w + move).astype(w.dtype)) == _bits(target)
+            moves[path] = jnp.where(lands, move, -w)
+            on_levels[path] = target
+        snapped = {**params, "model": replace_leaves(params["model"], on_levels)}
+        return zero_but_selected(params, moves), _like(params, snapped)
+
+    def settle_updates(params: Any, ft_state: QuantizedFinetuneState) -> Any:
+        """Second snapping update: ``c[a] - w``, exact now that ``w`` is ``c[a]`` or zero."""
+        leaves, levels = leaves_and_levels(params, specs, need_reps=True)
+        assignments = named_leaves(ft_state.assignments)
+        return zero_but_selected(params, {p: levels[p][assignments[p]] - leaves[p] for p in specs})
+
+    def update_fn(
+        updates: Any,
+        state: RegularizeThenFinetuneState,
+        params: Any = None,
+        **extra_args: Any,
+    ) -> tuple[Any, RegularizeThenFinetuneState]:
+        if params is None:
+            raise ValueError(
+                "regularize_then_finetune needs params: call update(updates, state, params)"
+            )
+
+        def train(operands: tuple) -> tuple:
+            grads, state, params = operands
+            out, train_state = train_tx.update(grads, state.train_state, params, **extra_args)
+            return out, train_state, state.finetune_state
+
+        def snap_step(operands: tuple) -> tuple:
+            _, state, params = operands
+            out, snapped = snap_updates(params)
+            return out, state.train_state, finetune.init(snapped)
+
+        def settle(operands: tuple) -> tuple:
+            _, state, params = operands
+            out = settle_updates(params, state.finetune_state)
+            return out, state.train_state, state.finetune_state
+
+        def tune(operands: tuple) -> tuple:
+            grads, state, params = operands
+            out, ft_state = finetune.update(grads, state.finetune_state, params, **extra_args)
+            return out, state.train_state, ft_state
+
+        branches = (train, snap_step, settle, tune)
+        operands = (updates, state, params)
+        # Branches may give different dtypes (an optimizer's f32 updates for bf16
+        # params); lax.switch needs one, and the promotion is exact.
+        shapes = [jax.eval_shape(branch, operands) for branch in branches]
+        dtypes = jax.tree.map(lambda *s: jnp.result_type(*(x.dtype for x in s)), *shapes)
+
+        def promoted(branch: Any) -> Any:
+            return lambda operands: jax.tree.map(lambda x, d: x.astype(d), branch(operands), dtypes)
+
+        phase = jnp.clip(state.count - snap_at + 1, 0, 3)  # train, snap, settle, tune
+        out, train_state, ft_state = jax.lax.switch(
+            phase, [promoted(b) for b in branches], operands
+        )
+        new_state = RegularizeThenFinetuneState(
+            count=optax.safe_increment(state.count),
+            snapped=state.count >= snap_at,
+            train_state=train_state,
+            finetune_state=ft_state,
+        )
+        return out, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,5 +1,6 @@
 """Fine-tuning with every selected weight kept exactly on its representative."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,15 @@ from hypothesis import strategies as st
 
 from qareg_jax import codebook
 from qareg_jax.codebook import QuantSpec
-from qareg_jax.finetune import QuantizedFinetuneState, finetune_specs, quantized_finetune
+from qareg_jax.finetune import (
+    QuantizedFinetuneState,
+    RegularizeThenFinetuneState,
+    assignments_by_path,
+    finetune_specs,
+    is_finetuning,
+    quantized_finetune,
+    regularize_then_finetune,
+)
 from qareg_jax.penalty import penalty
 from qareg_jax.snap import snap
 
@@ -68,11 +77,6 @@ def make_step(tx, loss):
     return step
 
 
-def finetune_state(state):
-    (found,) = [s for s in state if isinstance(s, QuantizedFinetuneState)]
-    return found
-
-
 @settings(max_examples=5, **SETTINGS)
 @given(
     st.sampled_from([jnp.float32, BF16]),
@@ -98,7 +102,7 @@ def test_every_finetuning_step_keeps_weights_on_fixed_assignments(dtype, k, n_ou
     start = {p: np.asarray(r) for p, r in tp["reps"].items()}
     for _ in range(100):
         tp, state, _ = step(tp, state)
-        fixed = finetune_state(state).assignments
+        fixed = assignments_by_path(state)
         leaves = codebook.check_tree(tp, finetune_specs(specs))
         for path in specs:
             np.testing.assert_array_equal(fixed[path], assignments[path])
@@ -113,7 +117,7 @@ def test_unsnapped_weights_with_reps_land_on_them():
     expected = snap(tp, specs)[1]["d/kernel"]
     tx = quantized_finetune(optax.sgd(0.1), specs)
     state = tx.init(tp)  # no snap() first: the transform assigns
-    np.testing.assert_array_equal(state.assignments["d/kernel"], expected)
+    np.testing.assert_array_equal(assignments_by_path(state)["d/kernel"], expected)
     step = make_step(tx, lsq_loss(jnp.ones((4, 8)), jnp.zeros((4, 4))))
     c0 = tp["reps"]["d/kernel"]
     tp, state, _ = step(tp, state)  # reps hold still while the weights move onto them
@@ -179,7 +183,7 @@ def test_train_unselected_false_freezes_biases_and_extra_entries():
         assert frozen == [not train_unselected] * 2
         assert not np.array_equal(t["reps"]["d/kernel"], tp["reps"]["d/kernel"])
         assert_on_reps(
-            t["model"]["d"]["kernel"], t["reps"]["d/kernel"], state.assignments["d/kernel"]
+            t["model"]["d"]["kernel"], t["reps"]["d/kernel"], assignments_by_path(state)["d/kernel"]
         )
 
 
@@ -224,7 +228,7 @@ def test_partition_masked_schedule_and_extra_args_as_inner_optimizers():
             "reps frozen": (False, True),
             "model frozen": (True, False),
         }.get(name, (True, True)), name
-        fixed = finetune_state(state).assignments["d/kernel"]
+        fixed = assignments_by_path(state)["d/kernel"]
         assert_on_reps(t["model"]["d"]["kernel"], t["reps"]["d/kernel"], fixed)
 
 
@@ -256,6 +260,49 @@ def test_static_specs_snap_to_their_levels_and_fine_tune():
     for path in specs:
         assert_on_reps(t["model"][path[0]]["kernel"], t["reps"][path], assignments[path])
     assert float(loss(t)) < float(loss(snapped))
+
+
+def test_state_is_shaped_like_the_model():
+    w = jnp.ones((3, 2), jnp.float32)
+    tp, specs = tiny_tree(w, jnp.float32([0.0, 1.0]))
+    state = quantized_finetune(optax.sgd(0.1), specs).init(tp)
+    assert isinstance(state, QuantizedFinetuneState)
+    chex.assert_trees_all_equal_structs(
+        state.assignments, {"d": {"kernel": w, "bias": optax.MaskedNode()}}
+    )
+    assert state.assignments["d"]["kernel"].dtype == jnp.uint8
+    assert set(assignments_by_path(state)) == {"d/kernel"}
+    assert set(assignments_by_path((optax.EmptyState(), state))) == {"d/kernel"}
+    with pytest.raises(ValueError, match="exactly one QuantizedFinetuneState, found 2"):
+        assignments_by_path((state, state))
+
+
+class QuantizedFinetuneVariantsTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_weights_stay_on_reps_and_match_across_variants(self):
+        rng = np.random.default_rng(4)
+        tp, specs = tiny_tree(
+            jnp.asarray(rng.normal(size=(8, 4)) * 0.3, jnp.float32), jnp.float32([-0.3, 0.1, 0.4])
+        )
+        tp, assignments = snap(tp, specs)
+        loss = lsq_loss(jnp.ones((4, 8)), jnp.zeros((4, 4)))
+        tx = quantized_finetune(optax.adam(1e-2), specs)
+
+        def step(t, state):
+            updates, state = tx.update(jax.grad(loss)(t), state, t)
+            return optax.apply_updates(t, updates), state
+
+        step = self.variant(step)
+        t, state = tp, tx.init(tp)
+        for _ in range(3):
+            t, state = step(t, state)
+            assert_on_reps(
+                t["model"]["d"]["kernel"], t["reps"]["d/kernel"], assignments["d/kernel"]
+            )
+        reference, ref_state = tp, tx.init(tp)
+        for _ in range(3):
+            reference, ref_state = jax.jit(step)(reference, ref_state)
+        chex.assert_trees_all_close(t, reference, rtol=1e-6, atol=1e-7)
 
 
 # ----------------------------------------------------------- digits: fine-tuning helps
@@ -326,6 +373,136 @@ def test_finetuning_recovers_loss_lost_by_snapping_digits(digits_model, dtype):
         assert_on_reps(leaves[path], t["reps"][path], assignments[path])
 
 
+# ------------------------------------------------------------- regularize_then_finetune
+
+LAM, SNAP_AT, TUNE = 0.1, 5, 4
+
+
+def rtf_problem(seed=5, reps=(-0.4, -0.1, 0.1, 0.4)):
+    """A dynamic "d/kernel" with a bias; ``loss(t, lam)`` is task + lam * penalty."""
+    rng = np.random.default_rng(seed)
+    tp, specs = tiny_tree(
+        jnp.asarray(rng.normal(size=(8, 5)) * 0.3, jnp.float32), jnp.float32(reps)
+    )
+    task = lsq_loss(jnp.asarray(rng.normal(size=(16, 8)), jnp.float32), jnp.ones((16, 5)))
+
+    def loss(t, lam):
+        return task(t) + lam * penalty(t, specs)
+
+    return tp, specs, loss
+
+
+def two_step_run(tp, specs, loss, train_tx, finetune_tx, wrap):
+    """``SNAP_AT`` steps of ``train_tx``, ``snap``, ``TUNE`` steps of quantized_finetune."""
+    ft_tx = quantized_finetune(finetune_tx, specs)
+
+    def make(tx, lam):
+        def step(t, state):
+            updates, state = tx.update(jax.grad(loss)(t, lam), state, t)
+            return optax.apply_updates(t, updates), state
+
+        return wrap(step)
+
+    t, state = tp, train_tx.init(tp)
+    train_step = make(train_tx, jnp.float32(LAM))
+    for _ in range(SNAP_AT):
+        t, state = train_step(t, state)
+    snapped, assignments = snap(t, specs)
+    t, state = snapped, ft_tx.init(snapped)
+    tune_step = make(ft_tx, jnp.float32(0.0))
+    for _ in range(TUNE):
+        t, state = tune_step(t, state)
+    return snapped, assignments, t
+
+
+def combined_run(tp, specs, loss, train_tx, finetune_tx, wrap):
+    """The same run with regularize_then_finetune: ``SNAP_AT + 2 + TUNE`` updates."""
+    tx = regularize_then_finetune(train_tx, finetune_tx, specs, SNAP_AT)
+
+    def step(t, state):
+        lam = jnp.where(is_finetuning(state), 0.0, LAM)
+        updates, state = tx.update(jax.grad(loss)(t, lam), state, t)
+        return optax.apply_updates(t, updates), state
+
+    step = wrap(step)
+    t, state = tp, tx.init(tp)
+    for _ in range(SNAP_AT + 2):
+        t, state = step(t, state)
+    snapped, assignments = t, assignments_by_path(state)
+    for _ in range(TUNE):
+        t, state = step(t, state)
+    return snapped, assignments, t
+
+
+class RegularizeThenFinetuneTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_matches_train_snap_finetune(self):
+        tp, specs, loss = rtf_problem()
+        txs = (optax.adam(1e-2), optax.sgd(0.05, momentum=0.9))
+        ref_snapped, ref_assignments, ref_tuned = two_step_run(tp, specs, loss, *txs, self.variant)
+        snapped, assignments, tuned = combined_run(tp, specs, loss, *txs, self.variant)
+        chex.assert_trees_all_equal(assignments, ref_assignments)
+        assert_on_reps(
+            snapped["model"]["d"]["kernel"], snapped["reps"]["d/kernel"], assignments["d/kernel"]
+        )
+        assert_on_reps(
+            tuned["model"]["d"]["kernel"], tuned["reps"]["d/kernel"], assignments["d/kernel"]
+        )
+        # Compiled, the phases sit in lax.switch branches and XLA fuses them otherwise
+        # than the separate steps: an ulp or so apart (bitwise without jit, below).
+        chex.assert_trees_all_close(snapped, ref_snapped, rtol=1e-6, atol=1e-7)
+        chex.assert_trees_all_close(tuned, ref_tuned, rtol=1e-5, atol=1e-6)
+        assert not np.array_equal(tuned["reps"]["d/kernel"], snapped["reps"]["d/kernel"])
+
+
+def test_matches_train_snap_finetune_bitwise_op_by_op():
+    tp, specs, loss = rtf_problem()
+    txs = (optax.adam(1e-2), optax.sgd(0.05, momentum=0.9))
+    with jax.disable_jit():
+        reference = two_step_run(tp, specs, loss, *txs, lambda f: f)
+        got = combined_run(tp, specs, loss, *txs, lambda f: f)
+    chex.assert_trees_all_equal(got, reference)
+
+
+def test_levels_far_below_the_weights_land_by_the_settling_update():
+    tp, specs, loss = rtf_problem(seed=6, reps=(-1.0, 1e-20, 0.1, 1.0))
+    tp["model"]["d"]["kernel"] = tp["model"]["d"]["kernel"] * 3
+    tx = regularize_then_finetune(optax.sgd(0.1), optax.sgd(0.1), specs, 0)
+    state, t = tx.init(tp), tp
+    expected, assignments = snap(tp, specs)
+    step = make_step(tx, lambda t: loss(t, 0.0))
+    t, state, _ = step(t, state)
+    first = np.asarray(t["model"]["d"]["kernel"])
+    missed = first != np.asarray(expected["model"]["d"]["kernel"])
+    assert missed.any() and (first[missed] == 0).all()  # the case this update exists for
+    assert bool(is_finetuning(state))
+    t, state, _ = step(t, state)
+    chex.assert_trees_all_equal(t, expected)
+    chex.assert_trees_all_equal(assignments_by_path(state), assignments)
+
+
+def test_one_compilation_across_the_switch():
+    tp, specs, loss = rtf_problem()
+    tx = regularize_then_finetune(optax.adam(1e-2), optax.adam(1e-3), specs, 2)
+    traces = []
+
+    @jax.jit
+    def step(t, state):
+        traces.append(None)
+        lam = jnp.where(is_finetuning(state), 0.0, LAM)
+        updates, state = tx.update(jax.grad(loss)(t, lam), state, t)
+        return optax.apply_updates(t, updates), state
+
+    t, state = tp, tx.init(tp)
+    phases = []
+    for _ in range(7):
+        t, state = step(t, state)
+        phases.append(bool(is_finetuning(state)))
+    assert len(traces) == 1
+    assert phases == [False, False, True, True, True, True, True]
+    assert isinstance(state, RegularizeThenFinetuneState) and int(state.count) == 7
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -352,3 +529,35 @@ def test_errors():
         tx.update({**grads, "reps": {}}, state, tp)
     with pytest.raises(ValueError, match="top-level keys"):
         tx.update(grads["model"], state, tp)
+
+
+@pytest.mark.parametrize(
+    ("snap_at", "error", "match"),
+    [
+        (-1, ValueError, "snap_at must be >= 0, got -1"),
+        (2.0, TypeError, "snap_at must be a Python int, got float"),
+        (True, TypeError, "snap_at must be a Python int, got bool"),
+        (None, TypeError, "snap_at must be a Python int, got NoneType"),
+    ],
+)
+def test_regularize_then_finetune_bad_snap_at(snap_at, error, match):
+    _, specs, _ = rtf_problem()
+    with pytest.raises(error, match=match):
+        regularize_then_finetune(optax.sgd(0.1), optax.sgd(0.1), specs, snap_at)
+
+
+def test_regularize_then_finetune_errors():
+    tp, specs, _ = rtf_problem()
+    static = tiny_tree(jnp.ones((3, 2)), jnp.float32([0.0, 1.0]), ("sine", jnp.ones(3), 3))[1]
+    with pytest.raises(ValueError, match=r"needs dynamic specs; \['s/kernel'\] are static"):
+        regularize_then_finetune(optax.sgd(0.1), optax.sgd(0.1), static, 3)
+    with pytest.raises(ValueError, match="rep_grad"):
+        regularize_then_finetune(optax.sgd(0.1), optax.sgd(0.1), specs, 3, rep_grad="median")
+    tx = regularize_then_finetune(optax.sgd(0.1), optax.sgd(0.1), specs, 3)
+    state = tx.init(tp)
+    with pytest.raises(ValueError, match="needs params"):
+        tx.update(tp, state)
+    with pytest.raises(ValueError, match="no representatives"):
+        tx.init({"model": tp["model"], "reps": {}})
+    with pytest.raises(ValueError, match="exactly one RegularizeThenFinetuneState"):
+        is_finetuning(optax.EmptyState())
