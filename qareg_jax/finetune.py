@@ -22,6 +22,10 @@ After snapping, every selected leaf has representatives in ``"reps"``, static
 specs as all-dynamic from then on; :func:`finetune_specs` gives such specs for
 ``codebook.check_tree`` / ``levels`` / ``penalty``. ``snap`` and
 ``quantized_finetune`` accept the training specs as they are.
+
+:func:`regularize_then_finetune` carries a whole run (training, snapping,
+fine-tuning) in one transformation whose phase follows its update count, so one
+jitted step serves the whole run.
 """
 
 from __future__ import annotations
@@ -371,31 +375,30 @@ def regularize_then_finetune(
     train_unselected: bool = True,
     index_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """A whole run in one transformation: train, snap at step ``snap_at``, fine-tune.
+    """A whole run in one transformation: train, snap at update ``snap_at``, fine-tune.
 
     Over the ``{"model", "reps"}`` tree of ``codebook.attach``:
 
     - updates ``0 .. snap_at - 1``: ``train_tx`` (regularized training; the penalty
       stays in the user's loss);
-    - update ``snap_at`` (the gradient is not used): snaps every selected weight to
-      its nearest representative, as :func:`qareg_jax.snap.snap`; everything else
-      holds still. ``finetune_tx``'s state is initialized here, on the snapped tree,
-      so its schedules count from the switch;
-    - updates ``snap_at + 1 ..``: :func:`quantized_finetune` with ``finetune_tx``
-      (weights kept exactly on their representatives, which train).
+    - updates ``snap_at`` and ``snap_at + 1`` snap (their gradients are not used):
+      every selected weight lands bitwise on its nearest representative, as
+      :func:`qareg_jax.snap.snap` puts it; everything else holds still. One update
+      cannot always do it (``w + (c - w)`` misses ``c`` by an ulp for some weights
+      when ``|c| < |w| / 2``): the first moves those weights to zero instead, the
+      second adds ``c`` to them. Between the two those weights read zero: evaluate
+      the snapped model after update ``snap_at + 1``;
+    - updates ``snap_at + 2 ..``: :func:`quantized_finetune` with ``finetune_tx``
+      (weights kept exactly on their representatives, which train), its state
+      initialized on the snapped tree, so its schedules count from there.
 
-    ``snap_at + 1 + n`` updates give what ``snap_at`` steps of ``train_tx``,
-    ``snap`` and ``n`` steps of ``quantized_finetune(finetune_tx)`` give. The phase
-    is chosen by ``lax.switch`` on the state's counter: a jitted step compiles once
-    and needs no change at the switch. The state holds both optimizers' states
-    throughout.
-
-    Exactness: the snapping update is ``c[a] - w``, exact (and the weight lands on
-    ``c[a]`` bitwise) whenever ``c[a]`` is zero or within a factor of two of ``w``.
-    A weight far from its level (a level far below the weight's scale) may land an
-    ulp off; the first fine-tuning update then moves it on bitwise and holds that
-    leaf's representatives still for one step (as ``quantized_finetune`` does for
-    unsnapped trees).
+    ``snap_at + 2 + n`` updates give what ``snap_at`` steps of ``train_tx``,
+    ``snap`` and ``n`` steps of ``quantized_finetune(finetune_tx)`` give: the same
+    assignments, bitwise the same values op by op; compiled, within an ulp or so
+    per step, as XLA fuses the ``lax.switch`` branches otherwise than separate
+    steps. The phase is chosen by ``lax.switch`` on the state's counter: a jitted
+    step compiles once and needs no change at the switch. The state holds both
+    optimizers' states throughout.
 
     The loss: the transformation cannot tell the penalty's gradient from the
     task's. Scale the penalty to zero once :func:`is_finetuning` is true
