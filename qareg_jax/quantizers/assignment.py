@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..nearest import boundaries
 from .common import PIECE, host_float, index_dtype
 
 _CHUNK = 1 << 20  # elements per thread task / XLA call in assign_nearest
@@ -61,10 +62,16 @@ def round_down_sum(a: np.ndarray, b: Any, dtype: np.dtype) -> np.ndarray:
     return np.where(down, np.nextafter(t, dtype.type(-np.inf)), t)
 
 
-def _midpoints(cb: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _thresholds(cb: np.ndarray, dtype: Any) -> np.ndarray:
     """(k-1,) thresholds in ``dtype`` of a sorted float64 ``cb``: x is nearer ``cb[j+1]``
-    than ``cb[j]`` iff ``x > mids[j]`` (exact; ties go to the lower level)."""
-    return round_down_sum(0.5 * cb[:-1], 0.5 * cb[1:], np.dtype(dtype))
+    than ``cb[j]`` iff ``x > t[j]`` (exact; ties go to the lower level).
+
+    :func:`qareg_jax.nearest.boundaries` in float64, rounded down to ``dtype``: for
+    ``x`` of that dtype, ``x > floor(t)`` iff ``x > t``.
+    """
+    t = boundaries(cb)
+    dtype = np.dtype(dtype)
+    return t if dtype == np.float64 else round_down_sum(t, 0.0, dtype)
 
 
 def _count_below_kernel(
@@ -73,8 +80,10 @@ def _count_below_kernel(
     """(number of ``mids`` < x, any subnormal x) for float32 ``x``; ``mids`` sorted.
 
     An unrolled branchless binary search on ``mids`` padded with +inf to a power of
-    two (a fused single pass, no branches). XLA on CPU treats subnormals as zero, so
-    the caller redoes flagged chunks.
+    two (a fused single pass, no branches). Not :func:`qareg_jax.nearest.nearest_index`:
+    its bucket table, rebuilt per call, made k = 65536 ~5x slower here (k = 256 and
+    1024 were 1.5-3x faster). XLA on CPU treats subnormals as zero, so the caller
+    redoes flagged chunks.
     """
     m = mids.shape[0]
     size = 1 << m.bit_length()  # > m: at least one +inf, so idx <= m
@@ -119,7 +128,7 @@ def _use_xla(arr: np.ndarray, k: int, mids: np.ndarray) -> bool:
 def assign_checked(arr: np.ndarray, cb: np.ndarray) -> np.ndarray:
     """:func:`assign_nearest` for an already validated float32/float64 ``arr`` and a
     sorted float64 ``cb`` (k,); returns ``arr.shape``, ``index_dtype(k)``."""
-    mids = _midpoints(cb, arr.dtype)  # arr's dtype: no converted copy of arr
+    mids = _thresholds(cb, arr.dtype)  # arr's dtype: no converted copy of arr
     flat = arr.ravel()
     dtype = index_dtype(cb.size)
     out = np.empty(flat.size, dtype)
@@ -178,7 +187,7 @@ def sorted_inertia(x: np.ndarray, codebook: np.ndarray) -> float:
     """:func:`inertia` of sorted ``x`` under :func:`assign_nearest` to a float32 ``codebook``,
     summed over the segments of the sorted data (no assignments, no gather)."""
     cb = codebook.astype(np.float64)
-    edges = np.searchsorted(x, _midpoints(cb, x.dtype), side="right")
+    edges = np.searchsorted(x, _thresholds(cb, x.dtype), side="right")
     edges = np.concatenate([[0], edges, [x.size]])
     total = 0.0
     for j in range(cb.size):
