@@ -276,8 +276,8 @@ def test_shared_cifar_tarball_members_decode(tmp_path):
 # ----------------------------------------------------------------------------- digits
 
 
-def test_digits_shapes_and_deterministic_split():
-    a, b = data.load_dataset("digits"), data.load_dataset("digits")
+def test_digits_shapes_and_deterministic_split(digits_dataset):
+    a, b = digits_dataset, data.load_dataset("digits")  # the shared copy and a fresh one
     assert a.train_images.shape == (1437, 8, 8, 1) and a.test_images.shape == (360, 8, 8, 1)
     assert a.train_images.dtype == np.float32 and a.train_labels.dtype == np.int32
     assert 0.0 <= a.train_images.min() and a.train_images.max() <= 1.0

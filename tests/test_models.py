@@ -150,10 +150,9 @@ def test_get_model_factory_and_errors():
         get_model("small", 10, dropout_rate=0.5)  # SmallCNN has no dropout
 
 
-def test_small_cnn_learns_digits():
-    ds = data.load_dataset("digits")
-    model = get_model("small", ds.num_classes)
-    params = model.init(jax.random.key(0), jnp.zeros((1, *ds.image_shape)), train=False)
+def test_small_cnn_learns_digits(digits_dataset, small_cnn):
+    ds = digits_dataset
+    model, params = small_cnn  # 10 classes, (8, 8, 1) inputs: the digits set's
     optimizer = optax.adam(3e-3)
     opt_state = optimizer.init(params)
 

@@ -16,8 +16,7 @@ from flax import nnx
 import qareg_jax as q
 from qareg_jax import compress
 from qareg_jax._tree import named_leaves, replace_leaves
-from qareg_jax.data import load_dataset
-from qareg_jax.models import get_model
+from qareg_jax.finetune import assignments_by_path
 from qareg_jax.snap import quantized_finetune, snap
 
 K = 4
@@ -41,22 +40,9 @@ class NNXSmallCNN(nnx.Module):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    ds = load_dataset("digits")
-    return (
-        ds.normalize(ds.train_images[:256]),
-        ds.train_labels[:256],
-        ds.normalize(ds.test_images),
-        ds.test_labels,
-    )
-
-
-@pytest.fixture(scope="module")
-def twins(digits):
+def twins(small_cnn):
     """A linen SmallCNN's variables and an NNX SmallCNN holding the same weights."""
-    x = digits[0][:1]
-    linen = get_model("small", 10)
-    variables = linen.init(jax.random.PRNGKey(0), x, train=False)
+    linen, variables = small_cnn
     model = NNXSmallCNN(rngs=nnx.Rngs(1))
     graphdef, params = nnx.split(model, nnx.Param)
     by_path = named_leaves(variables)
@@ -122,13 +108,13 @@ def test_nnx_and_linen_snap_to_the_same_values(twins):
         np.testing.assert_array_equal(snapped_n["reps"][path], snapped_l["reps"][f"params/{path}"])
 
 
-def test_nnx_functional_loop_trains_snaps_finetunes_and_packs(digits, tmp_path):
+def test_nnx_functional_loop_trains_snaps_finetunes_and_packs(digits, attached, tmp_path):
     """The README recipe: split, train with the penalty, snap, fine-tune, merge back, pack."""
     x, y, x_test, y_test = digits
     model = NNXSmallCNN(rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     ramp = optax.linear_schedule(0.0, 1.0, 20)
-    tp, specs = q.attach(params, q.make_specs(params, k=K, lam=ramp))
+    tp, specs = attached(params, k=K, lam=ramp)
 
     def make_step(tx, specs):
         @jax.jit
@@ -163,7 +149,7 @@ def test_nnx_functional_loop_trains_snaps_finetunes_and_packs(digits, tmp_path):
         assert values.size <= K and np.isin(values, np.asarray(snapped["reps"][path])).all()
     np.testing.assert_array_equal(model(x_test), nnx.merge(graphdef, snapped["model"])(x_test))
 
-    quantized = {p: (snapped["reps"][p], ft_state.assignments[p]) for p in specs}
+    quantized = {p: (snapped["reps"][p], assignments_by_path(ft_state)[p]) for p in specs}
     compress.save(tmp_path / "nnx.qareg", snapped["model"], quantized)
     loaded, _ = compress.load(tmp_path / "nnx.qareg")
     for path, value in named_leaves(loaded).items():
@@ -179,11 +165,11 @@ class WithReps(nnx.Module):
         self.reps = nnx.Dict({path: nnx.Param(c) for path, c in reps.items()})
 
 
-def test_nnx_optimizer_style_matches_functional_style(digits):
+def test_nnx_optimizer_style_matches_functional_style(digits, attached):
     x, y = digits[0][:64], digits[1][:64]
     model = NNXSmallCNN(rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
-    tp, specs = q.attach(params, q.make_specs(params, k=K, lam=1.0))
+    tp, specs = attached(params, k=K, lam=1.0)
     tx = optax.adam(1e-2)
 
     # nnx.merge reuses the state's Variable objects: give the stateful copy its own.
@@ -217,11 +203,11 @@ def test_nnx_optimizer_style_matches_functional_style(digits):
     )
 
 
-def test_nnx_optimizer_finetune(digits):
+def test_nnx_optimizer_finetune(digits, attached):
     x, y = digits[0][:64], digits[1][:64]
     model = NNXSmallCNN(rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
-    tp, specs = q.attach(params, q.make_specs(params, k=K))
+    tp, specs = attached(params, k=K)
     snapped, _ = snap(tp, specs)
     nnx.update(model, snapped["model"])
     wrapped = WithReps(model, snapped["reps"])

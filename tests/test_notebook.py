@@ -24,6 +24,7 @@ ACCURACIES = re.compile(
 )
 
 
+@pytest.mark.slow
 def test_quickstart_runs_and_reports_accuracies(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
