@@ -208,3 +208,23 @@ def test_errors():
         D.dkm_transform(params, {"Dense_0/kernel": c}, {"other": 1e-3})
     with pytest.raises(ValueError, match="centroids is empty"):
         D.dkm_snap(params, {})
+
+
+def test_snap_ties_agree_with_snap_assign_and_quantizers():
+    """dkm_snap, snap.assign and quantizers.assign_nearest share one tie rule: an exact
+    midpoint goes to the lower level, and a weight whose float midpoint rounds onto
+    it (1 and 2**24 + 2: fl(a + b) / 2 = 2**23 + 2, exact 2**23 + 1.5) to the nearer."""
+    from qareg_jax.quantizers import assign_nearest
+    from qareg_jax.snap import assign
+
+    cases = [
+        ([0.0, 1.0, 3.0], [0.5, 2.0, -0.5, 1.0, 1.5, 3.5], [0, 1, 0, 1, 1, 2]),
+        ([1.0, 2.0**24 + 2], [2.0**23 + 2, 2.0**23 + 1], [1, 0]),
+    ]
+    for levels, weights, expected in cases:
+        w = np.asarray(weights, np.float32)
+        c = jnp.asarray(levels, jnp.float32)
+        _, books = D.dkm_snap({"w": jnp.asarray(w)}, {"w": c})
+        np.testing.assert_array_equal(np.asarray(books["w"][1]), expected)
+        np.testing.assert_array_equal(np.asarray(assign(jnp.asarray(w), c)), expected)
+        np.testing.assert_array_equal(assign_nearest(w, np.asarray(c)), expected)

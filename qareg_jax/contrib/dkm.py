@@ -32,7 +32,7 @@ import numpy as np
 
 from .._tree import leaves_naming, named_leaves, replace_leaves
 from ..codebook import INITS, init_representatives, resolve_paths
-from ..regularizers import nearest_index
+from ..nearest import assign
 from ..validation import check_choice, check_float_array, check_k
 from .dkm_core import Array, check_centroids, dkm_layer, dkm_layer_reference
 
@@ -121,7 +121,9 @@ def dkm_snap(
 ) -> tuple[Any, dict[str, tuple[Array, Array]]]:
     """Hard assignment: every weight named in ``centroids`` becomes its nearest centroid.
 
-    O(N log K) per leaf, no ``N x K`` array; ties go to the lower centroid; jit-able.
+    :func:`qareg_jax.nearest.assign` (as :func:`qareg_jax.snap.assign`): O(N log K) per
+    leaf, no ``N x K`` array; exact ties go to the lower centroid, equal centroids to
+    the first; jit-able.
 
     Returns:
       ``(snapped_params, {path: (codebook (K,) sorted, assignments int32 leaf.shape)})``;
@@ -133,9 +135,8 @@ def dkm_snap(
     for path, c in centroids.items():
         w = check_float_array(leaves[path], path)
         c = check_centroids(c)
-        cd = jnp.promote_types(w.dtype, jnp.float32)
-        cs = jnp.sort(c.astype(cd))
-        idx = nearest_index(w.astype(cd), cs, (cs[1:] + cs[:-1]) / 2)
+        cs = jnp.sort(c.astype(jnp.promote_types(w.dtype, jnp.float32)))
+        idx = assign(w, cs, index_dtype=jnp.int32)
         snapped[path] = cs[idx].astype(w.dtype)
         books[path] = (cs, idx)
     return replace_leaves(params, snapped), books
