@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._tree import named_leaves
-from .quantizers import check_k, index_dtype
+from .nearest import index_dtype
+from .validation import check_k
 
 __all__ = [
     "FORMAT_VERSION",

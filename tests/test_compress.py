@@ -56,7 +56,7 @@ def test_pack_errors():
         c.pack_indices(np.array([-1, 0]), 4)
     with pytest.raises(TypeError, match="integers"):
         c.pack_indices(np.array([0.0, 1.0]), 4)
-    with pytest.raises(ValueError, match="k must be >= 2"):
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
         c.pack_indices(np.array([0]), 1)
     with pytest.raises(ValueError, match="cannot hold exactly"):
         c.unpack_indices(b"\x00\x00", 4, 9)

@@ -440,7 +440,7 @@ def test_error_paths(method):
         fn(np.zeros(0, np.float32), k, **kw)
     with pytest.raises(TypeError, match="float array"):
         fn(np.arange(10), k, **kw)
-    with pytest.raises(ValueError, match="k must be >= 2"):
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
         fn(good, 1, **kw)
     with pytest.raises(ValueError, match="2\\*\\*32"):
         fn(good, 2**32 + 1, **kw)
@@ -463,6 +463,8 @@ def test_error_paths_of_options():
         q.kmeans_1d(w, 4, init=[0.0, 1.0])
     with pytest.raises(ValueError, match="max_iter"):
         q.kmeans_1d(w, 4, max_iter=0)
+    with pytest.raises(TypeError, match="max_iter"):
+        q.kmeans_1d(w, 4, max_iter=10.0)
     with pytest.raises(ValueError, match="tol"):
         q.kmeans_1d(w, 4, tol=-1.0)
     with pytest.raises(ValueError, match="mu"):

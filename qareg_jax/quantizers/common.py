@@ -7,34 +7,29 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-MAX_K = 2**32
+# One k check and one index dtype for every module (re-exported by the package).
+from ..nearest import index_dtype
+from ..validation import MAX_K, check_k
+
+__all__ = [
+    "MAX_K",
+    "PIECE",
+    "check_k",
+    "check_max_iter",
+    "few_distinct",
+    "host_float",
+    "index_dtype",
+    "pad_codebook",
+]
+
 PIECE = 1 << 16  # elements per cache-sized piece of an O(N) numpy pass
 
 
-def check_k(k: Any) -> int:
-    """``k`` as an int: ``TypeError`` unless an int, ``ValueError`` unless 2 <= k <= 2**32."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
-    if k < 2:
-        raise ValueError(f"k must be >= 2 levels, got {k}")
-    if k > MAX_K:
-        raise ValueError(f"k must be <= 2**32 (uint32 indices), got {k}")
-    return int(k)
-
-
-def index_dtype(k: int) -> np.dtype:
-    """Smallest unsigned integer dtype holding ``k - 1``: uint8/uint16/uint32."""
-    check_k(k)
-    if k <= 2**8:
-        return np.dtype(np.uint8)
-    if k <= 2**16:
-        return np.dtype(np.uint16)
-    return np.dtype(np.uint32)
-
-
 def check_max_iter(max_iter: Any) -> None:
-    """``ValueError`` unless ``max_iter`` is an int >= 1."""
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+    """``TypeError`` unless ``max_iter`` is an int, ``ValueError`` unless it is >= 1."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)):
+        raise TypeError(f"max_iter must be a positive int, got {type(max_iter).__name__}")
+    if max_iter < 1:
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
 
 
