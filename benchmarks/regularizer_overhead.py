@@ -4,7 +4,8 @@ For a CIFAR-size model (AlexNet by default, ~23M params, batch 128; or VGG16-BN,
 ~15M params; random data) it jit-compiles the plain Adam train step and, for every
 regularizer and K, the same step with ``task_loss + penalty`` over all conv/dense
 kernels (representatives in the param tree, updated by the same step). As in
-``qareg_jax.train``, the step draws dropout masks and carries BatchNorm statistics.
+the pipeline, the step is ``qareg_jax.pipeline.make_train_step`` (dropout masks, BatchNorm
+statistics).
 Plain and regularized steps are timed alternately so that machine noise hits both;
 the ratio of medians and the compiled peak-memory ratio go to JSON. For softmin and
 product, which sum a term over all K representatives for every weight, a row also
@@ -34,6 +35,7 @@ from benchmarks import common
 from qareg_jax import regularizers as R
 from qareg_jax._tree import named_leaves
 from qareg_jax.models import get_model
+from qareg_jax.pipeline import make_init_fn, make_train_step
 
 REGULARIZERS = ("sine", "cosine", "nearest", "softmin", "product", "wells")
 # Penalties defined as a sum over all K representatives for every weight, and the
@@ -43,58 +45,21 @@ PAIRWISE = {"softmin": jnp.exp, "product": jnp.log}
 MODELS = ("alexnet", "vgg16", "small")
 
 
-def build_steps(model: Any, batch: dict[str, jax.Array]):
-    """``make_step(specs)``: a jitted Adam step ``(params, opt_state, model_state, rng) ->
-    (params, opt_state, model_state, loss)`` (plain when ``specs`` is None)."""
-    opt = optax.adam(1e-3)
-
-    def task_loss(params, model_state, rng):
-        variables = {"params": params, **model_state}
-        kw = {"train": True, "rngs": {"dropout": rng}}
-        if model_state:  # BatchNorm statistics
-            logits, model_state = model.apply(
-                variables, batch["image"], mutable=list(model_state), **kw
-            )
-        else:
-            logits = model.apply(variables, batch["image"], **kw)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, model_state
-
-    def make_step(specs):
-        if specs is None:
-            loss = task_loss
-        else:
-
-            def loss(tp, model_state, rng):
-                task, model_state = task_loss(tp["model"]["params"], model_state, rng)
-                return task + q.penalty(tp, specs), model_state
-
-        def step(p, state, model_state, rng):
-            (value, model_state), grads = jax.value_and_grad(loss, has_aux=True)(
-                p, model_state, rng
-            )
-            updates, state = opt.update(grads, state, p)
-            return optax.apply_updates(p, updates), state, model_state, value
-
-        return jax.jit(step, donate_argnums=(0, 1, 2)), opt
-
-    return make_step
-
-
-def measure(step, tree, model_state, opt):
-    """A zero-argument call of the compiled step (state carried along) and its peak bytes."""
-    state = opt.init(tree)
-    model_state = jax.tree.map(jnp.copy, model_state)  # donated
-    rng = jax.random.PRNGKey(0)
-    compiled = step.lower(tree, state, model_state, rng).compile()
+def measure(model: Any, params: Any, specs: Any, model_state: Any, batch: Any):
+    """A zero-argument call of the pipeline's compiled Adam step on ``params``
+    (``{"model", "reps"}``; plain when ``specs`` is None), carrying its state, and the
+    step's compiled peak bytes."""
+    tx = optax.adam(1e-3)
+    step = make_train_step(model, tx, specs)
+    state = make_init_fn(tx)(params, model_state, 0)
+    compiled = step.lower(state, batch).compile()
     mem = common.compiled_bytes(compiled)
-    carried = compiled(tree, state, model_state, rng)[:3]  # warm-up
-    jax.block_until_ready(carried)
-    holder = {"carried": carried}
+    holder = {"state": compiled(state, batch)}  # warm-up
+    jax.block_until_ready(holder["state"])
 
     def call():
-        *holder["carried"], value = compiled(*holder["carried"], rng)
-        return value
+        holder["state"] = compiled(holder["state"], batch)
+        return holder["state"].step
 
     return call, mem
 
@@ -137,21 +102,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variables = jax.tree.map(jnp.asarray, dict(variables))
     model_state = {k: v for k, v in variables.items() if k != "params"}
     n_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
-    make_step = build_steps(model, batch)
-
-    plain_step, opt = make_step(None)
-    plain_params = jax.tree.map(jnp.copy, variables["params"])
-    plain_call, plain_mem = measure(plain_step, plain_params, model_state, opt)
+    plain = {"model": variables["params"], "reps": {}}
+    plain_call, plain_mem = measure(model, plain, None, model_state, batch)
     rows = []
     for reg in args.regularizers.split(","):
         for k in (int(s) for s in args.ks.split(",")):
-            params = {"params": jax.tree.map(jnp.copy, variables["params"])}
+            params = variables["params"]
             specs = q.make_specs(params, k=k, regularizer=reg, init="quantile", lam=1e-3)
             tp, specs = q.attach(params, specs)
-            reg_step, _ = make_step(specs)
-            # before measure donates tp
             pass_call = pairwise_pass(tp, specs, PAIRWISE[reg]) if reg in PAIRWISE else None
-            reg_call, reg_mem = measure(reg_step, tp, model_state, opt)
+            reg_call, reg_mem = measure(model, tp, specs, model_state, batch)
             plain_t, reg_t, pass_t = [], [], []
             for _ in range(args.repeats):  # alternate so that noise hits both
                 plain_t.append(common.time_call(plain_call))

@@ -59,7 +59,15 @@ from qareg_jax.contrib import dkm, range_reg
 from qareg_jax.contrib.gradient_l1 import grad_l1_penalty, gradient_l1
 from qareg_jax.data import CIFAR10_CLASSES, DataNotFoundError, Dataset, load_dataset
 from qareg_jax.models import get_model
-from qareg_jax.train import subset
+from qareg_jax.pipeline import (
+    TrainState,
+    empty_window,
+    make_eval_fn,
+    make_init_fn,
+    make_train_step,
+    subset,
+    task_loss,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -112,36 +120,35 @@ def load_data(args: argparse.Namespace) -> Dataset:
 
 
 class Task:
-    """Data, the SmallCNN, the task loss, test accuracy and the batch sequence."""
+    """Data, the SmallCNN, the task loss, test accuracy and the batch sequence.
+
+    Loss and accuracy are the pipeline's (``task_loss``, ``make_eval_fn``); batches are
+    ``{"image": (B, H, W, C), "label": (B,)}``.
+    """
 
     def __init__(self, batch_size: int, ds: Dataset):
+        self.ds = ds
         self.x_train = jnp.asarray(ds.normalize(ds.train_images))
         self.y_train = jnp.asarray(ds.train_labels)
-        self.x_test = jnp.asarray(ds.normalize(ds.test_images))
-        self.y_test = jnp.asarray(ds.test_labels)
         self.batch_size = batch_size
         self.model = get_model("small", ds.num_classes)
-        self._logits = jax.jit(lambda v, x: self.model.apply(v, x, train=False))
+        self._accuracy = make_eval_fn(self.model)
 
     def init(self, seed: int) -> dict[str, Any]:
         return dict(self.model.init(jax.random.PRNGKey(seed), self.x_train[:1], train=False))
 
-    def loss(self, variables: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-        logits = self.model.apply(variables, batch[0], train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+    def loss(self, variables: Any, batch: dict[str, jax.Array]) -> jax.Array:
+        """Mean cross-entropy (SmallCNN has no dropout or batch statistics)."""
+        return task_loss(self.model, variables["params"], {}, batch)[0]
 
     def accuracy(self, variables: Any) -> float:
-        correct = 0
-        for i in range(0, self.y_test.shape[0], CHUNK):
-            pred = jnp.argmax(self._logits(variables, self.x_test[i : i + CHUNK]), -1)
-            correct += int(jnp.sum(pred == self.y_test[i : i + CHUNK]))
-        return correct / self.y_test.shape[0]
+        return self._accuracy(variables, self.ds, CHUNK)
 
     def batches(self, seed: int, phase: int, steps: int):
         rng = np.random.default_rng([seed, phase])
         for _ in range(steps):
             idx = rng.integers(0, self.y_train.shape[0], self.batch_size)
-            yield self.x_train[idx], self.y_train[idx]
+            yield {"image": self.x_train[idx], "label": self.y_train[idx]}
 
 
 def train_loss_and_grad_l1(task: Task, variables: Any, paths: list[str]) -> tuple[float, float]:
@@ -151,15 +158,15 @@ def train_loss_and_grad_l1(task: Task, variables: Any, paths: list[str]) -> tupl
     n = task.y_train.shape[0]
     if n <= CHUNK:
         loss, pen, _ = jax.jit(grad_l1_penalty, static_argnums=0)(
-            task.loss, variables, (task.x_train, task.y_train)
+            task.loss, variables, {"image": task.x_train, "label": task.y_train}
         )
         return float(loss), float(pen)
     value_and_grad = jax.jit(jax.value_and_grad(task.loss))
     total, grads = 0.0, None
     for i in range(0, n, CHUNK):
-        batch = (task.x_train[i : i + CHUNK], task.y_train[i : i + CHUNK])
+        batch = {"image": task.x_train[i : i + CHUNK], "label": task.y_train[i : i + CHUNK]}
         loss, g = value_and_grad(variables, batch)
-        m = batch[1].shape[0]
+        m = batch["label"].shape[0]
         total += m * float(loss)
         g = jax.tree.map(lambda a, m=m: m * a.astype(jnp.float32), g)
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
@@ -171,45 +178,44 @@ def train_loss_and_grad_l1(task: Task, variables: Any, paths: list[str]) -> tupl
 def fit(
     task: Task,
     tree: Any,
-    loss_fn: Callable[[Any, Any], tuple[jax.Array, Any]],
+    loss_fn: Callable[..., tuple[jax.Array, Any]],
     *,
     steps: int,
     lr: float,
     seed: int,
     phase: int,
-    post: Callable[[Any, Any], Any] | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """``steps`` Adam steps on ``loss_fn(tree, batch) -> (loss, aux)``; ``post(tree, aux)``
-    runs after each update (e.g. to store DKM centroids). Returns the tree and stats:
-    compiled peak bytes of the step and seconds per step (after the compiling one)."""
-    opt = optax.adam(lr)
-
-    def step(tree, state, batch):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(tree, batch)
-        updates, state = opt.update(grads, state, tree)
-        tree = optax.apply_updates(tree, updates)
-        return (tree if post is None else post(tree, aux)), state, loss
-
-    state = opt.init(tree)
+    specs: Any = None,
+    model_state: dict[str, Any] | None = None,
+) -> tuple[TrainState, dict[str, Any]]:
+    """``steps`` Adam steps of the pipeline's train step on ``loss_fn(tree, model_state,
+    batch, rng) -> (loss, model_state)`` (+ the penalty of ``specs``). Returns the final
+    state and stats: compiled peak bytes of the step, seconds per step (after the
+    compiling one) and the last step's loss."""
+    tx = optax.adam(lr)
+    step = make_train_step(loss_fn, tx, specs, donate=False)
+    state = make_init_fn(tx)(tree, model_state or {}, np.uint32(seed))
     batches = task.batches(seed, phase, steps)
     first = next(batches)
-    compiled = jax.jit(step).lower(tree, state, first).compile()
-    tree, state, loss = compiled(tree, state, first)
-    jax.block_until_ready(tree)
+    compiled = step.lower(state, first).compile()
+    state = compiled(state, first)
+    jax.block_until_ready(state)
     start = time.perf_counter()
-    for batch in batches:
-        tree, state, loss = compiled(tree, state, batch)
-    jax.block_until_ready(tree)
+    for i, batch in enumerate(batches, start=2):
+        if i == steps:  # the window then sums the last step only
+            state = state.replace(window=empty_window())
+        state = compiled(state, batch)
+    jax.block_until_ready(state)
     per_step = (time.perf_counter() - start) / max(steps - 1, 1)
-    return tree, {
+    window = jax.device_get(state.window)
+    return state, {
         "peak_bytes": common.compiled_bytes(compiled),
         "step_ms": 1e3 * per_step,
-        "final_loss": float(loss),
+        "final_loss": float(np.float32(window["task_loss"]) + np.float32(window["penalty"])),
     }
 
 
 def plain_loss(task: Task) -> Callable:
-    return lambda tree, batch: (task.loss(tree["model"], batch), None)
+    return lambda tree, state, batch, rng: (task.loss(tree["model"], batch), state)
 
 
 def ptq_accuracy(task: Task, variables: Any, paths: list[str], k: int, method: str) -> float:
@@ -230,21 +236,22 @@ def run_dkm(task: Task, variables: Any, paths: list[str], k: int, args, seed: in
     cents = dkm.dkm_init(variables, paths, k, init="kmeans")
     taus = dkm_taus(cents, args.dkm_tau_frac)
 
-    def loss_fn(tree, batch):
-        soft, new = dkm.dkm_transform(tree["model"], tree["dkm"], taus, args.dkm_iters)
-        return task.loss(soft, batch), new
+    # The centroids are model state: the loss's k-means iterations update them.
+    def loss_fn(tree, state, batch, rng):
+        soft, new = dkm.dkm_transform(tree["model"], state["dkm"], taus, args.dkm_iters)
+        return task.loss(soft, batch), {"dkm": new}
 
-    tree, stats = fit(
+    state, stats = fit(
         task,
-        {"model": variables, "dkm": cents},
+        {"model": variables},
         loss_fn,
         steps=args.dkm_steps,
         lr=args.dkm_lr,
         seed=seed,
         phase=3,
-        post=lambda tree, new: {**tree, "dkm": new},
+        model_state={"dkm": cents},
     )
-    snapped, _ = dkm.dkm_snap(tree["model"], tree["dkm"])
+    snapped, _ = dkm.dkm_snap(state.params["model"], state.model_state["dkm"])
     return task.accuracy(snapped), stats
 
 
@@ -253,13 +260,17 @@ def run_nearest(task: Task, variables: Any, k: int, args, seed: int):
     specs = q.make_specs(variables, k=k, regularizer="nearest", lam=args.nearest_lam, init="kmeans")
     tree, specs = q.attach(variables, specs)
 
-    def loss_fn(tree, batch):
-        return task.loss(tree["model"], batch) + q.penalty(tree, specs), None
-
-    tree, stats = fit(
-        task, tree, loss_fn, steps=args.dkm_steps, lr=args.nearest_lr, seed=seed, phase=3
+    state, stats = fit(
+        task,
+        tree,
+        plain_loss(task),
+        steps=args.dkm_steps,
+        lr=args.nearest_lr,
+        seed=seed,
+        phase=3,
+        specs=specs,
     )
-    snapped, _ = q.snap(tree, specs)
+    snapped, _ = q.snap(state.params, specs)
     return task.accuracy(snapped["model"]), stats
 
 
@@ -304,7 +315,7 @@ def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
             seed=seed,
             phase=0,
         )
-        variables = base["model"]
+        variables = base.params["model"]
         paths = q.select(variables)
         print(f"seed {seed}: pretrained, test acc {task.accuracy(variables):.3f}", flush=True)
 
@@ -313,19 +324,19 @@ def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
 
         trained: dict[str, Any] = {}
         t0 = time.perf_counter()
-        tree, stats = phase2(plain_loss(task), {"model": variables})
-        trained["none"] = (tree["model"], stats, time.perf_counter() - t0)
+        state, stats = phase2(plain_loss(task), {"model": variables})
+        trained["none"] = (state.params["model"], stats, time.perf_counter() - t0)
 
         # 1. gradient l1
         gl1 = gradient_l1(task.loss, args.gl1_lam)
 
-        def gl1_loss(tree, batch, gl1=gl1):
+        def gl1_loss(tree, state, batch, rng, gl1=gl1):
             total, info = gl1(tree["model"], batch)
-            return total, None
+            return total, state
 
         t0 = time.perf_counter()
-        tree, stats = phase2(gl1_loss, {"model": variables})
-        trained["gradient_l1"] = (tree["model"], stats, time.perf_counter() - t0)
+        state, stats = phase2(gl1_loss, {"model": variables})
+        trained["gradient_l1"] = (state.params["model"], stats, time.perf_counter() - t0)
         for method in ("none", "gradient_l1"):
             v, stats, secs = trained[method]
             loss, pen = train_loss_and_grad_l1(task, v, paths)
@@ -349,17 +360,17 @@ def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
         for kind in R2_KINDS:
             lam = {"linf": args.linf_lam, "margin": args.margin_lam}.get(kind, args.smm_lam)
 
-            def r2_loss(tree, batch, kind=kind, lam=lam, paths=paths):
+            def r2_loss(tree, state, batch, rng, kind=kind, lam=lam, paths=paths):
                 penalty = range_reg.range_penalty(tree, paths, kind, lam)
-                return task.loss(tree["model"], batch) + penalty, None
+                return task.loss(tree["model"], batch) + penalty, state
 
             start = {
                 "model": variables,
                 "range": range_reg.init_range_params(variables, paths, kind),
             }
             t0 = time.perf_counter()
-            tree, stats = phase2(r2_loss, start)
-            trained[kind] = (tree["model"], stats, time.perf_counter() - t0)
+            state, stats = phase2(r2_loss, start)
+            trained[kind] = (state.params["model"], stats, time.perf_counter() - t0)
         for variant in ("none", *R2_KINDS):
             v, stats, secs = trained[variant]
             leaves = named_leaves(v)

@@ -245,7 +245,7 @@ def test_checkpoint_of_the_dict_state_restores_into_train_state(tmp_path):
     restored = pipeline.restore_state(manager, 5, state)
     manager.close()
     assert isinstance(restored, pipeline.TrainState) and int(restored.step) == 5
-    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(old), strict=True):
+    for a, b in zip(jax.tree.leaves(restored.as_dict()), jax.tree.leaves(old), strict=True):
         np.testing.assert_array_equal(a, b)
     assert jax.tree.structure(restored) == jax.tree.structure(state)
 
@@ -257,7 +257,7 @@ def test_config_json_without_newer_fields_resumes(tmp_path):
     del stored["config"]["codebook_dtype"]  # as if written before the field existed
     (tmp_path / "config.json").write_text(json.dumps(stored))
     pipeline.prepare_workdir(tmp_path, TINY, resume=True)
-    with pytest.raises(pipeline.WorkdirError, match="codebook_dtype: None -> 'float16'"):
+    with pytest.raises(pipeline.WorkdirError, match="codebook_dtype: 'float32' -> 'float16'"):
         pipeline.prepare_workdir(tmp_path, TINY.replace(codebook_dtype="float16"), resume=True)
 
 
