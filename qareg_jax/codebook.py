@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import regularizers as R
 from ._tree import leaves_naming, named_leaves
+from .regularizers import registry, static_levels
+from .validation import check_choice, check_interval, check_k, check_lam, check_positive
 
 Schedule = Callable[[Any], Any]
 INTERVALS = ("minmax", "percentile", "std")
@@ -45,7 +46,7 @@ class QuantSpec:
 
     Attributes:
       k: number of levels (>= 2).
-      regularizer: one of ``regularizers.REGULARIZERS``.
+      regularizer: a registered name (``regularizers.names()``).
       lam: lambda >= 0, a float or a schedule ``step -> float`` (e.g. an optax schedule).
       interval: how ``[lo, hi]`` is chosen when attached: "minmax" (the leaf's
         min and max), "percentile" (``[p, 100 - p]`` percentiles, ``p =
@@ -78,20 +79,20 @@ class QuantSpec:
     wells_mode: str = "max"
 
     def __post_init__(self) -> None:
-        R.check_k(self.k)
-        _check_choice("regularizer", self.regularizer, R.REGULARIZERS)
-        _check_choice("interval", self.interval, INTERVALS)
-        _check_choice("init", self.init, INITS)
-        _check_choice("reduction", self.reduction, REDUCTIONS)
-        _check_choice("wells_mode", self.wells_mode, ("max", "mean"))
+        check_k(self.k)
+        check_choice("regularizer", self.regularizer, registry.names())
+        check_choice("interval", self.interval, INTERVALS)
+        check_choice("init", self.init, INITS)
+        check_choice("reduction", self.reduction, REDUCTIONS)
+        check_choice("wells_mode", self.wells_mode, ("max", "mean"))
         check_lam(self.lam)
         if (self.lo is None) != (self.hi is None):
             raise ValueError("lo and hi must be given together (or neither)")
         if self.lo is not None:
-            R.check_interval(self.lo, self.hi)
+            check_interval(self.lo, self.hi)
         for name in ("tau", "sigma", "interval_param"):
             if getattr(self, name) is not None:
-                R.check_positive(getattr(self, name), name)
+                check_positive(getattr(self, name), name)
         if self.k > ALL_REPS_WARN_K and self.all_reps:
             warnings.warn(
                 f"regularizer {self.regularizer!r}"
@@ -105,14 +106,12 @@ class QuantSpec:
     @property
     def all_reps(self) -> bool:
         """Whether the penalty sums over all K representatives for every weight (O(N K))."""
-        return self.regularizer in ("softmin", "product") or (
-            self.regularizer == "wells" and self.wells_mode == "mean"
-        )
+        return registry.get(self.regularizer).cost_of(self) == "O(N K)"
 
     @property
     def dynamic(self) -> bool:
         """Whether the regularizer has trainable representatives."""
-        return self.regularizer in R.DYNAMIC
+        return registry.get(self.regularizer).dynamic
 
     def lam_at(self, step: Any = None) -> Any:
         """Lambda at ``step`` (a schedule needs a step)."""
@@ -121,20 +120,6 @@ class QuantSpec:
                 raise ValueError("step is required when lam is a schedule")
             return self.lam(step)
         return self.lam
-
-
-def check_lam(lam: float | Schedule) -> None:
-    """Raise ``ValueError`` unless ``lam`` is a finite number >= 0 or a schedule (>= 0 at 0)."""
-    if callable(lam):
-        start = lam(0)
-        if not isinstance(start, jax.core.Tracer) and float(start) < 0:
-            raise ValueError(f"lam schedule must be >= 0, got {float(start)} at step 0")
-        return
-    if isinstance(lam, jax.core.Tracer):
-        return
-    value = np.asarray(lam)
-    if value.size != 1 or not np.isfinite(value) or float(value) < 0:
-        raise ValueError(f"lam must be a finite number >= 0 or a schedule, got {lam!r}")
 
 
 def resolve_paths(params: Any, paths: Sequence[str] | None) -> list[str]:
@@ -148,11 +133,6 @@ def resolve_paths(params: Any, paths: Sequence[str] | None) -> list[str]:
         raise ValueError("paths is empty: select at least one leaf (or pass None for the default)")
     leaves_naming(params, paths, "paths")
     return paths
-
-
-def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
 # ----------------------------------------------------------------------- selection
@@ -264,8 +244,8 @@ def resolve_interval(w: np.ndarray, spec: QuantSpec) -> tuple[float, float]:
 
 def init_representatives(w: Any, k: int, method: str, lo: float, hi: float) -> np.ndarray:
     """``(k,)`` sorted float64 starting representatives for weights ``w``."""
-    k = R.check_k(k)
-    _check_choice("init", method, INITS)
+    k = check_k(k)
+    check_choice("init", method, INITS)
     if method == "grid":
         return np.linspace(lo, hi, k)
     flat = np.asarray(w, np.float64).ravel()
@@ -329,7 +309,7 @@ def levels(train_params: Mapping[str, Any], spec: QuantSpec, path: str) -> jax.A
         return train_params["reps"][path]
     if spec.lo is None:
         raise ValueError(f"spec for {path!r} has no interval; resolve it with attach()")
-    return jnp.asarray(R.static_levels(spec.regularizer, spec.k, spec.lo, spec.hi))
+    return jnp.asarray(static_levels(spec.regularizer, spec.k, spec.lo, spec.hi))
 
 
 def check_tree(train_params: Any, specs: Mapping[str, QuantSpec]) -> dict[str, Any]:

@@ -13,42 +13,30 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from . import regularizers as R
 from .codebook import QuantSpec, check_tree, levels
+from .regularizers import nearest, registry
 
 
 def elementwise(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) -> jax.Array:
-    """The element-wise penalty of one leaf under a resolved ``spec`` (shape of ``w``)."""
-    name = spec.regularizer
-    if name == "sine":
-        return R.sine(w, spec.k, spec.lo, spec.hi)
-    if name == "cosine":
-        return R.cosine(w, spec.k, spec.lo, spec.hi)
-    if reps is None:
-        raise ValueError(f"regularizer {name!r} needs representatives")
-    if name == "nearest":
-        return R.nearest(w, reps)
-    if name == "softmin":
-        return R.softmin(w, reps, spec.tau)
-    if name == "product":
-        return R.product(w, reps)
-    if name == "wells":
-        return R.wells(w, reps, spec.sigma, spec.wells_mode)
-    raise ValueError(f"regularizer must be one of {list(R.REGULARIZERS)}, got {name!r}")
+    """The element-wise penalty of one leaf under a resolved ``spec`` (shape of ``w``).
+
+    ``reps`` (K,) are the leaf's representatives, required by dynamic regularizers.
+    """
+    entry = registry.get(spec.regularizer)
+    if entry.dynamic and reps is None:
+        raise ValueError(f"regularizer {spec.regularizer!r} needs representatives")
+    return entry.elementwise(w, reps, spec)
 
 
 def reduced(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) -> jax.Array:
-    """``R_l``: the layer's penalty reduced by ``spec.reduction``, a float32 scalar."""
-    if spec.regularizer == "nearest" and reps is not None:
-        total = R.nearest_total(w, reps).astype(jnp.float32)
-    elif spec.regularizer == "wells" and spec.wells_mode == "max" and reps is not None:
-        total = R.wells_total(w, reps, spec.sigma).astype(jnp.float32)
-    elif spec.regularizer == "wells" and reps is not None:
-        total = R.all_reps_total(w, reps, "wells_mean", spec.sigma).astype(jnp.float32)
-    elif spec.regularizer == "softmin" and reps is not None:
-        total = R.all_reps_total(w, reps, "softmin", spec.tau).astype(jnp.float32)
-    elif spec.regularizer == "product" and reps is not None:
-        total = R.all_reps_total(w, reps, "product").astype(jnp.float32)
+    """``R_l``: the layer's penalty reduced by ``spec.reduction``, a float32 scalar.
+
+    Uses the entry's ``total`` form when it has one (cheaper to differentiate),
+    else sums the element-wise penalty in float32.
+    """
+    entry = registry.get(spec.regularizer)
+    if entry.total is not None and (reps is not None or not entry.dynamic):
+        total = entry.total(w, reps, spec).astype(jnp.float32)
     else:
         total = jnp.sum(elementwise(w, spec, reps), dtype=jnp.float32)
     return total / w.size if spec.reduction == "mean" else total
@@ -92,7 +80,7 @@ def penalty_stats(
     for path, spec in specs.items():
         w = leaves[path]
         c = levels(train_params, spec, path).astype(jnp.float32)
-        d = jnp.sqrt(R.nearest(w.astype(jnp.float32), jax.lax.stop_gradient(c)))
+        d = jnp.sqrt(nearest(w.astype(jnp.float32), jax.lax.stop_gradient(c)))
         out[path] = {
             "penalty": reduced(w, spec, train_params["reps"].get(path)),
             "lambda": jnp.asarray(spec.lam_at(step), jnp.float32),

@@ -168,7 +168,7 @@ def test_errors():
     with pytest.raises(ValueError, match="cannot hold index 299"):
         snap({"model": tp["model"], "reps": {}}, big, index_dtype=jnp.uint8)
     assert snap({"model": tp["model"], "reps": {}}, big)[1]["d/kernel"].dtype == jnp.uint16
-    with pytest.raises(ValueError, match="integer dtype"):
+    with pytest.raises(TypeError, match="integer dtype"):
         assign(w, jnp.float32([0.0, 1.0]), index_dtype=jnp.float32)
     with pytest.raises(ValueError, match="shape"):
         assign(w, jnp.zeros((2, 2)))
