@@ -77,7 +77,7 @@ def pairwise_pass(tree: Any, specs: Any, fn: Callable[[jax.Array], jax.Array]):
     reps = [jnp.copy(tree["reps"][path]) for path in specs]
 
     def one(w, c):
-        blocks = R._as_blocks(w)
+        blocks = R.common.as_blocks(w)
 
         def block(b):
             terms = lambda acc, ck: (acc + fn(-((b - ck) ** 2)), None)  # noqa: E731
