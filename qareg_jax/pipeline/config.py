@@ -16,23 +16,14 @@ from .. import data
 from .. import regularizers as R
 from ..codebook import INITS, INTERVALS
 from ..models import MODELS
+from ..regularizers import registry
 from ..validation import check_choice, check_k, check_positive
 
 BASELINES = ("kmeans", "uniform", "pws", "ecsq", "binary")
 OPTIMIZERS = ("adam", "sgd")
-# Lambda per regularizer when Config.lam does not name it. The penalties live on
-# different scales (nearest/softmin/product in squared weight units, sine/cosine/wells
-# in [0, 1]) and per-layer *means* are small, so lambda is large. Chosen on the digits
-# default (SmallCNN, Adam 3e-3, 10 regularized epochs, lambda ramped over the first
-# half) from sweeps over factors of 10: weaker values snap about as badly as k-means PTQ.
-DEFAULT_LAM: dict[str, float] = {
-    "nearest": 1e5,
-    "softmin": 1e5,
-    "product": 1e4,
-    "sine": 300.0,
-    "cosine": 100.0,
-    "wells": 300.0,
-}
+# Lambda per regularizer when Config.lam does not name it: each registry entry's
+# default_lam (chosen on the digits default; see qareg_jax.regularizers.registry).
+DEFAULT_LAM: dict[str, float] = {name: registry.get(name).default_lam for name in registry.names()}
 
 
 @dataclasses.dataclass(frozen=True)
