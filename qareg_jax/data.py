@@ -63,6 +63,8 @@ class Dataset:
       train_labels, test_labels: (N,) int32 in ``[0, num_classes)``.
       class_names: one name per label.
       mean, std: (C,) float32 per-channel statistics in [0, 1] units used by :meth:`normalize`.
+      val_images, val_labels: an optional validation split held out of the training set
+        (``pipeline.subset`` with ``val_fraction``); None: no validation split.
     """
 
     name: str
@@ -73,6 +75,8 @@ class Dataset:
     class_names: tuple[str, ...]
     mean: np.ndarray
     std: np.ndarray
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -480,10 +484,26 @@ def train_batches(
     return _threaded(batches, num_threads, prefetch)
 
 
+def eval_split(ds: Dataset, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` of the "test" or "val" split (ValueError if ``ds`` has no val)."""
+    if split == "test":
+        return ds.test_images, ds.test_labels
+    if split == "val":
+        if ds.val_labels is None:
+            raise ValueError("the dataset has no validation split (set val_fraction > 0)")
+        return ds.val_images, ds.val_labels
+    raise ValueError(f"unknown split {split!r}; allowed: test, val")
+
+
 def eval_batches(
-    ds: Dataset, batch_size: int, *, num_threads: int = 2, prefetch: int = 4
+    ds: Dataset,
+    batch_size: int,
+    *,
+    split: str = "test",
+    num_threads: int = 2,
+    prefetch: int = 4,
 ) -> Iterator[Batch]:
-    """The whole test split in order, unaugmented; the last batch is kept even if partial.
+    """The whole test (or "val") split in order, unaugmented; the last batch may be partial.
 
     Yields ``{"image": float32 (B, H, W, C), "label": int32 (B,)}`` with B = ``batch_size``
     except possibly in the last batch (no padding, no mask: averages over the yielded
@@ -491,12 +511,13 @@ def eval_batches(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    images, labels = eval_split(ds, split)
 
     def make_batch(idx: np.ndarray) -> Batch:
-        return {"image": ds.normalize(ds.test_images[idx]), "label": ds.test_labels[idx]}
+        return {"image": ds.normalize(images[idx]), "label": labels[idx]}
 
     batches = (
-        grain.MapDataset.range(len(ds.test_labels))
+        grain.MapDataset.range(len(labels))
         .batch(batch_size, drop_remainder=False, batch_fn=np.asarray)
         .map(make_batch)
     )

@@ -7,8 +7,12 @@ For one model and dataset it runs:
 2. per K, every stage kind of ``stages.STAGE_KINDS``: per regularizer and
    ``freeze_reps`` value a **regularized** run (attach representatives, train with
    task loss + penalty, snap: "pre-tuning", quantized fine-tuning: "post-tuning",
-   pack), and per baseline quantizer a **PTQ** run (quantize the pretrained model,
-   then the same fine-tuning and packing).
+   pack), per baseline quantizer a **PTQ** run (quantize the pretrained model,
+   then the same fine-tuning and packing), and per ``config.qat`` method a **QAT** run
+   ("ste": straight-through training on k-means levels; "dkm": differentiable k-means),
+   trained like the regularized runs, then snapped, fine-tuned and packed the same way;
+3. all of it once per seed of ``config.seeds`` (tables: mean +- std over seeds), with an
+   optional validation split (``config.val_fraction``) reported beside the test accuracy.
 
 Modules: ``config`` (the schema), ``optim`` (optimizer recipes), ``steps`` (the training
 core: ``TrainState``, ``task_loss``, ``make_train_step``, ``make_eval_fn``), ``loop``
@@ -17,9 +21,10 @@ kinds and their typed ``StageResult``), ``workdir`` (the run-directory policy) a
 ``run`` (``train_and_evaluate``).
 """
 
-from .config import BASELINES, DEFAULT_LAM, OPTIMIZERS, Config, load_config
+from .config import BASELINES, DEFAULT_LAM, OPTIMIZERS, QAT_METHODS, Config, load_config
 from .loop import (
     Context,
+    StepTimer,
     TrainingDivergedError,
     TrainingInterrupted,
     checkpoint_manager,
@@ -28,7 +33,7 @@ from .loop import (
     run_phase,
 )
 from .optim import lam_schedule, make_optimizer
-from .run import device_name, load_data, subset, train_and_evaluate
+from .run import device_name, load_data, seed_data, split_indices, subset, train_and_evaluate
 from .stages import (
     STAGE_KINDS,
     Packed,
@@ -36,11 +41,15 @@ from .stages import (
     Stage,
     StageKind,
     StageResult,
+    dkm_loss,
+    dkm_taus,
     finetune,
     method_name,
     pack,
     planned_stages,
     stage_name,
+    ste_loss,
+    train_ste,
 )
 from .steps import (
     TrainState,
@@ -58,6 +67,7 @@ __all__ = [
     "BASELINES",
     "DEFAULT_LAM",
     "OPTIMIZERS",
+    "QAT_METHODS",
     "STAGE_KINDS",
     "Config",
     "Context",
@@ -66,12 +76,15 @@ __all__ = [
     "Stage",
     "StageKind",
     "StageResult",
+    "StepTimer",
     "TrainState",
     "TrainingDivergedError",
     "TrainingInterrupted",
     "WorkdirError",
     "checkpoint_manager",
     "device_name",
+    "dkm_loss",
+    "dkm_taus",
     "empty_window",
     "finetune",
     "init_variables",
@@ -89,9 +102,13 @@ __all__ = [
     "prepare_workdir",
     "restore_state",
     "run_phase",
+    "seed_data",
+    "split_indices",
     "stage_name",
+    "ste_loss",
     "subset",
     "task_loss",
     "train_and_evaluate",
+    "train_ste",
     "train_step_fn",
 ]

@@ -20,6 +20,8 @@ from ..regularizers import registry
 from ..validation import check_choice, check_k, check_positive
 
 BASELINES = ("kmeans", "uniform", "pws", "ecsq", "binary")
+# Quantization-aware training baselines (stages.STAGE_KINDS "ste" and "dkm").
+QAT_METHODS = ("ste", "dkm")
 OPTIMIZERS = ("adam", "sgd")
 # Lambda per regularizer when Config.lam does not name it: each registry entry's
 # default_lam (chosen on the digits default; see qareg_jax.regularizers.registry).
@@ -38,6 +40,14 @@ class Config:
       train_subset, test_subset: use only this many examples (a fixed random subset).
       dropout_rate: passed to models that have dropout (alexnet, vgg16); None: their default.
       seed: initialisation, data order, dropout and PWS rounding.
+      seeds: run the whole pipeline once per seed (one full-precision model each) and
+        report mean +- std over seeds; None: ``(seed,)``, the single-seed layout.
+      val_fraction: hold out this fraction of the training set as a validation split
+        (0: none). The split, and then the training / test subsets, are drawn with
+        ``data_seed`` (fixed across seeds): ``permutation(n)[n - n_val:]`` is validation,
+        the training subset its first ``train_subset`` entries (all others by default).
+      data_seed: seed of the validation split (used only when ``val_fraction > 0``;
+        otherwise the subsets are drawn with each run's seed, as before).
       batch_size, eval_batch_size: examples per step / per evaluation batch.
       optimizer: "adam" (AdamW) or "sgd" (momentum 0.9, nesterov) for pretraining and
         regularizing.
@@ -61,6 +71,14 @@ class Config:
         and dense kernel).
       finetune_epochs, finetune_lr, finetune_optimizer: quantized fine-tuning (constant rate).
       baselines: post-training quantizers, ``BASELINES``; "binary" runs at K=2 only.
+      qat: quantization-aware training baselines, ``QAT_METHODS``: "ste" (straight-through
+        forward on k-means levels) and "dkm" (differentiable k-means), each trained for
+        ``reg_epochs`` at ``reg_lr`` from the same start as the regularized runs.
+      ste_recluster_every: re-fit the STE levels by k-means every this many steps (None:
+        never).
+      dkm_tau_frac: DKM temperature per layer, ``(dkm_tau_frac * mean spacing of the
+        k-means start)**2`` (squared-weight units).
+      dkm_iters: DKM k-means iterations per training step.
       index_dtype: dtype of the stored indices (e.g. "uint8"); None: the smallest per K.
       codebook_dtype: "float32" or "float16" codebooks in the packed model.
       log_every, checkpoint_every: steps between metric records / checkpoints.
@@ -74,6 +92,9 @@ class Config:
     test_subset: int | None = None
     dropout_rate: float | None = None
     seed: int = 0
+    seeds: tuple[int, ...] | None = None
+    val_fraction: float = 0.0
+    data_seed: int = 0
     batch_size: int = 32
     eval_batch_size: int = 500
     optimizer: str = "adam"
@@ -100,6 +121,10 @@ class Config:
     finetune_lr: float = 1e-3
     finetune_optimizer: str = "adam"
     baselines: tuple[str, ...] = ("kmeans", "uniform")
+    qat: tuple[str, ...] = ()
+    ste_recluster_every: int | None = None
+    dkm_tau_frac: float = 0.3
+    dkm_iters: int = 3
     index_dtype: str | None = None
     codebook_dtype: str = "float32"
     log_every: int = 20
@@ -107,8 +132,10 @@ class Config:
 
     def __post_init__(self) -> None:
         # Lists (from JSON or the CLI) become tuples so configs compare and hash by value.
-        for name in ("regularizers", "ks", "freeze_reps", "baselines"):
+        for name in ("regularizers", "ks", "freeze_reps", "baselines", "qat"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.seeds, list):
+            object.__setattr__(self, "seeds", tuple(self.seeds))
         if isinstance(self.lam, Mapping):
             object.__setattr__(self, "lam", dict(self.lam))
         self.validate()
@@ -118,6 +145,7 @@ class Config:
         self._validate_methods()
         self._validate_training()
         self._validate_lambda()
+        self._validate_qat_and_seeds()
 
     def _validate_methods(self) -> None:
         check_choice("model", self.model, tuple(MODELS))
@@ -131,8 +159,10 @@ class Config:
             check_choice("regularizer", name, R.REGULARIZERS)
         for name in self.baselines:
             check_choice("baseline", name, BASELINES)
-        if not self.regularizers and not self.baselines:
-            raise ValueError("nothing to run: give at least one regularizer or baseline")
+        for name in self.qat:
+            check_choice("qat", name, QAT_METHODS)
+        if not self.regularizers and not self.baselines and not self.qat:
+            raise ValueError("nothing to run: give at least one regularizer, baseline or qat")
         if not self.ks:
             raise ValueError("ks is empty: give at least one number of levels K")
         if len(set(self.ks)) != len(self.ks):
@@ -183,6 +213,33 @@ class Config:
             for name in self.lam:
                 check_choice("lam key", name, R.REGULARIZERS)
 
+    def _validate_qat_and_seeds(self) -> None:
+        if len(set(self.qat)) != len(self.qat):
+            raise ValueError(f"qat has duplicates: {list(self.qat)}")
+        if self.ste_recluster_every is not None:
+            _positive_int("ste_recluster_every", self.ste_recluster_every)
+        check_positive(self.dkm_tau_frac, "dkm_tau_frac")
+        _positive_int("dkm_iters", self.dkm_iters)
+        if self.seeds is not None:
+            if not isinstance(self.seeds, tuple) or not self.seeds:
+                raise ValueError(
+                    f"seeds must be None or a non-empty tuple of ints, got {self.seeds!r}"
+                )
+            for s in self.seeds:
+                _int_at_least("seeds entry", s, 0)
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds has duplicates: {list(self.seeds)}")
+        _int_at_least("seed", self.seed, 0)
+        _int_at_least("data_seed", self.data_seed, 0)
+        f = self.val_fraction
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f < 1:
+            raise ValueError(f"val_fraction must be a number in [0, 1), got {f!r}")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds the pipeline runs: ``seeds``, or ``(seed,)``."""
+        return self.seeds if self.seeds is not None else (self.seed,)
+
     def lam_for(self, regularizer: str) -> float:
         """The (final) lambda of ``regularizer``."""
         if isinstance(self.lam, Mapping):
@@ -201,6 +258,11 @@ class Config:
 def _positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _int_at_least(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def _check_k(k: object, index_dtype: str | None) -> None:

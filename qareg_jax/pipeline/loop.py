@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import pathlib
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -48,6 +49,10 @@ class Context:
       compiled: jitted functions shared by the stages of the run (the evaluation, the
         fine-tuning step per K), so each compiles once: compiling, not stepping, dominates
         small runs on a CPU.
+      subdir: "" (one seed) or e.g. "seed-1": the directory every stage's checkpoints,
+        metrics, result and model go under (see :meth:`stage_id`).
+      step_times: ``{(stage_id, phase): median seconds per step}`` of the phases trained
+        in this process (None: too few steps to time; see :func:`run_phase`).
     """
 
     config: Config
@@ -59,23 +64,39 @@ class Context:
     stop_after: int | None = None
     counter: list[int] = dataclasses.field(default_factory=lambda: [0])
     compiled: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    subdir: str = ""
+    step_times: dict[tuple[str, str], float | None] = dataclasses.field(default_factory=dict)
+
+    def stage_id(self, stage: str) -> str:
+        """``stage`` under this seed's subdirectory, e.g. ``"seed-1/reg-nearest-k4"``.
+
+        Paths use it; data-order and dropout seeds use the bare ``stage`` (with
+        ``config.seed``), so a seed of a multi-seed run computes what a one-seed run would.
+        """
+        return f"{self.subdir}/{stage}" if self.subdir else stage
 
     def initial_variables(self) -> dict[str, Any]:
         """The model's random initialisation for ``config.seed`` (computed once per run:
         compiling the initializers' random number generation takes seconds on a CPU)."""
-        if "init" not in self.compiled:
-            self.compiled["init"] = init_variables(
-                self.model, self.ds.image_shape, self.config.seed
-            )
-        return self.compiled["init"]
+        key = ("init", self.config.seed)  # ``compiled`` is shared by the seeds of a run
+        if key not in self.compiled:
+            self.compiled[key] = init_variables(self.model, self.ds.image_shape, self.config.seed)
+        return self.compiled[key]
 
-    def accuracy(self, params: Any, model_state: Mapping[str, Any]) -> float:
-        """Test accuracy of ``params`` (the "params" collection) with ``model_state``."""
+    def accuracy(self, params: Any, model_state: Mapping[str, Any], split: str = "test") -> float:
+        """Accuracy of ``params`` (the "params" collection) with ``model_state`` on the
+        "test" or "val" split."""
         if "eval" not in self.compiled:
             self.compiled["eval"] = make_eval_fn(self.model)
         return self.compiled["eval"](
-            variables(params, model_state), self.ds, self.config.eval_batch_size
+            variables(params, model_state), self.ds, self.config.eval_batch_size, split
         )
+
+    def val_accuracy(self, params: Any, model_state: Mapping[str, Any]) -> float | None:
+        """Validation accuracy, or None when the dataset has no validation split."""
+        if self.ds.val_labels is None:
+            return None
+        return self.accuracy(params, model_state, "val")
 
     def say(self, message: str) -> None:
         """One line above the progress bars (nothing without ``progress``)."""
@@ -151,6 +172,30 @@ def _check_finite(
         )
 
 
+class StepTimer:
+    """Median seconds per optimizer step between host syncs, from the second sync on.
+
+    The first interval holds the compilation; the time spent at a sync point (metrics,
+    checkpoints, hooks) is excluded, so phases with more logging are not slower per step.
+    """
+
+    def __init__(self, start: int) -> None:
+        self.step, self.t, self.syncs, self.per_step = start, time.perf_counter(), 0, []
+
+    def sync(self, step: int) -> None:
+        """At a sync point, once the state of ``step`` is computed (before the host work)."""
+        if self.syncs:  # not the compiling interval
+            self.per_step.append((time.perf_counter() - self.t) / (step - self.step))
+        self.step, self.syncs = step, self.syncs + 1
+
+    def resume(self) -> None:
+        """After the host work of a sync point: the next interval starts now."""
+        self.t = time.perf_counter()
+
+    def median(self) -> float | None:
+        return float(np.median(self.per_step)) if self.per_step else None
+
+
 def run_phase(
     ctx: Context,
     stage: str,
@@ -160,23 +205,28 @@ def run_phase(
     epochs: int,
     *,
     specs: Mapping[str, QuantSpec] | None = None,
+    hook: Callable[[TrainState], TrainState] | None = None,
+    hook_every: int | None = None,
 ) -> TrainState:
     """Train ``state`` for ``epochs`` epochs with checkpoints, logging and NaN detection.
 
     Restores the latest checkpoint of ``checkpoints/<stage>/<phase>`` if there is one
     (a finished phase then returns at once). Every ``log_every`` steps appends the mean
     task loss and penalty since the last record, and ``penalty_stats`` per layer when
-    ``specs`` is given, to ``metrics/<stage>.jsonl``.
+    ``specs`` is given, to ``metrics/<stage>.jsonl``. With ``hook``, every ``hook_every``
+    steps (not after the last) ``state = hook(state)`` runs on the host between jitted
+    steps, before that step's checkpoint (so a resumed phase replays it). The median
+    seconds per step go to ``ctx.step_times[stage_id, phase]``.
 
     Raises:
       TrainingDivergedError: a non-finite loss; the last good checkpoint is kept.
       TrainingInterrupted: the ``ctx.stop_after`` hook fired.
     """
-    cfg = ctx.config
+    cfg, sid = ctx.config, ctx.stage_id(stage)
     total = epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
-    directory = ctx.workdir / "checkpoints" / stage / phase
+    directory = ctx.workdir / "checkpoints" / sid / phase
     mngr = checkpoint_manager(directory)
-    metrics_path = ctx.workdir / "metrics" / f"{stage}.jsonl"
+    metrics_path = ctx.workdir / "metrics" / f"{sid}.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     start = mngr.latest_step() or 0
     if start:
@@ -186,9 +236,8 @@ def run_phase(
         return state
     _rewrite_metrics(metrics_path, phase, start)
     stats_fn = jax.jit(lambda p, s: penalty_stats(p, specs, s)) if specs else None
-    seed = phase_seed(cfg.seed, f"{stage}/{phase}")
-    batches = batches_from(ctx.ds, cfg.batch_size, seed, start)
-    desc = f"{stage} {phase}"
+    batches = batches_from(ctx.ds, cfg.batch_size, phase_seed(cfg.seed, f"{stage}/{phase}"), start)
+    desc, timer = f"{sid} {phase}", StepTimer(start)
     bar = tqdm(total=total, initial=start, desc=desc, disable=not ctx.progress, leave=False)
     try:
         for step in range(start + 1, total + 1):
@@ -198,9 +247,13 @@ def run_phase(
             if ctx.stop_after is not None and ctx.counter[0] >= ctx.stop_after:
                 raise TrainingInterrupted(f"stopped after {ctx.counter[0]} steps ({desc})")
             log, save = step % cfg.log_every == 0, step % cfg.checkpoint_every == 0
-            if not (log or save or step == total):
+            due = hook is not None and step % hook_every == 0 and step < total
+            if not (log or save or due or step == total):
                 continue
-            _check_finite(state, mngr, desc, directory)
+            _check_finite(state, mngr, desc, directory)  # a host sync
+            timer.sync(step)
+            if due:
+                state = hook(state)
             if log or step == total:
                 record = _metrics_record(phase, step, state, stats_fn)
                 with open(metrics_path, "a") as f:
@@ -209,9 +262,11 @@ def run_phase(
                 bar.set_postfix(loss=f"{record['task_loss']:.3f}", refresh=False)
             if save or step == total:
                 save_state(mngr, step, state)
+            timer.resume()
     finally:
         bar.close()
         mngr.close()
+    ctx.step_times[sid, phase] = timer.median()
     return state
 
 

@@ -10,6 +10,11 @@ Workdir layout::
     models/<stage>.qareg        the final quantized model (compress.save)
     results.json, table.md      all rows (written at the end)
 
+With several ``config.seeds`` every seed runs the whole pipeline (its own pretrained
+model) and its stages live one folder deeper, e.g. ``checkpoints/seed-1/<stage>/<phase>``,
+``stages/seed-1/<stage>.json``; the row's ``stage`` is then ``"seed-1/<stage>"``. With one
+seed the layout is as above.
+
 Rerunning with ``resume=True`` skips finished stages and continues an interrupted phase
 from its last checkpoint: the data order is a function of (seed, phase, epoch) and the
 dropout key of (seed, phase, step), so the resumed run computes exactly what the
@@ -37,29 +42,75 @@ from .stages import Pretrained, StageResult, planned_stages, pretrain, run_stage
 from .workdir import prepare_workdir
 
 
-def subset(ds: data.Dataset, train: int | None, test: int | None, seed: int = 0) -> data.Dataset:
-    """``ds`` restricted to a fixed random subset of ``train`` / ``test`` examples (sorted)."""
+def split_indices(
+    n: int, train: int | None, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(training indices, validation indices)`` into ``n`` training examples, sorted.
 
-    def pick(n: int, m: int | None, salt: int) -> np.ndarray:
-        if m is None or m >= n:
-            return np.arange(n)
-        return np.sort(np.random.default_rng([seed, salt]).permutation(n)[:m])
+    Without validation: the first ``train`` entries of ``default_rng([seed, 0])``'s
+    permutation (all examples when ``train`` is None). With ``val_fraction = f``: the same
+    permutation's last ``round(f * n)`` entries are validation and the training subset
+    its first ``train`` entries (default: all the others), so both are disjoint and, for
+    ``train = n - round(f * n)``, the training subset is the one without validation.
 
-    tr = pick(len(ds.train_labels), train, 0)
-    te = pick(len(ds.test_labels), test, 1)
+    Raises:
+      ValueError: ``f * n`` rounds to 0, or training and validation do not both fit.
+    """
+    if not val_fraction:
+        if train is None or train >= n:
+            return np.arange(n), np.arange(0)
+        return np.sort(np.random.default_rng([seed, 0]).permutation(n)[:train]), np.arange(0)
+    n_val = int(round(val_fraction * n))
+    if n_val < 1:
+        raise ValueError(f"val_fraction={val_fraction} of {n} training examples is 0 examples")
+    pool = n - n_val
+    if train is not None and train > pool:
+        raise ValueError(
+            f"train_subset={train} and val_fraction={val_fraction} ({n_val} examples) need "
+            f"more than the {n} training examples"
+        )
+    perm = np.random.default_rng([seed, 0]).permutation(n)
+    return np.sort(perm[: pool if train is None else train]), np.sort(perm[pool:])
+
+
+def subset(
+    ds: data.Dataset,
+    train: int | None,
+    test: int | None,
+    seed: int = 0,
+    *,
+    val_fraction: float = 0.0,
+) -> data.Dataset:
+    """``ds`` restricted to fixed random subsets of ``train`` / ``test`` examples (sorted),
+    with a validation split of ``val_fraction`` of the training set (:func:`split_indices`)."""
+    tr, val = split_indices(len(ds.train_labels), train, val_fraction, seed)
+    n_test = len(ds.test_labels)
+    te = np.arange(n_test)
+    if test is not None and test < n_test:
+        te = np.sort(np.random.default_rng([seed, 1]).permutation(n_test)[:test])
     return dataclasses.replace(
         ds,
         train_images=ds.train_images[tr],
         train_labels=ds.train_labels[tr],
         test_images=ds.test_images[te],
         test_labels=ds.test_labels[te],
+        val_images=ds.train_images[val] if val_fraction else None,
+        val_labels=ds.train_labels[val] if val_fraction else None,
+    )
+
+
+def seed_data(full: data.Dataset, config: Config) -> data.Dataset:
+    """The data of the run with ``config.seed``: with a validation split every subset is
+    drawn with ``config.data_seed`` (the same data for every seed), else with the seed."""
+    seed = config.data_seed if config.val_fraction else config.seed
+    return subset(
+        full, config.train_subset, config.test_subset, seed, val_fraction=config.val_fraction
     )
 
 
 def load_data(config: Config) -> data.Dataset:
     """The config's dataset, restricted to its subsets (errors before any training)."""
-    ds = data.load_dataset(config.dataset, config.data_dir)
-    return subset(ds, config.train_subset, config.test_subset, config.seed)
+    return seed_data(data.load_dataset(config.dataset, config.data_dir), config)
 
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
@@ -71,13 +122,37 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 def _pretrained(ctx: Context, stages_dir: pathlib.Path) -> Pretrained:
     """Pretraining (restored from its checkpoint when finished), with the first run's row."""
     fp = pretrain(ctx)
-    fp_file = stages_dir / "pretrain.json"
-    if fp_file.exists():  # keep the first run's wall time
+    fp_file = stages_dir / f"{ctx.stage_id('pretrain')}.json"
+    if fp_file.exists():  # keep the first run's wall and step times
         stored = json.loads(fp_file.read_text())
-        fp = dataclasses.replace(fp, acc_fp=stored["acc_fp"], wall_s=stored["wall_s"])
+        fp = dataclasses.replace(
+            fp, acc_fp=stored["acc_fp"], wall_s=stored["wall_s"], step_s=stored.get("step_s")
+        )
     else:
+        fp_file.parent.mkdir(parents=True, exist_ok=True)
         fp_file.write_text(json.dumps(fp.to_json()) + "\n")
     return fp
+
+
+def _run_seed(ctx: Context, stages_dir: pathlib.Path) -> tuple[Pretrained, list[dict[str, Any]]]:
+    """Pretraining and every planned stage of ``ctx.config`` (one seed); ``(fp, rows)``."""
+    where = f"{ctx.subdir}/" if ctx.subdir else ""
+    fp = _pretrained(ctx, stages_dir)
+    ctx.say(f"{where}pretrain: full-precision accuracy {fp.acc_fp:.4f}")
+    rows = []
+    for stage in planned_stages(ctx.config):
+        stage_file = stages_dir / f"{ctx.stage_id(stage.name)}.json"
+        if stage_file.exists():
+            result = StageResult.from_json(json.loads(stage_file.read_text()))
+        else:
+            result = run_stage(ctx, fp, stage)
+            _write_atomic(stage_file, json.dumps(result.to_json()) + "\n")
+        rows.append(result.to_json(histograms=False))
+        ctx.say(
+            f"{result.stage}: pre-tuning {result.acc_pre:.4f}, post-tuning {result.acc_post:.4f}"
+            f", 1/psi {result.ratio:.1f} ({result.wall_s:.1f} s)"
+        )
+    return fp, rows
 
 
 def train_and_evaluate(
@@ -90,7 +165,7 @@ def train_and_evaluate(
     stop_after: int | None = None,
     dataset: data.Dataset | None = None,
 ) -> dict[str, Any]:
-    """Run every stage of ``config`` in ``workdir``; returns the results dict.
+    """Run every stage of ``config`` (for every seed) in ``workdir``; returns the results.
 
     Args:
       config: the experiment.
@@ -100,46 +175,45 @@ def train_and_evaluate(
       overwrite: delete the run in ``workdir`` first.
       progress: tqdm bars and one line per finished stage.
       stop_after: raise ``TrainingInterrupted`` after this many optimizer steps.
-      dataset: use this dataset instead of loading ``config.dataset`` (tests).
+      dataset: use this dataset (before subsets and validation split) instead of loading
+        ``config.dataset`` (tests).
 
     Returns:
       ``{"rows": [StageResult.to_json()...], "pretrain": {...}, "config", "device", "date",
-      "wall_s"}``, also written to ``results.json`` (histograms go to ``stages/*.json``
-      only) and ``table.md``.
+      "wall_s", "seeds"}`` (+ ``"pretrain_by_seed"`` with several seeds), also written to
+      ``results.json`` (histograms go to ``stages/*.json`` only) and ``table.md`` (mean
+      +- std over seeds with several).
     """
     t0 = time.perf_counter()
-    ds = dataset if dataset is not None else load_data(config)
-    data.steps_per_epoch(ds, config.batch_size)  # batch size vs dataset, before any work
+    full = dataset if dataset is not None else data.load_dataset(config.dataset, config.data_dir)
+    configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
+    first = seed_data(full, configs[0])  # split sizes vs dataset, before any work
+    data.steps_per_epoch(first, config.batch_size)  # batch size vs dataset
     model_kw = {} if config.dropout_rate is None else {"dropout_rate": config.dropout_rate}
-    model = get_model(config.model, ds.num_classes, **model_kw)
+    model = get_model(config.model, first.num_classes, **model_kw)
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     device = device_name()
-    ctx = Context(config, path, model, ds, device, progress, stop_after)
     stages_dir = path / "stages"
     stages_dir.mkdir(exist_ok=True)
-    fp = _pretrained(ctx, stages_dir)
-    ctx.say(f"pretrain: full-precision accuracy {fp.acc_fp:.4f}")
-    rows = []
-    for stage in planned_stages(config):
-        stage_file = stages_dir / f"{stage.name}.json"
-        if stage_file.exists():
-            result = StageResult.from_json(json.loads(stage_file.read_text()))
-        else:
-            result = run_stage(ctx, fp, stage)
-            _write_atomic(stage_file, json.dumps(result.to_json()) + "\n")
-        rows.append(result.to_json(histograms=False))
-        ctx.say(
-            f"{stage.name}: pre-tuning {result.acc_pre:.4f}, post-tuning {result.acc_post:.4f}"
-            f", 1/psi {result.ratio:.1f} ({result.wall_s:.1f} s)"
-        )
+    counter, compiled, rows, pretrains = [0], {}, [], {}
+    for cfg in configs:
+        ds = first if cfg is configs[0] else seed_data(full, cfg)
+        subdir = f"seed-{cfg.seed}" if len(configs) > 1 else ""
+        ctx = Context(cfg, path, model, ds, device, progress, stop_after, counter, compiled, subdir)
+        fp, seed_rows = _run_seed(ctx, stages_dir)
+        pretrains[str(cfg.seed)] = fp.to_json()
+        rows += seed_rows
     results = {
         "config": config.to_dict(),
         "device": device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "pretrain": fp.to_json(),
+        "pretrain": pretrains[str(configs[0].seed)],
+        "seeds": list(config.seed_list),
         "rows": rows,
         "wall_s": time.perf_counter() - t0,
     }
+    if len(configs) > 1:
+        results["pretrain_by_seed"] = pretrains
     (path / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (path / "table.md").write_text(report.markdown_table(rows) + "\n")
     return results

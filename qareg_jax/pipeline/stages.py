@@ -2,7 +2,8 @@
 
 A run is "pretrain" followed by the stages :func:`planned_stages` lists: per K, every
 registered stage kind contributes its stages (``STAGE_KINDS``: "regularizer" for the
-quantization-aware penalties, "ptq" for post-training quantizers). A new kind of method
+quantization-aware penalties, "ptq" for post-training quantizers, "ste" and "dkm" for the
+quantization-aware training baselines). A new kind of method
 (e.g. quantization-aware training) is one ``plan(config, k) -> [Stage]`` function, one
 ``run(ctx, fp, stage) -> StageResult`` function and one ``STAGE_KINDS`` entry; its
 ``run`` reuses :func:`finetune` and :func:`pack` and returns a :class:`StageResult`.
@@ -24,12 +25,14 @@ from .. import compress, data, quantizers
 from .. import regularizers as R
 from .._tree import named_leaves
 from ..codebook import QuantSpec, attach, levels, make_specs
+from ..contrib import dkm
 from ..finetune import assignments_by_path, finetune_specs, quantized_finetune
+from ..qat import ste
 from ..snap import snap
 from .config import Config
 from .loop import Context, phase_seed, run_phase, variables
 from .optim import lam_schedule, make_optimizer, optimizer
-from .steps import make_init_fn, make_train_step
+from .steps import LossFn, make_init_fn, make_train_step, task_loss
 
 HIST_BINS = 80
 
@@ -42,15 +45,24 @@ class Pretrained:
       variables: flax variables ``{"params", "batch_stats"?}`` (not serialised).
       acc_fp: test accuracy.
       wall_s: seconds the pretraining took (in the run that did it).
+      step_s: median seconds per plain training step (None: not timed).
+      acc_val_fp: validation accuracy (None without a validation split).
     """
 
     variables: dict[str, Any]
     acc_fp: float
     wall_s: float
+    step_s: float | None = None
+    acc_val_fp: float | None = None
 
-    def to_json(self) -> dict[str, float]:
+    def to_json(self) -> dict[str, float | None]:
         """``stages/pretrain.json`` and the results' ``"pretrain"`` entry."""
-        return {"acc_fp": self.acc_fp, "wall_s": self.wall_s}
+        return {
+            "acc_fp": self.acc_fp,
+            "wall_s": self.wall_s,
+            "step_s": self.step_s,
+            "acc_val_fp": self.acc_val_fp,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +84,11 @@ class StageResult:
 
     Attributes:
       model, dataset, device: what ran where (``dataset`` is the table label).
-      stage: the directory-safe stage name, e.g. ``"reg-nearest-k4"``.
+      stage: the stage's path under the workdir's folders, e.g. ``"reg-nearest-k4"``
+        (``"seed-1/reg-nearest-k4"`` in a run of several seeds).
       acc_fp: the pretrained model's test accuracy.
       method: the table name, e.g. ``"nearest (frozen reps)"`` or ``"kmeans"``.
-      kind: "regularizer" or "baseline" (a ``STAGE_KINDS`` entry names its own).
+      kind: "regularizer", "baseline" or "qat" (a ``STAGE_KINDS`` entry names its own).
       regularizer, freeze_reps, lam: the penalty; None for stages without one.
       k: number of levels.
       acc_reg: accuracy of the trained, unsnapped model; None for stages that do not
@@ -85,6 +98,11 @@ class StageResult:
       wall_s: seconds the stage took.
       histograms: per layer weight histograms before / after training (not a table
         column; only in ``stages/<stage>.json``).
+      seed: the run's seed (None in rows written before seeds existed).
+      step_s: median seconds per step of the stage's training phase (None: no such phase,
+        or too short to time); step_rel: ``step_s`` over the pretraining's (plain) one.
+      acc_val_fp, acc_val_pre, acc_val_post: the accuracies on the validation split (None
+        without one).
     """
 
     model: str
@@ -110,6 +128,12 @@ class StageResult:
     model_file: str
     wall_s: float
     histograms: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
+    seed: int | None = None
+    step_s: float | None = None
+    step_rel: float | None = None
+    acc_val_fp: float | None = None
+    acc_val_pre: float | None = None
+    acc_val_post: float | None = None
 
     def to_json(self, *, histograms: bool = True) -> dict[str, Any]:
         """The JSON row (field order = column order of ``table.csv``)."""
@@ -160,8 +184,10 @@ def pretrain(ctx: Context) -> Pretrained:
     step_fn = make_train_step(ctx.model, tx)
     state = run_phase(ctx, "pretrain", "train", state, step_fn, cfg.pretrain_epochs)
     acc = ctx.accuracy(state.params["model"], state.model_state)
+    acc_val = ctx.val_accuracy(state.params["model"], state.model_state)
     fp = variables(state.params["model"], state.model_state)
-    return Pretrained(fp, acc, time.perf_counter() - t0)
+    step_s = ctx.step_times.get((ctx.stage_id("pretrain"), "train"))
+    return Pretrained(fp, acc, time.perf_counter() - t0, step_s, acc_val)
 
 
 # ------------------------------------------------------------------ fine-tune and pack
@@ -210,7 +236,7 @@ def pack(
     }
     codebook_dtype = ctx.config.codebook_dtype
     report = compress.size_report(full, quantized, codebook_dtype)
-    out = ctx.workdir / "models" / f"{stage}.qareg"
+    out = ctx.workdir / "models" / f"{ctx.stage_id(stage)}.qareg"
     out.parent.mkdir(parents=True, exist_ok=True)
     info = compress.save(out, full, quantized, codebook_dtype=codebook_dtype, overwrite=True)
     return Packed(
@@ -224,19 +250,62 @@ def pack(
     )
 
 
-def _result(ctx: Context, fp: Pretrained, stage: Stage, t0: float, **fields: Any) -> StageResult:
-    """A :class:`StageResult` with the run's common fields and the stage's wall time."""
+def _result(
+    ctx: Context, fp: Pretrained, stage: Stage, t0: float, phase: str | None, **fields: Any
+) -> StageResult:
+    """A :class:`StageResult` with the run's common fields, the stage's wall time and the
+    median step time of its training ``phase`` (None: it has none)."""
     cfg = ctx.config
+    step_s = ctx.step_times.get((ctx.stage_id(stage.name), phase)) if phase else None
     return StageResult(
         model=cfg.model,
         dataset=cfg.dataset_label or cfg.dataset,
         device=ctx.device,
-        stage=stage.name,
+        stage=ctx.stage_id(stage.name),
         acc_fp=fp.acc_fp,
         k=stage.k,
         **fields,
         wall_s=time.perf_counter() - t0,
+        seed=cfg.seed,
+        step_s=step_s,
+        step_rel=step_s / fp.step_s if step_s and fp.step_s else None,
+        acc_val_fp=fp.acc_val_fp,
     )
+
+
+def _tune_and_pack(
+    ctx: Context,
+    fp: Pretrained,
+    stage: Stage,
+    t0: float,
+    snapped: dict[str, Any],
+    model_state: dict[str, Any],
+    specs: Mapping[str, QuantSpec],
+    phase: str | None,
+    **fields: Any,
+) -> StageResult:
+    """The common tail of every stage: pre-tuning accuracy of ``snapped`` (a
+    ``{"model", "reps"}`` tree on its levels), :func:`finetune`, post-tuning accuracy,
+    :func:`pack`; ``fields`` fill the rest of the row (with ``histograms`` the final
+    levels are added to them)."""
+    acc_pre = ctx.accuracy(snapped["model"], model_state)
+    val_pre = ctx.val_accuracy(snapped["model"], model_state)
+    tree, model_state, assignments = finetune(ctx, stage.name, snapped, model_state, specs)
+    acc_post = ctx.accuracy(tree["model"], model_state)
+    val_post = ctx.val_accuracy(tree["model"], model_state)
+    for path, hist in (fields.get("histograms") or {}).items():
+        hist["levels_final"] = np.sort(np.asarray(tree["reps"][path], np.float64)).tolist()
+    packed = pack(ctx, stage.name, tree, model_state, assignments)
+    return _result(
+        ctx, fp, stage, t0, phase, acc_pre=acc_pre, acc_post=acc_post,
+        acc_val_pre=val_pre, acc_val_post=val_post, **dataclasses.asdict(packed), **fields,
+    )  # fmt: skip
+
+
+def _start(ctx: Context, fp: Pretrained) -> tuple[Any, dict[str, Any]]:
+    """``(params, model_state)`` the trained stages start from (``config.from_pretrained``)."""
+    start = fp.variables if ctx.config.from_pretrained else ctx.initial_variables()
+    return start["params"], {k: v for k, v in start.items() if k != "params"}
 
 
 # --------------------------------------------------------------------------- regularizer
@@ -283,8 +352,7 @@ def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult
     """Attach representatives, train with task loss + penalty, snap ("pre-tuning"),
     fine-tune ("post-tuning"), pack; with weight histograms before / after training."""
     cfg, t0, name = ctx.config, time.perf_counter(), stage.name
-    start = fp.variables if cfg.from_pretrained else ctx.initial_variables()
-    params, model_state = start["params"], {k_: v for k_, v in start.items() if k_ != "params"}
+    params, model_state = _start(ctx, fp)
     total = cfg.reg_epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
     tree, specs = attach(params, _reg_specs(ctx, params, stage, total))
     before = _named(tree, specs)
@@ -298,20 +366,11 @@ def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult
     histograms = _histograms(before, _named(tree, specs), specs)
     # One compilation instead of one per eager op.
     snapped, _ = jax.jit(lambda t: snap(t, specs, index_dtype=cfg.index_dtype))(tree)
-    acc_pre = ctx.accuracy(snapped["model"], model_state)
-    tree, model_state, assignments = finetune(
-        ctx, name, snapped, model_state, finetune_specs(specs)
-    )
-    acc_post = ctx.accuracy(tree["model"], model_state)
-    for path, hist in histograms.items():
-        hist["levels_final"] = np.sort(np.asarray(tree["reps"][path], np.float64)).tolist()
-    packed = pack(ctx, name, tree, model_state, assignments)
-    return _result(
-        ctx, fp, stage, t0,
+    return _tune_and_pack(
+        ctx, fp, stage, t0, snapped, model_state, finetune_specs(specs), "reg",
         method=method_name(stage.method, bool(stage.freeze_reps)), kind="regularizer",
         regularizer=stage.method, freeze_reps=stage.freeze_reps, lam=cfg.lam_for(stage.method),
-        acc_reg=acc_reg, acc_pre=acc_pre, acc_post=acc_post, **dataclasses.asdict(packed),
-        histograms=histograms,
+        acc_reg=acc_reg, histograms=histograms,
     )  # fmt: skip
 
 
@@ -364,19 +423,130 @@ def ptq_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
     paths = list(make_specs(params, include=cfg.include, exclude=cfg.exclude, k=k))
     kw = {"seed": cfg.seed} if stage.method == "pws" else {}
     qparams, quantized = quantizers.quantize_tree(params, paths, k, stage.method, **kw)
-    acc_pre = ctx.accuracy(qparams, model_state)
     # The baseline's codebooks become representatives: the same fine-tuning transform.
     specs = {p: QuantSpec(k=k, regularizer="nearest", lam=0.0) for p in paths}
     leaves = named_leaves(qparams)
     reps = {p: jnp.asarray(cb, leaves[p].dtype) for p, (cb, _) in quantized.items()}
     tree = {"model": qparams, "reps": reps}
-    tree, model_state, assignments = finetune(ctx, stage.name, tree, dict(model_state), specs)
-    acc_post = ctx.accuracy(tree["model"], model_state)
-    packed = pack(ctx, stage.name, tree, model_state, assignments)
-    return _result(
-        ctx, fp, stage, t0,
+    return _tune_and_pack(
+        ctx, fp, stage, t0, tree, dict(model_state), specs, None,
         method=stage.method, kind="baseline", regularizer=None, freeze_reps=None, lam=None,
-        acc_reg=None, acc_pre=acc_pre, acc_post=acc_post, **dataclasses.asdict(packed),
+        acc_reg=None,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- qat
+
+
+def plan_ste(config: Config, k: int) -> list[Stage]:
+    """One straight-through QAT stage per K when ``config.qat`` names "ste"."""
+    return [Stage(f"qat-ste-k{k}", "ste", "ste", k)] if "ste" in config.qat else []
+
+
+def plan_dkm(config: Config, k: int) -> list[Stage]:
+    """One DKM stage per K when ``config.qat`` names "dkm"."""
+    return [Stage(f"qat-dkm-k{k}", "dkm", "dkm", k)] if "dkm" in config.qat else []
+
+
+def _paths(cfg: Config, params: Any, k: int) -> list[str]:
+    """The quantized leaves: the same selection as the regularizers and baselines."""
+    return list(make_specs(params, include=cfg.include, exclude=cfg.exclude, k=k))
+
+
+def ste_loss(model: Any, specs: Mapping[str, QuantSpec]) -> LossFn:
+    """Task loss of the STE forward net: every selected weight on its nearest level."""
+
+    def loss(tree: Any, model_state: dict[str, Any], batch: Any, rng: jax.Array) -> Any:
+        return task_loss(model, ste.quantize(tree, specs), model_state, batch, rng)
+
+    return loss
+
+
+def train_ste(
+    ctx: Context, fp: Pretrained, stage: Stage
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, QuantSpec], dict[str, Any]]:
+    """The STE phase: ``(tree {"model": latent weights, "reps": levels}, model_state,
+    specs, the start's _named weights)``; ``reg_epochs`` at ``reg_lr`` (same schedule as
+    the regularized phase), levels re-fit every ``ste_recluster_every`` steps."""
+    cfg, name = ctx.config, stage.name
+    params, model_state = _start(ctx, fp)
+    total = cfg.reg_epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
+    tree, specs = ste.init(params, _paths(cfg, params, stage.k), k=stage.k)  # k-means levels
+    before = _named(tree, specs)
+    tx = make_optimizer(cfg, cfg.reg_lr, total)
+    state = make_init_fn(tx)(tree, model_state, np.uint32(phase_seed(cfg.seed, f"{name}/ste")))
+    step_fn = make_train_step(ste_loss(ctx.model, specs), tx)
+    every = cfg.ste_recluster_every
+
+    def recluster(state: Any) -> Any:
+        return state.replace(params=ste.recluster(state.params, specs))
+
+    hook = recluster if every else None
+    state = run_phase(ctx, name, "ste", state, step_fn, cfg.reg_epochs, hook=hook, hook_every=every)
+    return state.params, state.model_state, specs, before
+
+
+def ste_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
+    """STE QAT from the pretrained model; pre-tuning = the snapped net (the STE forward
+    net), then the same fine-tuning (levels as representatives) and packing."""
+    cfg, t0 = ctx.config, time.perf_counter()
+    tree, model_state, specs, before = train_ste(ctx, fp, stage)
+    histograms = _histograms(before, _named(tree, specs), specs)
+    snapped, _ = jax.jit(lambda t: snap(t, specs, index_dtype=cfg.index_dtype))(tree)
+    return _tune_and_pack(
+        ctx, fp, stage, t0, snapped, model_state, specs, "ste",
+        method="ste", kind="qat", regularizer=None, freeze_reps=None, lam=None, acc_reg=None,
+        histograms=histograms,
+    )  # fmt: skip
+
+
+def dkm_taus(centroids: Mapping[str, Any], frac: float) -> dict[str, float]:
+    """Per-layer DKM temperature ``(frac * mean spacing of the centroids)**2``."""
+    return {
+        p: float((frac * np.mean(np.diff(np.sort(np.asarray(c, np.float64))))) ** 2)
+        for p, c in centroids.items()
+    }
+
+
+def dkm_loss(model: Any, taus: Mapping[str, float], iters: int) -> LossFn:
+    """Task loss of the DKM soft weights; the centroids ride in ``model_state["dkm"]``
+    (warm start of each step's k-means iterations, gradient stopped)."""
+
+    def loss(tree: Any, model_state: dict[str, Any], batch: Any, rng: jax.Array) -> Any:
+        soft, centroids = dkm.dkm_transform(tree["model"], model_state["dkm"], taus, iters)
+        rest = {k: v for k, v in model_state.items() if k != "dkm"}
+        value, rest = task_loss(model, soft, rest, batch, rng)
+        return value, {**rest, "dkm": centroids}
+
+    return loss
+
+
+def dkm_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
+    """DKM (blocked, O(N) memory) for the regularized phase's steps and schedule;
+    pre-tuning = ``dkm_snap``, then the same fine-tuning and packing."""
+    cfg, t0, name, k = ctx.config, time.perf_counter(), stage.name, stage.k
+    params, model_state = _start(ctx, fp)
+    total = cfg.reg_epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
+    cents = dkm.dkm_init(params, _paths(cfg, params, k), k, init="kmeans")
+    specs = {p: QuantSpec(k=k, regularizer="nearest", lam=0.0) for p in cents}
+    before = _named({"model": params, "reps": cents}, specs)
+    tx = make_optimizer(cfg, cfg.reg_lr, total)
+    seed = np.uint32(phase_seed(cfg.seed, f"{name}/dkm"))
+    state = make_init_fn(tx)({"model": params, "reps": {}}, {**model_state, "dkm": cents}, seed)
+    step_fn = make_train_step(
+        dkm_loss(ctx.model, dkm_taus(cents, cfg.dkm_tau_frac), cfg.dkm_iters), tx
+    )
+    state = run_phase(ctx, name, "dkm", state, step_fn, cfg.reg_epochs)
+    model_state = dict(state.model_state)
+    cents, trained = model_state.pop("dkm"), state.params["model"]
+    histograms = _histograms(before, _named({"model": trained, "reps": cents}, specs), specs)
+    snapped, books = jax.jit(dkm.dkm_snap)(trained, cents)
+    leaves = named_leaves(snapped)
+    reps = {p: cb.astype(leaves[p].dtype) for p, (cb, _) in books.items()}
+    return _tune_and_pack(
+        ctx, fp, stage, t0, {"model": snapped, "reps": reps}, model_state, specs, "dkm",
+        method="dkm", kind="qat", regularizer=None, freeze_reps=None, lam=None, acc_reg=None,
+        histograms=histograms,
     )  # fmt: skip
 
 
@@ -386,6 +556,8 @@ def ptq_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
 STAGE_KINDS: dict[str, StageKind] = {
     "regularizer": StageKind(plan_regularized, regularized_stage),
     "ptq": StageKind(plan_ptq, ptq_stage),
+    "ste": StageKind(plan_ste, ste_stage),
+    "dkm": StageKind(plan_dkm, dkm_stage),
 }
 
 

@@ -238,19 +238,22 @@ def init_variables(model: nn.Module, image_shape: Sequence[int], seed: int) -> d
         return jax.jit(lambda k: model.init({"params": k}, x, train=False))(key)
 
 
-def make_eval_fn(model: nn.Module) -> Callable[[dict[str, Any], data.Dataset, int], float]:
-    """``accuracy(variables, ds, batch_size)``: the fraction of ``ds``'s test split that
-    ``model`` (eval mode) classifies right; jitted per batch shape, one host read."""
+def make_eval_fn(model: nn.Module) -> Callable[..., float]:
+    """``accuracy(variables, ds, batch_size, split="test")``: the fraction of ``ds``'s test
+    (or "val") split that ``model`` (eval mode) classifies right; jitted per batch shape,
+    one host read."""
 
     @jax.jit
     def correct(variables: dict[str, Any], batch: data.Batch) -> jax.Array:
         logits = model.apply(variables, batch["image"], train=False)
         return jnp.sum(jnp.argmax(logits, -1) == batch["label"])
 
-    def accuracy(variables: dict[str, Any], ds: data.Dataset, batch_size: int) -> float:
+    def accuracy(
+        variables: dict[str, Any], ds: data.Dataset, batch_size: int, split: str = "test"
+    ) -> float:
         total = jnp.zeros((), jnp.int32)
-        for batch in data.eval_batches(ds, batch_size):
+        for batch in data.eval_batches(ds, batch_size, split=split):
             total = total + correct(variables, batch)
-        return float(total) / len(ds.test_labels)
+        return float(total) / len(data.eval_split(ds, split)[1])
 
     return accuracy
