@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._tree import named_leaves
-from .nearest import index_dtype
+from .nearest_level import index_dtype
 from .validation import check_k
 
 __all__ = [

@@ -42,7 +42,7 @@ import optax
 from . import regularizers as R
 from ._tree import map_named, named_leaves, replace_leaves
 from .codebook import QuantSpec, check_tree
-from .snap import assign
+from .nearest_level import assign
 
 Array = jax.Array
 REP_GRADS = ("sum", "mean")

@@ -19,7 +19,14 @@ import jax
 
 from ._tree import replace_leaves
 from .codebook import QuantSpec
-from .nearest import assign
+from .finetune import (
+    REP_GRADS,
+    QuantizedFinetuneState,
+    finetune_specs,
+    leaves_and_levels,
+    quantized_finetune,
+)
+from .nearest_level import assign
 
 Array = jax.Array
 
@@ -58,15 +65,6 @@ def snap(
     )
     return {**train_params, "model": model, "reps": levels}, assignments
 
-
-# At the end: finetune imports assign from this module.
-from .finetune import (  # noqa: E402
-    REP_GRADS,
-    QuantizedFinetuneState,
-    finetune_specs,
-    leaves_and_levels,
-    quantized_finetune,
-)
 
 __all__ = [
     "REP_GRADS",

@@ -1,7 +1,6 @@
 """penalty.py: registry dispatch, per-layer reduction, lambda schedules, stats, exact ties."""
 
 import dataclasses
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -10,12 +9,10 @@ import optax
 import pytest
 
 import qareg_jax as q
+from qareg_jax import nearest_level as N
 from qareg_jax import regularizers as R
 from qareg_jax.penalty import elementwise, reduced
 from qareg_jax.snap import assign
-
-# The module, not the ``qareg_jax.nearest`` penalty function exported by the package.
-N = importlib.import_module("qareg_jax.nearest")
 
 BUILTIN = ("sine", "cosine", "nearest", "softmin", "product", "wells")
 

@@ -10,7 +10,7 @@ import pytest
 
 import qareg_jax as q
 from qareg_jax import regularizers as R
-from qareg_jax.nearest import nearest_value
+from qareg_jax.nearest_level import nearest_value
 from qareg_jax.regularizers import Regularizer, registry
 
 

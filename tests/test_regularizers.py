@@ -1,17 +1,13 @@
 """Element-wise penalties: minima, gradients, dtypes, jit, clustering, bad input."""
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from qareg_jax import nearest_level as N
 from qareg_jax import regularizers as R
-
-# The module, not the ``qareg_jax.nearest`` penalty function exported by the package.
-N = importlib.import_module("qareg_jax.nearest")
 
 INTERVALS = [(-1.0, 1.0), (-0.3, 0.05), (0.0, 2.5)]
 KS = [2, 3, 4, 7, 16]

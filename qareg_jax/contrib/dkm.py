@@ -32,7 +32,7 @@ import numpy as np
 
 from .._tree import leaves_naming, named_leaves, replace_leaves
 from ..codebook import INITS, init_representatives, resolve_paths
-from ..nearest import assign
+from ..nearest_level import assign
 from ..validation import check_choice, check_float_array, check_k
 from .dkm_core import Array, check_centroids, dkm_layer, dkm_layer_reference
 
@@ -121,7 +121,7 @@ def dkm_snap(
 ) -> tuple[Any, dict[str, tuple[Array, Array]]]:
     """Hard assignment: every weight named in ``centroids`` becomes its nearest centroid.
 
-    :func:`qareg_jax.nearest.assign` (as :func:`qareg_jax.snap.assign`): O(N log K) per
+    :func:`qareg_jax.nearest_level.assign` (as :func:`qareg_jax.snap.assign`): O(N log K) per
     leaf, no ``N x K`` array; exact ties go to the lower centroid, equal centroids to
     the first; jit-able.
 

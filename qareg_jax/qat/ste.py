@@ -50,11 +50,7 @@ import numpy as np
 from .. import regularizers as R
 from .._tree import replace_leaves
 from ..codebook import QuantSpec, attach, check_tree, resolve_paths
-
-try:  # nearest-level assignment is moving from snap.py to nearest.py
-    from ..nearest import assign
-except ImportError:  # pragma: no cover - before the move
-    from ..snap import assign
+from ..nearest_level import assign
 
 Array = jax.Array
 

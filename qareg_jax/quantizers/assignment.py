@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..nearest import boundaries
+from ..nearest_level import boundaries
 from .common import PIECE, host_float, index_dtype
 
 _CHUNK = 1 << 20  # elements per thread task / XLA call in assign_nearest
@@ -66,7 +66,7 @@ def _thresholds(cb: np.ndarray, dtype: Any) -> np.ndarray:
     """(k-1,) thresholds in ``dtype`` of a sorted float64 ``cb``: x is nearer ``cb[j+1]``
     than ``cb[j]`` iff ``x > t[j]`` (exact; ties go to the lower level).
 
-    :func:`qareg_jax.nearest.boundaries` in float64, rounded down to ``dtype``: for
+    :func:`qareg_jax.nearest_level.boundaries` in float64, rounded down to ``dtype``: for
     ``x`` of that dtype, ``x > floor(t)`` iff ``x > t``.
     """
     t = boundaries(cb)
@@ -80,7 +80,7 @@ def _count_below_kernel(
     """(number of ``mids`` < x, any subnormal x) for float32 ``x``; ``mids`` sorted.
 
     An unrolled branchless binary search on ``mids`` padded with +inf to a power of
-    two (a fused single pass, no branches). Not :func:`qareg_jax.nearest.nearest_index`:
+    two (a fused single pass, no branches). Not :func:`qareg_jax.nearest_level.nearest_index`:
     its bucket table, rebuilt per call, made k = 65536 ~5x slower here (k = 256 and
     1024 were 1.5-3x faster). XLA on CPU treats subnormals as zero, so the caller
     redoes flagged chunks.

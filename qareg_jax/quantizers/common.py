@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # One k check and one index dtype for every module (re-exported by the package).
-from ..nearest import index_dtype
+from ..nearest_level import index_dtype
 from ..validation import MAX_K, check_k
 
 __all__ = [

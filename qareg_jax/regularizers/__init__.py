@@ -20,7 +20,7 @@ dynamic), read from the registry on each access, so later registrations show up.
 
 from __future__ import annotations
 
-from ..nearest import nearest_index
+from ..nearest_level import nearest_index
 from ..validation import check_float_array as check_float
 from ..validation import check_interval, check_k, check_positive
 

@@ -6,7 +6,7 @@
 Each penalty has a ``jax.custom_vjp`` whose residuals are only its inputs (or
 K-sized sums), so the backward pass recomputes from ``w`` instead of storing
 per-weight intermediates. The nearest representative comes from
-``qareg_jax.nearest.with_nearest`` (compare chain for K <= 32, bucket table above).
+``qareg_jax.nearest_level.with_nearest`` (compare chain for K <= 32, bucket table above).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from ..nearest import nearest_value, with_nearest
+from ..nearest_level import nearest_value, with_nearest
 from ..validation import check_float_array
 from .common import (
     BLOCK,
