@@ -4,9 +4,16 @@ Weights are pushed during training towards K quantization levels by per-layer
 penalties; the levels of the dynamic penalties are trainable representatives
 living in the same parameter tree. Afterwards every selected weight is snapped
 to its level and fine-tuned with the weights kept exactly quantized.
+
+Where things are: ``codebook`` (specs, ``attach``), ``regularizers`` (one module
+per penalty family and the registry), ``penalty``, ``snap``, ``finetune``,
+``nearest_level`` (the exact nearest-level search), ``quantizers`` (post-training
+baselines), ``qat`` (straight-through QAT), ``contrib`` (gradient-l1, R2, DKM),
+``compress`` (packed export), ``pipeline`` (the training core and the experiment
+pipeline; imported on use, it pulls in orbax), ``sharding``.
 """
 
-from . import compress, contrib, quantizers, regularizers, sharding
+from . import compress, contrib, qat, quantizers, regularizers, sharding
 from .codebook import (
     QuantSpec,
     attach,
@@ -16,6 +23,15 @@ from .codebook import (
     levels,
     make_specs,
     select,
+)
+from .finetune import (
+    QuantizedFinetuneState,
+    RegularizeThenFinetuneState,
+    assignments_by_path,
+    finetune_specs,
+    is_finetuning,
+    quantized_finetune,
+    regularize_then_finetune,
 )
 from .penalty import elementwise, layer_penalties, penalty, penalty_stats
 from .regularizers import (
@@ -30,14 +46,16 @@ from .regularizers import (
     wells,
     wells_total,
 )
-from .snap import QuantizedFinetuneState, finetune_specs, quantized_finetune, snap
+from .snap import snap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "QuantSpec",
     "QuantizedFinetuneState",
+    "RegularizeThenFinetuneState",
     "all_reps_total",
+    "assignments_by_path",
     "attach",
     "check_tree",
     "compress",
@@ -47,6 +65,7 @@ __all__ = [
     "elementwise",
     "finetune_specs",
     "init_representatives",
+    "is_finetuning",
     "layer_penalties",
     "levels",
     "make_specs",
@@ -56,7 +75,9 @@ __all__ = [
     "penalty_stats",
     "product",
     "quantized_finetune",
+    "qat",
     "quantizers",
+    "regularize_then_finetune",
     "regularizers",
     "select",
     "sharding",
