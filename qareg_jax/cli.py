@@ -2,7 +2,8 @@
 
     qareg demo [--fast] [--workdir DIR] [--overwrite]
     qareg run --model small --dataset digits --regularizer nearest sine --k 2 4 \\
-        [--baseline kmeans uniform] [--lambda X] [--epochs N] [--config FILE.py] \\
+        [--baseline kmeans uniform] [--qat ste dkm] [--seeds 0 1 2] [--val-fraction F] \\
+        [--lambda X] [--epochs N] [--config FILE.py] \\
         [--workdir DIR] [--data-dir DIR] [--resume | --overwrite]
     qareg report WORKDIR
     qareg prepare-data cifar10 [--data-dir DIR]
@@ -52,14 +53,16 @@ def _list(values: Sequence[str] | None) -> list[str] | None:
     return [v for value in values for v in value.split(",") if v]
 
 
-def _ints(values: Sequence[str] | None) -> tuple[int, ...] | None:
+def _ints(
+    values: Sequence[str] | None, flag: str = "--k", what: str = "integers (numbers of levels)"
+) -> tuple[int, ...] | None:
     items = _list(values)
     if items is None:
         return None
     try:
         return tuple(int(v) for v in items)
     except ValueError:
-        raise ValueError(f"--k takes integers (numbers of levels), got {' '.join(items)}") from None
+        raise ValueError(f"{flag} takes {what}, got {' '.join(items)}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +90,43 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--k", nargs="+", help="numbers of levels, e.g. --k 2 4 8")
     run.add_argument(
         "--baseline", nargs="+", help=f"one or more of {', '.join(pipeline.BASELINES)}, or none"
+    )
+    run.add_argument(
+        "--qat",
+        nargs="+",
+        metavar="METHOD",
+        help=f"quantization-aware training baselines: {', '.join(pipeline.QAT_METHODS)}, or none "
+        "(trained for the regularized phase's epochs and learning rate, then fine-tuned)",
+    )
+    run.add_argument(
+        "--ste-recluster-every",
+        type=int,
+        metavar="N",
+        help="re-fit the STE levels by k-means every N steps",
+    )
+    run.add_argument(
+        "--dkm-tau-frac",
+        type=float,
+        metavar="F",
+        help="DKM temperature: (this * mean level spacing)^2 per layer (default 0.3)",
+    )
+    run.add_argument(
+        "--dkm-iters", type=int, metavar="N", help="DKM k-means iterations per step (default 3)"
+    )
+    run.add_argument(
+        "--seeds",
+        nargs="+",
+        metavar="SEED",
+        help="run every seed (e.g. --seeds 0 1 2); tables: mean ± std",
+    )
+    run.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="hold out this fraction of the training set as validation (reported beside test)",
+    )
+    run.add_argument(
+        "--data-seed", type=int, metavar="SEED", help="seed of the validation split (default 0)"
     )
     run.add_argument("--lambda", dest="lam", type=float, help="lambda of every regularizer")
     run.add_argument("--lam-warmup", type=float, help="fraction of the phase ramping lambda up")
@@ -135,6 +175,11 @@ def config_from_args(args: argparse.Namespace) -> pipeline.Config:
         ("seed", "seed"),
         ("train_subset", "train_subset"),
         ("index_dtype", "index_dtype"),
+        ("ste_recluster_every", "ste_recluster_every"),
+        ("dkm_tau_frac", "dkm_tau_frac"),
+        ("dkm_iters", "dkm_iters"),
+        ("val_fraction", "val_fraction"),
+        ("data_seed", "data_seed"),
     ):
         if getattr(args, flag) is not None:
             changes[field] = getattr(args, flag)
@@ -144,8 +189,12 @@ def config_from_args(args: argparse.Namespace) -> pipeline.Config:
         changes["regularizers"] = tuple(r for r in _list(args.regularizer) if r != "none")
     if args.baseline is not None:
         changes["baselines"] = tuple(b for b in _list(args.baseline) if b != "none")
+    if args.qat is not None:
+        changes["qat"] = tuple(q for q in _list(args.qat) if q != "none")
     if args.k is not None:
         changes["ks"] = _ints(args.k)
+    if args.seeds is not None:
+        changes["seeds"] = _ints(args.seeds, "--seeds", "integers")
     if args.from_scratch:
         changes["from_pretrained"] = False
     if args.freeze_reps is not None:

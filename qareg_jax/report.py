@@ -1,14 +1,20 @@
 """Tables and plots of a run directory written by ``train.train_and_evaluate``.
 
 ``write_report(workdir)`` writes ``table.md`` and ``table.csv`` (one row per method and
-K) and PNG plots under ``plots/``:
+K; with several seeds mean +- std over the seeds and their number, the per-seed rows in
+``table_seeds.csv``) and PNG plots under ``plots/``:
 
 - ``accuracy_vs_bits.png``: pre- and post-tuning accuracy against index bits per weight
-  (``ceil(log2 K)``), one line per method, the full-precision accuracy dashed;
+  (``ceil(log2 K)``), one line per method (mean and std over seeds), the full-precision
+  accuracy dotted;
 - ``training_k<K>.png``: task loss, regularizer (lambda-weighted penalty) and mean
-  distance of the weights to their levels over the regularized phase, per method;
+  distance of the weights to their levels over the regularized phase, per method (QAT
+  methods: task loss only; the first seed's runs);
 - ``hist_<stage>.png``: per quantized layer, the weight histogram before and after
-  regularized training with the levels before (dashed) and after (solid).
+  regularized (or QAT) training with the levels before (dashed) and after (solid).
+
+Accuracies are on the test split; with a validation split (``val_fraction > 0``) the
+table adds the validation accuracies and marks every accuracy column "(test)" or "(val)".
 
 Figures are drawn with matplotlib's object API on Agg canvases: no pyplot, no global
 backend switch, safe in threads and headless machines.
@@ -41,30 +47,100 @@ COLUMNS = (
     ("ratio", "1/psi"),
     ("huffman_bytes", "Huffman B"),
     ("huffman_ratio", "1/psi Huffman"),
+    ("step_rel", "step / plain step"),
     ("wall_s", "wall s"),
     ("device", "device"),
 )
 _TEXT = ("model", "dataset", "method", "device")
+# Validation accuracies, after the test ones, when the run has a validation split.
+VAL_COLUMNS = (
+    ("acc_val_fp", "acc FP % (val)"),
+    ("acc_val_pre", "acc pre-tuning % (val)"),
+    ("acc_val_post", "acc post-tuning % (val)"),
+)
+# Aggregated over seeds: means and stds of these (the text columns come from the first).
+NUMERIC = tuple(key for key, _ in COLUMNS + VAL_COLUMNS if key not in _TEXT and key != "k") + (
+    "original_bytes",
+    "file_bytes",
+    "step_s",
+)
 
 
-def _fmt(key: str, value: Any) -> str:
+def _fmt(key: str, value: Any, std: Any = None) -> str:
     if value is None:
         return "-"
     if key.startswith("acc"):
-        return f"{100 * value:.2f}"
+        return f"{100 * value:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
     if key.endswith("bytes"):
         return f"{value:,.0f}"
+    if key == "step_rel":
+        return f"{value:.2f}" + ("" if std is None else f" ± {std:.2f}")
     if isinstance(value, float):
         return f"{value:.1f}"
     return str(value)
 
 
+def seed_count(rows: Sequence[dict[str, Any]]) -> int:
+    """The number of distinct seeds among ``rows`` (rows without one count as one seed)."""
+    return len({row.get("seed") for row in rows})
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (model, dataset, method, K), in first-seen order: the first row's text
+    fields, ``n_seeds``, and ``<key>_mean`` / ``<key>_std`` (``np.std``, ddof 0; None when
+    no row has the key) of every ``NUMERIC`` key."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["dataset"], row["method"], row["k"]), []).append(row)
+    out = []
+    for group in groups.values():
+        first = group[0]
+        agg: dict[str, Any] = {key: first.get(key) for key in (*_TEXT, "kind", "k")}
+        agg["n_seeds"] = len(group)
+        agg["seeds"] = " ".join(str(r.get("seed")) for r in group)
+        for key in NUMERIC:
+            values = [r[key] for r in group if r.get(key) is not None]
+            agg[f"{key}_mean"] = float(np.mean(values)) if values else None
+            agg[f"{key}_std"] = float(np.std(values)) if values else None
+        out.append(agg)
+    return out
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The table's columns: with validation accuracies, each accuracy names its split."""
+    if not any(row.get("acc_val_pre") is not None for row in rows):
+        return list(COLUMNS)
+    cols = [(k, f"{t} (test)" if k.startswith("acc") else t) for k, t in COLUMNS]
+    at = [k for k, _ in cols].index("acc_post") + 1
+    return cols[:at] + list(VAL_COLUMNS) + cols[at:]
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table, one line per result row (accuracies in percent)."""
-    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if key in _TEXT else "---:" for key, _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(_fmt(key, row.get(key)) for key, _ in COLUMNS) + " |" for row in rows]
-    return "\n".join([head, rule, *body])
+    """A markdown table (accuracies in percent): one line per result row, or with rows of
+    several seeds one line per method and K with mean ± std over the seeds."""
+    cols = _columns(rows)
+    several = seed_count(rows) > 1
+    if several:
+        at = [k for k, _ in cols].index("k") + 1
+        cols = cols[:at] + [("n_seeds", "seeds")] + cols[at:]
+    head = "| " + " | ".join(title for _, title in cols) + " |"
+    rule = "|" + "|".join("---" if key in _TEXT else "---:" for key, _ in cols) + "|"
+    if not several:
+        body = [
+            "| " + " | ".join(_fmt(key, row.get(key)) for key, _ in cols) + " |" for row in rows
+        ]
+        return "\n".join([head, rule, *body])
+    body = []
+    for agg in aggregate(rows):
+        cells = [
+            _fmt(key, agg[f"{key}_mean"], agg[f"{key}_std"])
+            if f"{key}_mean" in agg
+            else _fmt(key, agg.get(key))
+            for key, _ in cols
+        ]
+        body.append("| " + " | ".join(cells) + " |")
+    note = f"Mean ± std (numpy, ddof 0) over {seed_count(rows)} seeds."
+    return "\n".join([head, rule, *body, "", note])
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
@@ -92,7 +168,7 @@ def load_rows(workdir: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[st
         results = json.loads((path / "results.json").read_text())
         return results["rows"], results
     rows = []
-    for file in sorted((path / "stages").glob("*.json")):
+    for file in sorted((path / "stages").rglob("*.json")):
         if file.stem != "pretrain":
             rows.append(json.loads(file.read_text()))
     for row in rows:
@@ -110,17 +186,22 @@ def plot_accuracy_vs_bits(rows: Sequence[dict[str, Any]], path: pathlib.Path) ->
     """Pre- and post-tuning accuracy (%) vs ``ceil(log2 K)`` bits, one line per method."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    methods = list(dict.fromkeys(row["method"] for row in rows))
+    aggs = aggregate(rows)
+    methods = list(dict.fromkeys(agg["method"] for agg in aggs))
+    styles = {"baseline": "--", "qat": "-."}
     for ax, key, title in zip(
         axes, ("acc_pre", "acc_post"), ("pre-tuning", "post-tuning"), strict=True
     ):
         for method in methods:
-            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["k"])
-            bits = [math.ceil(math.log2(r["k"])) for r in mine]
-            style = "--" if mine[0].get("kind") == "baseline" else "-"
-            ax.plot(bits, [100 * r[key] for r in mine], style, marker="o", label=method)
+            mine = sorted((a for a in aggs if a["method"] == method), key=lambda a: a["k"])
+            bits = [math.ceil(math.log2(a["k"])) for a in mine]
+            mean = [100 * a[f"{key}_mean"] for a in mine]
+            std = [100 * a[f"{key}_std"] for a in mine] if mine[0]["n_seeds"] > 1 else None
+            style = styles.get(mine[0].get("kind"), "-")
+            ax.errorbar(bits, mean, std, fmt=style, marker="o", capsize=3, label=method)
         if rows:
-            ax.axhline(100 * rows[0]["acc_fp"], color="k", ls=":", lw=1, label="full precision")
+            fp = 100 * aggs[0]["acc_fp_mean"]
+            ax.axhline(fp, color="k", ls=":", lw=1, label="full precision")
         ax.set_title(f"{title} accuracy")
         ax.set_xlabel("bits per weight index (ceil log2 K)")
         ax.grid(alpha=0.3)
@@ -141,17 +222,24 @@ def _read_metrics(path: pathlib.Path, phase: str) -> list[dict[str, Any]]:
 def plot_training(
     workdir: pathlib.Path, rows: Sequence[dict[str, Any]], k: int, path: pathlib.Path
 ) -> pathlib.Path:
-    """Regularized phase at ``k``: task loss, regularizer and mean distance to the levels."""
+    """Regularized phase at ``k``: task loss, regularizer and mean distance to the levels
+    (QAT phases: their task loss), the first seed's runs."""
     fig = Figure(figsize=(13, 4), layout="constrained")
     axes = fig.subplots(1, 3)
+    first_seed = rows[0].get("seed") if rows else None
     for row in rows:
-        if row.get("kind") != "regularizer" or row["k"] != k:
+        if row.get("kind") not in ("regularizer", "qat") or row["k"] != k:
             continue
-        records = _read_metrics(workdir / "metrics" / f"{row['stage']}.jsonl", "reg")
+        if row.get("seed") != first_seed:
+            continue
+        phase = "reg" if row["kind"] == "regularizer" else row["method"]
+        records = _read_metrics(workdir / "metrics" / f"{row['stage']}.jsonl", phase)
         if not records:
             continue
         steps = [r["step"] for r in records]
         axes[0].plot(steps, [r["task_loss"] for r in records], label=row["method"])
+        if "layers" not in records[0]:  # QAT: no penalty
+            continue
         axes[1].plot(steps, [max(r["penalty"], 1e-12) for r in records], label=row["method"])
         dist = [np.mean([s["distance"] for s in r["layers"].values()]) for r in records]
         axes[2].plot(steps, dist, label=row["method"])
@@ -211,15 +299,22 @@ def write_report(workdir: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{str(path)!r} has no finished stage yet; nothing to report")
     table = markdown_table(rows)
     (path / "table.md").write_text(table + "\n")
-    write_csv(rows, path / "table.csv")
+    files = [path / "table.md", path / "table.csv"]
+    if seed_count(rows) > 1:
+        write_csv(aggregate(rows), path / "table.csv")
+        write_csv(rows, path / "table_seeds.csv")
+        files.append(path / "table_seeds.csv")
+    else:
+        write_csv(rows, path / "table.csv")
     plots = path / "plots"
     plots.mkdir(exist_ok=True)
-    files = [path / "table.md", path / "table.csv"]
     files.append(plot_accuracy_vs_bits(rows, plots / "accuracy_vs_bits.png"))
-    for k in sorted({r["k"] for r in rows if r.get("kind") == "regularizer"}):
+    trained = [r for r in rows if r.get("kind") in ("regularizer", "qat")]
+    for k in sorted({r["k"] for r in trained}):
         files.append(plot_training(path, rows, k, plots / f"training_k{k}.png"))
-    for row in rows:
-        if row.get("kind") == "regularizer":
-            full = json.loads((path / "stages" / f"{row['stage']}.json").read_text())
-            files.append(plot_histograms(full, plots / f"hist_{row['stage']}.png"))
+    for row in trained:
+        full = json.loads((path / "stages" / f"{row['stage']}.json").read_text())
+        if full.get("histograms"):
+            name = row["stage"].replace("/", "_")
+            files.append(plot_histograms(full, plots / f"hist_{name}.png"))
     return {"table": table, "files": files}
