@@ -50,6 +50,7 @@ from qareg_jax._tree import named_leaves
 from qareg_jax.codebook import select
 from qareg_jax.contrib.gradient_l1 import gradient_l1
 from qareg_jax.data import load_dataset
+from qareg_jax.pipeline import TrainState, empty_window, train_step_fn
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -89,13 +90,19 @@ def make_trainer(widths, *, lr, batch, steps, start_frac, ls):
         return optax.softmax_cross_entropy(model.apply(params, b[0]), targets).mean()
 
     def run(params, state, idx, fn):
-        def body(carry, i):
-            p, s = carry
-            g = jax.grad(fn)(p, (x[i], y[i]))
-            u, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), None
-
-        return jax.lax.scan(body, (params, state), idx)[0]
+        """``fn(params, batch) -> loss`` through the pipeline's one train step, scanned."""
+        step = train_step_fn(lambda p, ms, b, rng: (fn(p, b), ms), opt)
+        ts = TrainState(
+            params=params,
+            opt_state=state,
+            model_state={},
+            key=jax.random.PRNGKey(0),  # no dropout here: the step's key is unused
+            step=jnp.zeros((), jnp.int32),
+            window=empty_window(),
+            bad_step=jnp.full((), -1, jnp.int32),
+        )
+        ts = jax.lax.scan(lambda t, i: (step(t, (x[i], y[i]))[0], None), ts, idx)[0]
+        return ts.params, ts.opt_state
 
     @jax.jit
     def prefix(keys, idx):
