@@ -14,6 +14,7 @@ regularizers (sine, cosine) have fixed levels and no entry.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,16 @@ import numpy as np
 
 from ._tree import leaves_naming, named_leaves
 from .regularizers import registry, static_levels
-from .validation import check_choice, check_interval, check_k, check_lam, check_positive
+from .validation import (
+    check_choice,
+    check_interval,
+    check_k,
+    check_k_fits,
+    check_lam,
+    check_patterns,
+    check_positive,
+    check_schedule,
+)
 
 Schedule = Callable[[Any], Any]
 INTERVALS = ("minmax", "percentile", "std")
@@ -114,12 +124,39 @@ class QuantSpec:
         return registry.get(self.regularizer).dynamic
 
     def lam_at(self, step: Any = None) -> Any:
-        """Lambda at ``step`` (a schedule needs a step)."""
-        if callable(self.lam):
-            if step is None:
-                raise ValueError("step is required when lam is a schedule")
-            return self.lam(step)
-        return self.lam
+        """Lambda at ``step`` (a schedule needs a step).
+
+        A schedule's value that is negative or not finite raises ``ValueError`` when
+        it is concrete; under ``jax.jit`` (traced step) it becomes NaN instead, so the
+        penalty turns NaN and a NaN detector stops the run rather than training on
+        with a wrong lambda. ``check_schedules`` catches it before training.
+        """
+        if not callable(self.lam):
+            return self.lam
+        if step is None:
+            raise ValueError("step is required when lam is a schedule")
+        value = self.lam(step)
+        if isinstance(value, jax.core.Tracer):
+            return jnp.where((value >= 0) & jnp.isfinite(value), value, jnp.nan)
+        if not 0 <= float(value) < np.inf:
+            raise ValueError(
+                f"lam schedule gives {float(value)} at step {step}; lambda must be finite "
+                "and >= 0 (check the schedule with check_schedules(specs, steps))"
+            )
+        return value
+
+
+def check_schedules(specs: Mapping[str, QuantSpec], steps: int) -> None:
+    """Raise unless every spec's lambda is finite and >= 0 at steps ``0 .. steps - 1``.
+
+    ``QuantSpec`` checks a schedule at step 0 only (it cannot know the run's length);
+    call this once before training with the planned number of steps.
+
+    Raises:
+      ValueError: naming the leaf and the first bad step (``validation.check_schedule``).
+    """
+    for path, spec in specs.items():
+        check_schedule(spec.lam, steps, name=f"lam of {path!r}")
 
 
 def resolve_paths(params: Any, paths: Sequence[str] | None) -> list[str]:
@@ -143,32 +180,63 @@ def default_rule(path: str, leaf: Any) -> bool:
     return path.split("/")[-1] == "kernel" and np.ndim(leaf) >= 2 and not _NEVER.search(path)
 
 
+Patterns = str | Sequence[str]
+
+
+def _empty_str(value: object) -> bool:
+    return isinstance(value, str) and not value
+
+
+def override_matches(key: str, path: str) -> bool:
+    """Whether ``overrides`` key ``key`` selects leaf ``path``.
+
+    The key's '/'-separated segments must equal consecutive whole segments of the
+    path; each key segment may be a glob (``*``, ``?``, ``[01]``, case-sensitive).
+    For ``params/fc1/kernel``: ``"fc1"``, ``"fc1/kernel"``, ``"f*1"`` match;
+    ``"fc"``, ``"c1"``, ``"fc1/bias"`` do not, and ``"fc1"`` does not match ``fc10``.
+    """
+    want = [part for part in key.split("/") if part]
+    have = path.split("/")
+    return any(
+        all(fnmatch.fnmatchcase(h, w) for h, w in zip(have[i : i + len(want)], want, strict=True))
+        for i in range(len(have) - len(want) + 1)
+    )
+
+
 def select(
     params: Any,
-    include: str | None = None,
-    exclude: str | None = None,
+    include: Patterns | None = None,
+    exclude: Patterns | None = None,
     predicate: Callable[[str, Any], bool] | None = None,
 ) -> list[str]:
     """Paths of the leaves to quantize.
 
     Args:
       params: any pytree of arrays.
-      include: regex searched in each '/'-joined path; replaces the default rule
-        (conv and dense kernels) when given.
-      exclude: regex; matching paths are dropped.
+      include: a regex searched in each '/'-joined path, or a list/tuple of them
+        (a path is included if any matches); replaces the default rule (conv and
+        dense kernels) when given.
+      exclude: a regex or a list/tuple of them; matching paths are dropped.
       predicate: ``(path, leaf) -> bool``; must also hold.
 
     Returns:
       The selected paths, in flattening order.
 
     Raises:
-      ValueError: nothing is selected. TypeError: a selected leaf is not floating point.
+      ValueError: nothing is selected, or an invalid regex.
+      TypeError: a selected leaf is not floating point; include/exclude not a str or
+        a list/tuple of str; predicate not callable.
     """
+    # "" keeps its old meaning: no pattern.
+    inc = check_patterns(None if _empty_str(include) else include, "include")
+    exc = check_patterns(None if _empty_str(exclude) else exclude, "exclude")
+    if predicate is not None and not callable(predicate):
+        raise TypeError(f"predicate must be a callable (path, leaf) -> bool, got {predicate!r}")
     leaves = named_leaves(params)
     out = []
     for path, leaf in leaves.items():
-        ok = re.search(include, path) is not None if include else default_rule(path, leaf)
-        ok = ok and not (exclude and re.search(exclude, path))
+        ok = any(p.search(path) for p in inc) if inc else default_rule(path, leaf)
+        ok = ok and not (exc and any(p.search(path) for p in exc))
         ok = ok and (predicate is None or predicate(path, leaf))
         if ok:
             out.append(path)
@@ -194,21 +262,53 @@ def make_specs(
     overrides: Mapping[str, Mapping[str, Any] | None] | None = None,
     **spec_kwargs: Any,
 ) -> dict[str, QuantSpec]:
-    """One ``QuantSpec`` per selected leaf.
+    """One ``QuantSpec`` per selected leaf (``include``/``exclude``/``predicate``: see ``select``).
 
     ``spec_kwargs`` are ``QuantSpec`` fields shared by every layer. ``overrides``
-    maps a regex (searched in the path) to field changes for the matching layers,
-    or to ``None`` to skip them: ``overrides={"Conv_0": dict(k=16), "Dense_2": None}``.
-    Overrides apply in order; later ones win.
+    maps a key to field changes for the matching layers, or to ``None`` to skip
+    them: ``overrides={"Conv_0": dict(k=16), "Dense_2": None}``. A key matches a
+    leaf when its '/'-separated segments are consecutive whole segments of the
+    leaf's path, each segment optionally a glob (``override_matches``): ``"fc1"``
+    and ``"fc1/kernel"`` match ``params/fc1/kernel``, but ``"fc1"`` does not match
+    ``fc10`` and ``"Conv1"`` does not match ``conv1``. Overrides apply in order;
+    later ones win.
+
+    Raises:
+      ValueError: an overrides key matches no selected leaf (the selected paths are
+        listed), every leaf is skipped, or a leaf has fewer weights than its ``k``.
+      TypeError: an overrides key is not a str, or a change is not a dict or None.
+      (An empty key is a ValueError.)
     """
     base = QuantSpec(**spec_kwargs)
+    overrides = {} if overrides is None else overrides
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a dict {{key: changes or None}}, got {overrides!r}")
+    for key, change in overrides.items():
+        if not isinstance(key, str):
+            raise TypeError(f"overrides keys must be path strings, got {key!r}")
+        if not key.strip("/"):
+            raise ValueError(f"overrides keys must name at least one path segment, got {key!r}")
+        if change is not None and not isinstance(change, Mapping):
+            raise TypeError(
+                f"overrides[{key!r}] must be a dict of QuantSpec fields or None, got {change!r}"
+            )
+    leaves = named_leaves(params)
+    selected = select(params, include, exclude, predicate)
+    unmatched = [k for k in overrides if not any(override_matches(k, p) for p in selected)]
+    if unmatched:
+        raise ValueError(
+            f"overrides keys {unmatched} match no selected leaf (keys match whole "
+            "'/'-separated path segments, case-sensitive, globs allowed: 'fc1', "
+            f"'fc1/kernel', 'Conv_*'); the selected paths are: {', '.join(selected)}"
+        )
     specs: dict[str, QuantSpec] = {}
-    for path in select(params, include, exclude, predicate):
+    for path in selected:
         spec: QuantSpec | None = base
-        for pattern, change in (overrides or {}).items():
-            if spec is not None and re.search(pattern, path):
+        for key, change in overrides.items():
+            if spec is not None and override_matches(key, path):
                 spec = None if change is None else dataclasses.replace(spec, **change)
         if spec is not None:
+            check_k_fits(spec.k, int(np.size(leaves[path])), path)
             specs[path] = spec
     if not specs:
         raise ValueError("overrides skipped every selected leaf; nothing is left to quantize")
@@ -218,8 +318,9 @@ def make_specs(
 # ------------------------------------------------------------------ representatives
 
 
-def resolve_interval(w: np.ndarray, spec: QuantSpec) -> tuple[float, float]:
-    """``[lo, hi]`` for a leaf under ``spec`` (explicit bounds win)."""
+def resolve_interval(w: np.ndarray, spec: QuantSpec, path: str = "") -> tuple[float, float]:
+    """``[lo, hi]`` for a leaf under ``spec`` (explicit bounds win); ``path`` names the
+    leaf in errors."""
     if spec.lo is not None:
         return float(spec.lo), float(spec.hi)
     flat = np.asarray(w, np.float64).ravel()
@@ -235,9 +336,10 @@ def resolve_interval(w: np.ndarray, spec: QuantSpec) -> tuple[float, float]:
         mu, sd = flat.mean(), flat.std()
         lo, hi = max(mu - s * sd, flat.min()), min(mu + s * sd, flat.max())
     if not lo < hi:
+        leaf = f"leaf {path!r}" if path else "a leaf"
         raise ValueError(
-            f"the {spec.interval!r} interval of a leaf is empty (lo={lo}, hi={hi}): the leaf "
-            "is constant; give lo/hi explicitly"
+            f"the {spec.interval!r} interval of {leaf} is empty (lo={lo}, hi={hi}): the leaf "
+            "is constant; give lo/hi explicitly (e.g. overrides={path: dict(lo=..., hi=...)})"
         )
     return float(lo), float(hi)
 
@@ -266,7 +368,8 @@ def attach(
     not modified.
 
     Raises:
-      ValueError: a spec names a missing leaf, a leaf holds NaN/inf, or the specs are empty.
+      ValueError: a spec names a missing leaf, a leaf holds NaN/inf, is constant (no
+        interval) or has fewer weights than its ``k``, or the specs are empty.
       TypeError: a selected leaf is not floating point.
     """
     if not specs:
@@ -282,7 +385,8 @@ def attach(
         host = np.asarray(jax.device_get(leaf), np.float64)
         if not np.isfinite(host).all():
             raise ValueError(f"leaf {path!r} holds NaN or inf values; cannot attach")
-        lo, hi = resolve_interval(host, spec)
+        check_k_fits(spec.k, host.size, path)
+        lo, hi = resolve_interval(host, spec, path)
         spacing = (hi - lo) / (spec.k - 1)
         if spec.dynamic:
             c = init_representatives(host, spec.k, spec.init, lo, hi)

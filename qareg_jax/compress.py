@@ -1,5 +1,8 @@
 """Compressed export of quantized parameters: bit-packed indices, sizes, save/load.
 
+Files use the extension ``.qareg`` (``model.qareg``; the CLI and pipeline write
+``models/<stage>.qareg``); :func:`load` reads any name.
+
 A quantized layer is stored as its codebook (k values, float32 or float16) plus
 its indices packed at exactly ``ceil(log2 k)`` bits each; other leaves are stored
 raw. Everything works leaf by leaf (no tree-wide gather).
@@ -23,9 +26,9 @@ import hashlib
 import heapq
 import json
 import os
+import re
 import struct
 import sys
-import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -39,6 +42,7 @@ from .nearest_level import index_dtype
 from .validation import check_k
 
 __all__ = [
+    "EXTENSION",
     "FORMAT_VERSION",
     "LayerSize",
     "SaveInfo",
@@ -59,6 +63,7 @@ _HEAD_BYTES = len(MAGIC) + _HEADER.size
 _DIGEST_BYTES = 32
 _CODEBOOK_DTYPES = ("float32", "float16")
 _PACK_CHUNK = 1 << 21  # indices per packing chunk (a multiple of 8)
+EXTENSION = ".qareg"
 
 Quantized = Mapping[str, tuple[Any, Any]]
 
@@ -439,6 +444,62 @@ def _set(root: dict[str, Any], path: str, value: Any) -> None:
     node[last] = value
 
 
+def _temp_name(path: str, pid: int) -> str:
+    """The temporary file of a save of ``path`` by process ``pid``: ``.<name>.tmp-<pid>``
+    beside it, so a leftover names its target."""
+    head, name = os.path.split(os.path.abspath(path))
+    return os.path.join(head, f".{name}.tmp-{pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temps(path: str) -> list[str]:
+    """Remove temp files of earlier saves of ``path`` whose process is gone (killed
+    mid-save); a save still running elsewhere keeps its file. Returns the removed paths."""
+    head, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(rf"\.{re.escape(name)}\.tmp-(\d+)")
+    removed = []
+    for entry in os.listdir(head):
+        m = pattern.fullmatch(entry)
+        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+            try:
+                os.unlink(os.path.join(head, entry))
+                removed.append(os.path.join(head, entry))
+            except FileNotFoundError:  # another save removed it first
+                pass
+    return removed
+
+
+def _check_finite_raw(leaves: Mapping[str, Any], quant: Mapping[str, int]) -> None:
+    """Refuse NaN/inf in the float leaves stored raw (quantized codebooks are checked
+    by ``_check_quantized``), naming the leaf: a diverged model must not be saved."""
+    for name, leaf in leaves.items():
+        if name in quant or not jnp.issubdtype(_leaf_info(leaf)[1], jnp.inexact):
+            continue
+        arr = np.asarray(leaf)
+        if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+            raise ValueError(
+                f"leaf {name!r} holds NaN or inf values (e.g. training diverged); refusing "
+                "to save (pass check_finite=False to store it as it is)"
+            )
+
+
+def _naming(err: OSError, path: str) -> OSError:
+    """``err`` re-raised naming the target ``path`` rather than the temp file (same
+    errno, so the same ``OSError`` subclass)."""
+    if err.errno is None:
+        return OSError(f"cannot save {path}: {err}")
+    return OSError(err.errno, f"cannot save {path}: {err.strerror}", path)
+
+
 def save(
     path: str | os.PathLike[str],
     params: Any,
@@ -446,6 +507,7 @@ def save(
     *,
     codebook_dtype: str = "float32",
     overwrite: bool = False,
+    check_finite: bool = True,
 ) -> SaveInfo:
     """Write ``params`` with the layers in ``quantized`` ({path: (codebook, assignments)})
     compressed, to one file (format in the module docstring), atomically.
@@ -453,8 +515,16 @@ def save(
     For a quantized leaf only its shape and dtype are taken from ``params``: the
     stored value is ``codebook[assignments]`` (with ``codebook_dtype="float16"``,
     the float16-rounded codebook). Everything is validated before writing; leaves
-    are written one at a time through a temporary file renamed into place.
-    Raises ``FileExistsError`` if ``path`` exists and ``overwrite`` is False.
+    are written one at a time through ``.<name>.tmp-<pid>`` beside ``path``, renamed
+    into place. Leftover temp files of ``path`` from a killed save are removed. The
+    file's mode follows the umask like any other writer's (``0o666 & ~umask``).
+    Use the extension ``.qareg`` (:data:`EXTENSION`).
+
+    Raises:
+      FileExistsError: ``path`` exists and ``overwrite`` is False.
+      ValueError: invalid ``quantized``, or (``check_finite``) a leaf stored raw
+        holds NaN/inf, naming the leaf (codebooks must always be finite).
+      OSError: writing failed; the message names ``path`` (not the temp file).
     """
     _check_little_endian()
     path = os.fspath(path)
@@ -464,6 +534,8 @@ def save(
     if not leaves:
         raise ValueError("params has no leaves")
     quant = _check_quantized(leaves, quantized, codebook_dtype)
+    if check_finite:
+        _check_finite_raw(leaves, quant)
     _nest(list(leaves))
     cb_dtype = np.dtype(codebook_dtype)
     entries = []
@@ -486,8 +558,14 @@ def save(
         separators=(",", ":"),
     ).encode()
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".qareg-", suffix=".tmp", dir=directory)
+    tmp = _temp_name(path, os.getpid())
+    try:
+        _remove_stale_temps(path)
+        # O_EXCL: never write through a link planted at the temp name; mode 0o666 is
+        # reduced by the umask as for open(path, "w").
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as err:
+        raise _naming(err, path) from err
     try:
         with os.fdopen(fd, "wb") as f:
             digest = hashlib.sha256()
@@ -517,8 +595,13 @@ def save(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
     overhead = _HEAD_BYTES + len(meta) + _DIGEST_BYTES
     return SaveInfo(path, payload + overhead, payload, overhead)

@@ -27,6 +27,7 @@ from .finetune import (
     quantized_finetune,
 )
 from .nearest_level import assign
+from .validation import check_finite_leaves
 
 Array = jax.Array
 
@@ -36,6 +37,7 @@ def snap(
     specs: Mapping[str, QuantSpec],
     *,
     index_dtype: Any = None,
+    check_finite: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Array]]:
     """Map every selected weight to its nearest level.
 
@@ -44,6 +46,11 @@ def snap(
         or an already snapped tree (then the levels are its reps: snapping is idempotent).
       specs: resolved specs (static Python data: close over them under ``jax.jit``).
       index_dtype: dtype of the assignments; default the smallest unsigned one for each K.
+      check_finite: refuse NaN/inf in the selected weights and their levels (a NaN
+        weight would otherwise land on level 0 and come out finite). The check runs on
+        concrete arrays only: under ``jax.jit`` the values are traced and it is
+        skipped, so call ``check_snappable(train_params, specs)`` on the concrete
+        tree before a jitted snap.
 
     Returns:
       ``(snapped, assignments)``. ``snapped["model"]`` is ``params`` with each
@@ -53,10 +60,14 @@ def snap(
       their static levels (ascending). ``assignments[path]`` has the weight's shape.
 
     Raises:
-      ValueError: the tree does not match the specs, or ``index_dtype`` cannot hold ``K - 1``.
+      ValueError: the tree does not match the specs, ``index_dtype`` cannot hold
+        ``K - 1``, or (``check_finite``) a selected weight or level is NaN/inf,
+        naming the leaf.
       TypeError: reps and weight dtypes differ.
     """
     leaves, levels = leaves_and_levels(train_params, specs, need_reps=False)
+    if check_finite:
+        _check_finite(leaves, levels, specs)
     assignments = {
         path: assign(leaves[path], levels[path], index_dtype=index_dtype) for path in specs
     }
@@ -66,10 +77,32 @@ def snap(
     return {**train_params, "model": model, "reps": levels}, assignments
 
 
+def _check_finite(
+    leaves: Mapping[str, Any], levels: Mapping[str, Array], specs: Mapping[str, QuantSpec]
+) -> None:
+    check_finite_leaves({path: leaves[path] for path in specs}, "selected weight leaf")
+    check_finite_leaves(levels, "levels (reps) of leaf")
+
+
+def check_snappable(train_params: Mapping[str, Any], specs: Mapping[str, QuantSpec]) -> None:
+    """What ``snap`` checks, eagerly: the tree matches the specs and every selected
+    weight and level is finite. Call it on the concrete tree before a jitted ``snap``
+    (whose values are traced, so its own finiteness check is skipped).
+
+    Raises:
+      ValueError: the tree does not match the specs, or a selected weight or level
+        holds NaN/inf (naming the leaf).
+      TypeError: reps and weight dtypes differ.
+    """
+    leaves, levels = leaves_and_levels(train_params, specs, need_reps=False)
+    _check_finite(leaves, levels, specs)
+
+
 __all__ = [
     "REP_GRADS",
     "QuantizedFinetuneState",
     "assign",
+    "check_snappable",
     "finetune_specs",
     "leaves_and_levels",
     "quantized_finetune",

@@ -14,7 +14,8 @@ JAX tracers pass the value checks unchecked (their values are unknown at trace t
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -112,19 +113,123 @@ def check_levels(x: object, name: str = "levels") -> Any:
 
 
 def check_lam(lam: float | Callable[[Any], Any]) -> None:
-    """Raise unless ``lam`` is a finite number >= 0 or a schedule ``step -> float`` (>= 0 at 0).
+    """Raise unless ``lam`` is a finite number >= 0 or a schedule ``step -> float``
+    (finite and >= 0 at step 0; :func:`check_schedule` checks the other steps).
 
     Raises:
       TypeError: neither a number nor a callable.
-      ValueError: negative, not finite, not a scalar, or a schedule negative at step 0.
+      ValueError: negative, not finite, not a scalar, or a schedule negative or not
+        finite at step 0.
     """
     if callable(lam):
         start = lam(0)
-        if not isinstance(start, jax.core.Tracer) and float(start) < 0:
-            raise ValueError(f"lam schedule must be >= 0, got {float(start)} at step 0")
+        if not isinstance(start, jax.core.Tracer) and not 0 <= float(start) < np.inf:
+            raise ValueError(f"lam schedule must be >= 0 and finite, got {float(start)} at step 0")
         return
     if isinstance(lam, jax.core.Tracer):
         return
     value = _number(lam, "lam", "a finite number >= 0 or a schedule")
     if value.size != 1 or not np.isfinite(value) or float(value) < 0:
         raise ValueError(f"lam must be a finite number >= 0 or a schedule, got {lam!r}")
+
+
+def check_schedule(lam: float | Callable[[Any], Any], steps: int, name: str = "lam") -> None:
+    """Raise unless ``lam`` is finite and >= 0 at every step ``0 .. steps - 1``.
+
+    ``QuantSpec`` only sees step 0; a schedule that turns NaN, infinite or negative
+    later would make the penalty NaN (or reward spreading weights) mid-run, so call
+    this once with the planned number of steps before training. The schedule is
+    evaluated on ``jnp.arange(steps)`` in one call (optax schedules are vectorised),
+    or step by step when that fails (Python control flow on the step).
+
+    Raises:
+      TypeError: ``lam`` is neither a number nor a callable, or ``steps`` is not an int.
+      ValueError: ``steps < 1``, or ``"{name} is {value} at step {i}"`` for the first
+        bad step.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(f"steps must be an int >= 1, got {type(steps).__name__} {steps!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not callable(lam):
+        check_lam(lam)
+        return
+    grid = jnp.arange(int(steps))
+    try:
+        values = np.asarray(lam(grid), np.float64)
+    except (TypeError, ValueError):  # e.g. ``if step < n`` on an array
+        values = np.empty(0)
+    if values.shape != grid.shape:  # not vectorised: one call per step
+        values = np.array([float(lam(i)) for i in range(int(steps))], np.float64)
+    bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0)))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{name} is {values[i]} at step {i}; a lambda schedule must be finite and >= 0 "
+            f"at every step 0..{steps - 1} ({bad.size} bad steps)"
+        )
+
+
+def check_patterns(value: object, name: str) -> tuple[re.Pattern[str], ...] | None:
+    """``None``, one regex, or a list/tuple of regexes as compiled patterns (any may match).
+
+    Raises:
+      TypeError: not a str, list or tuple of str (or None).
+      ValueError: an empty list, or a pattern that is not a valid regex.
+    """
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(p, str) for p in items):
+        raise TypeError(
+            f"{name} must be a regex str or a list/tuple of regex str, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    if not items:
+        raise ValueError(f"{name} is an empty list; pass None for no {name} pattern")
+    try:
+        return tuple(re.compile(p) for p in items)
+    except re.error as err:
+        raise ValueError(f"{name} holds an invalid regex: {err}") from None
+
+
+def check_finite_leaves(leaves: Mapping[str, Any], what: str = "leaf") -> None:
+    """Raise unless every concrete array in ``{path: array}`` is finite (NaN or inf refused).
+
+    One reduction per leaf on its device (no host copy of the weights); JAX tracers
+    are skipped (their values are unknown at trace time; check the concrete arrays
+    before ``jax.jit``). ``chex.assert_tree_all_finite`` is not used: it raises
+    ``AssertionError`` and does not name the leaf.
+
+    Raises:
+      ValueError: ``"{what} {path!r} holds N NaN/inf values"`` for the first bad leaf.
+    """
+    concrete = {
+        path: x
+        for path, x in leaves.items()
+        if not isinstance(x, jax.core.Tracer) and jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    }
+    if not concrete:
+        return
+    counts = jax.device_get(
+        {path: jnp.sum(~jnp.isfinite(jnp.asarray(x))) for path, x in concrete.items()}
+    )
+    for path, count in counts.items():
+        if int(count):
+            raise ValueError(
+                f"{what} {path!r} holds {int(count)} NaN/inf values (e.g. training diverged); "
+                "refusing to quantize non-finite numbers"
+            )
+
+
+def check_k_fits(k: int, n: int, path: str) -> None:
+    """Raise unless ``k`` levels fit leaf ``path`` of ``n`` weights (``k <= n``).
+
+    Raises:
+      ValueError: ``k > n``, naming the leaf (more levels than weights cannot all be used).
+    """
+    if k > n:
+        raise ValueError(
+            f"k={k} levels for leaf {path!r}, which has only {n} weights: k must be <= the "
+            "number of weights (lower k for this leaf, or leave it out of the selection)"
+        )

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._tree import named_leaves, replace_leaves
+from ..validation import check_k_fits
 from .binary import binary_ls
 from .common import check_k, host_float
 from .cws import cws
@@ -49,7 +50,8 @@ def quantize_tree(
     ``k`` is one int or a {path: int} dict covering every path. ``method`` is a key
     of :data:`QUANTIZERS` or a callable ``(w, k, **kw) -> (codebook, assignments)``.
     For ``"pws"`` the ``seed`` is combined with each path into an independent layer
-    seed. Everything is validated before any layer is quantized.
+    seed. Everything is validated before any layer is quantized: a leaf that is not
+    float, empty, holds NaN/inf, or has fewer weights than its k is refused by name.
 
     Returns ``(quantized_params, {path: (codebook (k,), assignments leaf.shape)})``:
     quantized leaves are ``codebook[assignments]`` in the leaf's dtype (jax arrays
@@ -81,8 +83,9 @@ def quantize_tree(
         ks = dict.fromkeys(paths, check_k(k))
     if fn is pws and kw.get("seed") is None:
         raise ValueError(PWS_SEED_MSG)
-    for p in paths:  # dtype / empty / finite checks of every layer before any work
-        host_float(leaves[p], p)
+    for p in paths:  # dtype / empty / finite / k <= size checks of every layer before any work
+        host_float(leaves[p], f"leaf {p!r}")
+        check_k_fits(ks[p], int(np.size(leaves[p])), p)
 
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     new: dict[str, Any] = {}

@@ -1,6 +1,8 @@
 """Penalties that sum over all K representatives for every weight: O(N K) time.
 
-- ``softmin``: ``-tau log((1/K) sum_k exp(-(w - c_k)^2 / tau))`` (our reading of RE);
+- ``softmin``: ``-tau log(sum_k exp(-(w - c_k)^2 / tau))`` (our reading of RE; the
+  ``1/K`` inside the log of the textbook form would only add the constant
+  ``tau log K``, a floor that made a converged run look stalled above 0);
 - ``product``: ``(prod_k (w - c_k)^2)^(1/K)`` (alternative RM);
 - ``wells_mean``: ``1 - mean_k exp(-(w - c_k)^2 / (2 sigma^2))`` (``wells(mode="mean")``).
 
@@ -15,7 +17,6 @@ its cotangent is a scalar.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 
@@ -58,7 +59,9 @@ def _softmin_terms(wc, rc, tau):
     terms = lambda acc, c: acc + jnp.exp((d2 - (wc - c) ** 2) / tau)  # noqa: E731
     lse = jnp.log(_scan_reps(terms, jnp.zeros_like(wc), rc)) - d2 / tau
     # d value / d w = sum_k a_k 2 (w - c_k), a_k = softmax_k(-(w - c_k)^2 / tau).
-    return -tau * (lse - math.log(rc.shape[0])), lambda d: 2 * d * jnp.exp(-(d * d) / tau - lse)
+    # No "+ tau log K": the value is 0 (not tau log K) on a level; the gradient, from
+    # lse alone, is the same either way.
+    return -tau * lse, lambda d: 2 * d * jnp.exp(-(d * d) / tau - lse)
 
 
 def _product_terms(wc, rc, _=None):
@@ -162,15 +165,17 @@ def all_reps_total(w: Array, reps: Array, kind: str, param: float | None = None)
 
 
 def softmin(w: Array, reps: Array, tau: float) -> Array:
-    """``-tau log((1/K) sum_k exp(-(w - reps_k)^2 / tau))``: a smooth nearest distance.
+    """``-tau log(sum_k exp(-(w - reps_k)^2 / tau))``: a smooth nearest distance.
 
     Args:
       w: weights, any shape, floating dtype.
       reps: representatives, shape ``(K,)``.
       tau: temperature > 0 (squared-weight units); as ``tau -> 0`` this tends to
-        ``nearest``. Its minimum is ``0`` only in the limit; at a
-        representative well separated from the others it is ``tau log K``
-        minus a term that vanishes, so compare values, not zeros.
+        ``nearest``. On a representative it is ``-tau log(1 + sum_j exp(-(c - c_j)^2 /
+        tau))`` over the other representatives ``c_j``: 0 up to their overlap
+        (``~1e-7 tau`` at the default ``tau = (spacing / 4)^2``; slightly negative).
+        The textbook form with ``1/K`` inside the log is this plus ``tau log K``,
+        with the same gradients.
 
     Returns:
       Shape and dtype of ``w``. O(N K) time, O(N) memory.
