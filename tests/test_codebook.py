@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 import qareg_jax as q
+from qareg_jax import codebook, validation
 
 
 class LinenNet(nn.Module):
@@ -260,3 +261,109 @@ def test_mismatched_reps_tree_is_rejected():
     }
     with pytest.raises(ValueError, match="no interval"):
         q.penalty(tp | {"reps": {}}, unresolved)
+
+
+# ------------------------------------------------ no silent mistakes (overrides, include, k)
+
+
+def _named_layers():
+    rng = np.random.default_rng(0)
+    return {
+        name: {"kernel": jnp.asarray(rng.normal(size=(6, 6)), jnp.float32)}
+        for name in ("conv1", "fc1", "fc10")
+    }
+
+
+def test_overrides_match_whole_path_segments():
+    tree = _named_layers()
+    specs = q.make_specs(tree, include="kernel", k=4, overrides={"fc1": dict(k=8)})
+    assert {p: s.k for p, s in specs.items()} == {
+        "conv1/kernel": 4,
+        "fc1/kernel": 8,
+        "fc10/kernel": 4,  # "fc1" is not a substring match
+    }
+    specs = q.make_specs(tree, include="kernel", overrides={"fc1/kernel": None, "fc*": dict(k=3)})
+    assert {p: s.k for p, s in specs.items()} == {"conv1/kernel": 4, "fc10/kernel": 3}
+    specs = q.make_specs(tree, include="kernel", overrides={"/conv1/": dict(k=2)})
+    assert specs["conv1/kernel"].k == 2
+
+
+@pytest.mark.parametrize("key", ["Conv1", "fc", "c1", "fc1/bias", "kernel/fc1"])
+def test_overrides_key_matching_nothing_is_refused_listing_paths(key):
+    with pytest.raises(ValueError, match=r"match no selected leaf.*conv1/kernel, fc1/kernel"):
+        q.make_specs(_named_layers(), include="kernel", overrides={key: dict(k=8)})
+
+
+def test_include_and_exclude_take_lists_of_patterns():
+    v = linen_variables()
+    assert q.select(v, include=["Conv_0/kernel", "Dense_1/kernel"]) == [
+        "params/Conv_0/kernel",
+        "params/Dense_1/kernel",
+    ]
+    assert q.select(v, exclude=("Conv_0", "Dense_1")) == ["params/Dense_0/kernel"]
+    specs = q.make_specs(v, include=["Dense_0/kernel"], k=2)
+    assert list(specs) == ["params/Dense_0/kernel"]
+    with pytest.raises(TypeError, match="include must be a regex str or a list/tuple"):
+        q.select(v, include={"Conv_0"})
+    with pytest.raises(ValueError, match="include holds an invalid regex"):
+        q.select(v, include="Conv_0[")
+
+
+def test_constant_kernel_is_refused_by_name():
+    const = {"layer": {"kernel": jnp.ones((2, 2))}}
+    with pytest.raises(ValueError, match="leaf 'layer/kernel' is empty.*constant"):
+        q.attach(const, {"layer/kernel": q.QuantSpec()})
+
+
+def test_k_larger_than_the_leaf_is_refused_by_name():
+    tree = {"small": {"kernel": jnp.asarray(np.random.default_rng(0).normal(size=(6, 6)))}}
+    with pytest.raises(ValueError, match=r"k=64 levels for leaf 'small/kernel'.*only 36"):
+        q.make_specs(tree, k=64)
+    with pytest.raises(ValueError, match=r"k=37 levels for leaf 'small/kernel'"):
+        q.attach(tree, {"small/kernel": q.QuantSpec(k=37)})
+    q.attach(tree, q.make_specs(tree, k=36, init="grid"))  # k == size is fine
+
+
+# ------------------------------------------------------------------ lambda schedules
+
+
+def _nan_after(n):
+    return lambda step: jnp.where(jnp.asarray(step) < n, 1.0, jnp.nan)
+
+
+def test_check_schedules_names_the_first_bad_step():
+    v = linen_variables()
+    specs = q.make_specs(v, lam=_nan_after(7), overrides={"Dense_1": dict(lam=1.0)})
+    codebook.check_schedules(specs, 7)
+    with pytest.raises(ValueError, match=r"lam of 'params/Conv_0/kernel' is nan at step 7"):
+        codebook.check_schedules(specs, 100)
+    ramp = optax.linear_schedule(1.0, -1.0, 10)  # negative from step 6
+    with pytest.raises(ValueError, match=r"lam is -0.2.* at step 6"):
+        validation.check_schedule(ramp, 20)
+    with pytest.raises(ValueError, match="at step 3"):  # Python control flow: one call per step
+        validation.check_schedule(lambda s: 1.0 if s < 3 else float("inf"), 5)
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, -1.0, jnp.inf])
+def test_a_bad_lambda_is_never_a_silent_number(bad):
+    v = linen_variables()
+    sched = lambda step: jnp.where(jnp.asarray(step) < 5, 1.0, bad)  # noqa: E731
+    tp, specs = q.attach(v, q.make_specs(v, lam=sched))
+    jitted = jax.jit(lambda t, s: q.penalty(t, specs, s))
+    assert np.isfinite(jitted(tp, 4)) and np.isnan(jitted(tp, 5))
+    assert np.isnan(
+        float(
+            jax.jit(lambda t, s: q.penalty_stats(t, specs, s))(tp, 5)["params/Conv_0/kernel"][
+                "lambda"
+            ]
+        )
+    )
+    with pytest.raises(ValueError, match="lam schedule gives .* at step 5"):
+        q.penalty(tp, specs, 5)
+
+
+def test_schedule_bad_at_step_0_is_refused():
+    with pytest.raises(ValueError, match="lam schedule must be >= 0"):
+        q.QuantSpec(lam=lambda step: jnp.nan)
+    with pytest.raises(ValueError, match="lam schedule must be >= 0"):
+        q.QuantSpec(lam=lambda step: jnp.inf)
