@@ -58,6 +58,10 @@ def _images(root: pathlib.Path, sizes: dict) -> None:
         (["--k", "2", "300", "--index-dtype", "uint8"], "K=300 does not fit the index dtype"),
         (["--k", "1"], "integer >= 2"),
         (["--k", "two"], "--k takes integers"),
+        (["--qat", "foo"], "unknown qat 'foo'; allowed: ste, dkm"),
+        (["--seeds", "0", "x"], "--seeds takes integers, got 0 x"),
+        (["--val-fraction", "1.5"], "val_fraction must be a number in [0, 1), got 1.5"),
+        (["--ste-recluster-every", "0"], "ste_recluster_every must be a positive int, got 0"),
         (["--config", "missing.py"], "config file 'missing.py' does not exist"),
     ],
 )
@@ -100,7 +104,8 @@ def test_nan_loss_exits_nonzero_naming_the_step(tmp_path, capsys):
         "    return Config(pretrain_epochs=0, from_pretrained=False, baselines=(), reg_epochs=1)\n"
     )
     args = ["--config", str(config), "--regularizer", "nearest", "--k", "2"]
-    args += ["--lambda", "1e39"]  # inf in float32
+    # inf in float32; constant (a ramp from 0 to it is refused as NaN at step 0).
+    args += ["--lambda", "1e39", "--lam-warmup", "0"]
     assert cli.main(_run(tmp_path, *args)) == 1
     err = capsys.readouterr().err
     assert "NaN or infinite at step 0 of reg-nearest-k2 reg" in err and "Traceback" not in err
@@ -123,3 +128,18 @@ def test_report_and_usage_errors(tmp_path, capsys):
     assert cli.main(["frobnicate"]) == 2
     assert cli.main([]) == 2
     assert cli.main(["prepare-data", "imagenet"]) == 2
+
+
+def test_run_flags_for_qat_seeds_and_validation():
+    args = cli.build_parser().parse_args(
+        ["run", "--qat", "ste", "dkm", "--seeds", "0,1", "2", "--val-fraction", "0.1"]
+        + ["--data-seed", "3", "--ste-recluster-every", "50", "--dkm-tau-frac", "0.5"]
+        + ["--dkm-iters", "2"]
+    )
+    config = cli.config_from_args(args)
+    assert (config.qat, config.seeds, config.val_fraction, config.data_seed) == (
+        ("ste", "dkm"), (0, 1, 2), 0.1, 3,
+    )  # fmt: skip
+    assert (config.ste_recluster_every, config.dkm_tau_frac, config.dkm_iters) == (50, 0.5, 2)
+    none = cli.config_from_args(cli.build_parser().parse_args(["run", "--qat", "none"]))
+    assert none.qat == () and none.seeds is None and none.seed_list == (0,)

@@ -222,6 +222,8 @@ def run_phase(
       TrainingDivergedError: a non-finite loss; the last good checkpoint is kept.
       TrainingInterrupted: the ``ctx.stop_after`` hook fired.
     """
+    if hook is not None and not hook_every:
+        raise ValueError("run_phase: a hook needs hook_every (steps between its calls)")
     cfg, sid = ctx.config, ctx.stage_id(stage)
     total = epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
     directory = ctx.workdir / "checkpoints" / sid / phase

@@ -199,7 +199,10 @@ def train_and_evaluate(
     for cfg in configs:
         ds = first if cfg is configs[0] else seed_data(full, cfg)
         subdir = f"seed-{cfg.seed}" if len(configs) > 1 else ""
-        ctx = Context(cfg, path, model, ds, device, progress, stop_after, counter, compiled, subdir)
+        ctx = Context(
+            cfg, path, model, ds, device, progress, stop_after,
+            counter=counter, compiled=compiled, subdir=subdir,
+        )  # fmt: skip
         fp, seed_rows = _run_seed(ctx, stages_dir)
         pretrains[str(cfg.seed)] = fp.to_json()
         rows += seed_rows
