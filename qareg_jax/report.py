@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -182,13 +183,27 @@ def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def plot_accuracy_vs_bits(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
-    """Pre- and post-tuning accuracy (%) vs ``ceil(log2 K)`` bits, one line per method."""
+# Distinct (colour, marker) pairs: matplotlib's default cycle repeats its colours after 10
+# lines, so methods beyond the 10th would be indistinguishable.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """``{method: (colour, marker)}``, all pairs distinct: tab10 up to 10 methods, tab20
+    beyond, markers cycling independently of the colours."""
+    cmap = colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    return {m: (cmap(i % cmap.N), _MARKERS[i % len(_MARKERS)]) for i, m in enumerate(methods)}
+
+
+def accuracy_vs_bits_figure(rows: Sequence[dict[str, Any]]) -> Figure:
+    """The figure of :func:`plot_accuracy_vs_bits` (x ticks: the integer bit widths run)."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     aggs = aggregate(rows)
     methods = list(dict.fromkeys(agg["method"] for agg in aggs))
+    look = method_styles(methods)
     styles = {"baseline": "--", "qat": "-."}
+    all_bits = sorted({math.ceil(math.log2(a["k"])) for a in aggs})
     for ax, key, title in zip(
         axes, ("acc_pre", "acc_post"), ("pre-tuning", "post-tuning"), strict=True
     ):
@@ -198,10 +213,15 @@ def plot_accuracy_vs_bits(rows: Sequence[dict[str, Any]], path: pathlib.Path) ->
             mean = [100 * a[f"{key}_mean"] for a in mine]
             std = [100 * a[f"{key}_std"] for a in mine] if mine[0]["n_seeds"] > 1 else None
             style = styles.get(mine[0].get("kind"), "-")
-            ax.errorbar(bits, mean, std, fmt=style, marker="o", capsize=3, label=method)
+            color, marker = look[method]
+            ax.errorbar(
+                bits, mean, std, fmt=style, color=color, marker=marker, capsize=3, label=method
+            )
         if rows:
             fp = 100 * aggs[0]["acc_fp_mean"]
             ax.axhline(fp, color="k", ls=":", lw=1, label="full precision")
+        # Bit widths are integers; with one K matplotlib's default ticks would be fractions.
+        ax.set_xticks(all_bits)
         ax.set_title(f"{title} accuracy")
         ax.set_xlabel("bits per weight index (ceil log2 K)")
         ax.grid(alpha=0.3)
@@ -209,7 +229,12 @@ def plot_accuracy_vs_bits(rows: Sequence[dict[str, Any]], path: pathlib.Path) ->
     axes[1].legend(fontsize=7, loc="lower right")
     if rows:
         fig.suptitle(f"{rows[0]['model']} on {rows[0]['dataset']}")
-    return _save(fig, path)
+    return fig
+
+
+def plot_accuracy_vs_bits(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
+    """Pre- and post-tuning accuracy (%) vs ``ceil(log2 K)`` bits, one line per method."""
+    return _save(accuracy_vs_bits_figure(rows), path)
 
 
 def _read_metrics(path: pathlib.Path, phase: str) -> list[dict[str, Any]]:

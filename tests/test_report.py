@@ -1,0 +1,29 @@
+"""qareg_jax.report: the accuracy-vs-bits plot's ticks and method styles."""
+
+from __future__ import annotations
+
+from qareg_jax import report
+
+
+def _row(method: str, k: int) -> dict:
+    return {
+        "model": "small", "dataset": "digits", "method": method, "k": k, "kind": "regularized",
+        "acc_fp": 0.9, "acc_pre": 0.5, "acc_post": 0.8, "device": "cpu",
+    }  # fmt: skip
+
+
+def test_one_k_gives_integer_bit_ticks():
+    fig = report.accuracy_vs_bits_figure([_row("nearest", 4), _row("sine", 4)])
+    for ax in fig.axes:
+        assert list(ax.get_xticks()) == [2]
+
+
+def test_many_methods_get_distinct_colours_and_markers():
+    methods = [f"m{i}" for i in range(13)]
+    fig = report.accuracy_vs_bits_figure([_row(m, k) for m in methods for k in (2, 4)])
+    # errorbar: the container carries the label, its first line the data line.
+    lines = [c.lines[0] for c in fig.axes[0].containers if c.get_label() in methods]
+    looks = {(tuple(line.get_color()), line.get_marker()) for line in lines}
+    colours = {tuple(line.get_color()) for line in lines}
+    assert len(lines) == 13 and len(looks) == 13 and len(colours) == 13
+    assert list(fig.axes[0].get_xticks()) == [1, 2]
