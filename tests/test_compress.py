@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import stat
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -263,3 +267,71 @@ def test_save_errors(tmp_path):
     with pytest.raises(ValueError, match="runs through|prefix"):
         c.save(path, {"a": np.ones(2), "a/b": np.ones(2)}, {})
     assert not path.exists() and os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------- killed saves, modes, errors, NaN
+
+
+def test_a_killed_save_leaves_a_temp_named_after_its_target_removed_next_time(tmp_path):
+    params = _params()
+    _, quant = _quantized(params)
+    target = tmp_path / "model.qareg"
+    # A save killed half-way (os._exit while packing: no cleanup can run).
+    code = (
+        "import os, sys, pickle\n"
+        "from qareg_jax import compress as c\n"
+        "params, quant, target = pickle.load(sys.stdin.buffer)\n"
+        "c.pack_indices = lambda *a: os._exit(9)\n"
+        "c.save(target, params, quant)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(c.__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    payload = pickle.dumps((jax.device_get(params), quant, str(target)))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=env)
+    proc.communicate(payload, timeout=300)
+    assert proc.returncode == 9
+    leftover = os.listdir(tmp_path)
+    assert leftover == [f".model.qareg.tmp-{proc.pid}"], leftover
+    assert not target.exists()
+    other = tmp_path / ".other.qareg.tmp-1"  # another target's temp file is left alone
+    other.write_bytes(b"")
+    c.save(target, params, quant)
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.qareg", other.name])
+
+
+def test_saved_file_mode_follows_the_umask(tmp_path):
+    params = _params()
+    _, quant = _quantized(params)
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(umask)
+        try:
+            path = tmp_path / f"m{umask:o}.qareg"
+            c.save(path, params, quant)
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_save_errors_name_the_target_not_the_temp_file(tmp_path):
+    params = _params()
+    _, quant = _quantized(params)
+    target = tmp_path / "missing_dir" / "model.qareg"
+    with pytest.raises(FileNotFoundError, match=f"cannot save {target}") as err:
+        c.save(target, params, quant)
+    assert ".tmp" not in str(err.value) and err.value.filename == str(target)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_save_refuses_non_finite_raw_leaves_naming_them(tmp_path, bad):
+    params = _params()
+    _, quant = _quantized(params)
+    params["params"]["Dense_0"]["bias"] = params["params"]["Dense_0"]["bias"].at[2].set(bad)
+    with pytest.raises(ValueError, match=r"leaf 'params/Dense_0/bias' holds NaN or inf"):
+        c.save(tmp_path / "m.qareg", params, quant)
+    assert os.listdir(tmp_path) == []
+    c.save(tmp_path / "m.qareg", params, quant, check_finite=False)  # opted out
+    cb, a = quant[PATHS[0]]
+    cb = np.array(cb)
+    cb[0] = bad
+    with pytest.raises(ValueError, match=f"{PATHS[0]}: codebook is not finite"):
+        c.save(tmp_path / "n.qareg", params, {PATHS[0]: (cb, a)})

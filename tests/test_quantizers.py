@@ -477,3 +477,15 @@ def test_error_paths_of_options():
         q.kmeans_1d_weighted(w, -np.ones(100), 4)
     with pytest.raises(ValueError, match="sorted ascending"):
         q.assign_nearest(w, [1.0, 0.0])
+
+
+def test_quantize_tree_refuses_k_larger_than_a_leaf_and_names_non_finite_leaves():
+    rng = np.random.default_rng(0)
+    params = {"big": rng.normal(size=100).astype(np.float32), "small": np.ones((6, 6), np.float32)}
+    with pytest.raises(ValueError, match=r"k=64 levels for leaf 'small'.*only 36 weights"):
+        q.quantize_tree(params, ["big", "small"], 64)
+    with pytest.raises(ValueError, match=r"k=37 levels for leaf 'small'"):
+        q.quantize_tree(params, ["big", "small"], {"big": 4, "small": 37})
+    params["big"][3] = np.nan
+    with pytest.raises(ValueError, match=r"leaf 'big' contains NaN or inf"):
+        q.quantize_tree(params, ["big"], 4)

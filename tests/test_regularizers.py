@@ -101,9 +101,9 @@ def test_dynamic_zero_at_reps_positive_between(name):
     at = np.asarray(fn(c, c))
     between = np.asarray(fn(jnp.array([-0.25, 0.15, 0.6]), c))
     if name == "softmin":
-        # Minimum is tau*log(K) minus a vanishing term at well-separated reps.
-        np.testing.assert_allclose(at, 1e-4 * np.log(4), rtol=1e-3)
-        assert np.all(between > 10 * at.max())
+        # 0 on a level up to the far wells' overlap (no tau log K floor), never above.
+        assert np.all(np.abs(at) <= 1e-6 * 1e-4) and np.all(at <= 0), at
+        assert np.all(between > 1e-3)
     elif name == "wells_mean":
         # 1 - mean of the wells: every other well is far, so 1 - 1/K at a rep.
         np.testing.assert_allclose(at, 0.75, atol=1e-4)
@@ -384,3 +384,60 @@ def test_all_reps_total_rejects_bad_arguments():
         R.all_reps_total(w, reps, "softmin", 0.0)
     with pytest.raises(TypeError, match="sigma must be"):
         R.all_reps_total(w, reps, "wells_mean", None)
+
+
+def _registry_spec(name, k, wells_mode="max"):
+    """A resolved spec of the registered ``name``: levels on [-1, 1], default tau/sigma."""
+    from qareg_jax.codebook import QuantSpec
+
+    spacing = 2.0 / (k - 1)
+    return QuantSpec(
+        k=k,
+        regularizer=name,
+        lo=-1.0,
+        hi=1.0,
+        tau=(spacing / 4) ** 2,
+        sigma=spacing / 2,
+        wells_mode=wells_mode,
+    )
+
+
+@pytest.mark.parametrize("k", [2, 4, 16])
+@pytest.mark.parametrize(
+    "name, mode",
+    [(n, "max") for n in ("sine", "cosine", "nearest", "softmin", "product", "wells")],
+)
+def test_every_registered_penalty_is_zero_on_its_levels(name, mode, k):
+    from qareg_jax.penalty import reduced
+
+    spec = _registry_spec(name, k, mode)
+    entry = R.get(name)
+    levels = np.linspace(-1.0, 1.0, k) if entry.dynamic else R.static_levels(name, k, -1.0, 1.0)
+    c = jnp.asarray(levels, jnp.float32)
+    w = jnp.tile(c, 5)
+    reps = c if entry.dynamic else None
+    values = np.asarray(entry.elementwise(w, reps, spec))
+    total = float(reduced(w, spec, reps))
+    if name == "softmin":
+        # -tau log(1 + sum of the other wells at this level): 0 up to ~exp(-16) tau.
+        bound = 2 * spec.tau * np.exp(-16.0) + 1e-7 * spec.tau
+        assert np.all(np.abs(values) <= bound) and abs(total) <= bound, (values, total)
+    elif name in ("sine", "cosine"):
+        assert np.all(np.abs(values) < 1e-6) and abs(total) < 1e-6  # float32 sin(pi j)
+    else:
+        assert np.all(values == 0) and total == 0, (values, total)
+    between = jnp.asarray((levels[1:] + levels[:-1]) / 2, jnp.float32)
+    assert np.all(np.asarray(entry.elementwise(between, reps, spec)) > 0)
+
+
+def test_registry_is_covered_by_the_zero_on_levels_test():
+    # A new registered penalty must be added to the test above (or documented here).
+    assert set(R.names()) == {"sine", "cosine", "nearest", "softmin", "product", "wells"}
+
+
+def test_wells_mean_has_a_documented_floor():
+    # Not a registry entry of its own: wells(mode="mean") averages all K wells, so on
+    # a level it is 1 - 1/K less the overlap of the neighbouring wells (docs/methods.md).
+    c = jnp.asarray(np.linspace(-1.0, 1.0, 4), jnp.float32)
+    values = np.asarray(R.get("wells").elementwise(c, c, _registry_spec("wells", 4, "mean")))
+    assert np.all((values > 0.6) & (values <= 0.75)), values
