@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pathlib
+from unittest import mock
 
 import pytest
 from PIL import Image
 
-from qareg_jax import cli, pipeline
+from qareg_jax import cli, data, pipeline
 
 
 def test_demo_fast_writes_table_and_plots_then_report_works(tmp_path, capsys):
@@ -62,6 +63,11 @@ def _images(root: pathlib.Path, sizes: dict) -> None:
         (["--seeds", "0", "x"], "--seeds takes integers, got 0 x"),
         (["--val-fraction", "1.5"], "val_fraction must be a number in [0, 1), got 1.5"),
         (["--ste-recluster-every", "0"], "ste_recluster_every must be a positive int, got 0"),
+        (
+            ["--model", "alexnet"],  # the default dataset: digits, 8x8 pixels
+            "--model alexnet does not fit --dataset digits: model 'alexnet' needs images of "
+            "at least 15x15 pixels, got 8x8",
+        ),
         (["--config", "missing.py"], "config file 'missing.py' does not exist"),
     ],
 )
@@ -93,6 +99,18 @@ def test_workdir_with_another_run_needs_resume_or_overwrite(tmp_path, capsys):
     assert "holds a different run (ks: [2, 4] -> [8])" in capsys.readouterr().err
     assert cli.main(_run(tmp_path, "--resume", "--overwrite")) == 2  # mutually exclusive
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_of_a_missing_workdir_stops_before_loading_data(tmp_path, capsys):
+    typo = tmp_path / "rnu"
+    with mock.patch.object(data, "load_dataset", side_effect=AssertionError("data loaded")):
+        assert cli.main(["run", "--resume", "--workdir", str(typo), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("qareg: error: --resume: workdir") and str(typo) in err
+        assert "does not exist" in err and not typo.exists()
+        typo.mkdir()  # an existing directory without a run: nothing to continue either
+        assert cli.main(["run", "--resume", "--workdir", str(typo), "--no-progress"]) == 1
+        assert "holds no run (no config.json)" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")

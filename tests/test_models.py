@@ -10,7 +10,15 @@ import optax
 import pytest
 
 from qareg_jax import data
-from qareg_jax.models import VGG16, AlexNet, SmallCNN, get_model
+from qareg_jax.models import (
+    MODELS,
+    VGG16,
+    AlexNet,
+    SmallCNN,
+    check_input_size,
+    get_model,
+    min_input_size,
+)
 
 # Initializing 15-23M weights compiles ~3x faster on CPU with the "rbg" generator.
 INIT_KEY = jax.random.key(0, impl="rbg")
@@ -148,6 +156,28 @@ def test_get_model_factory_and_errors():
             get_model("small", bad)
     with pytest.raises(TypeError):
         get_model("small", 10, dropout_rate=0.5)  # SmallCNN has no dropout
+
+
+def _abstract_init(name: str, size: int):
+    model, rngs = get_model(name, 10), {"params": jax.random.PRNGKey(0)}
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_declared_min_input_size_is_the_smallest_that_initialises(name):
+    need = min_input_size(name)
+    _abstract_init(name, need)  # shapes only: no weights are computed
+    with pytest.raises(ZeroDivisionError):  # flax's bare error that check_input_size prevents
+        _abstract_init(name, need - 1)
+    check_input_size(name, (need, need + 5, 3))
+    with pytest.raises(ValueError, match=f"needs images of at least {need}x{need} pixels"):
+        check_input_size(name, (need + 5, need - 1, 3))
+
+
+def test_min_input_size_names_the_allowed_models():
+    with pytest.raises(ValueError, match="unknown model 'resnet'; allowed: alexnet, vgg16"):
+        min_input_size("resnet")
 
 
 def test_small_cnn_learns_digits(digits_dataset, small_cnn):

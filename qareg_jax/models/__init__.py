@@ -6,10 +6,12 @@ Conv and dense weights are leaves named ``kernel``, biases ``bias``, batch-norm 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 
+from ..validation import check_choice
 from .alexnet import AlexNet
 from .small import SmallCNN
 from .vgg import VGG16
@@ -29,4 +31,31 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     return MODELS[name](num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "AlexNet", "SmallCNN", "VGG16", "get_model"]
+def min_input_size(name: str) -> int:
+    """The smallest image height and width the model called ``name`` accepts: below it
+    the pooling leaves no features for the first dense layer."""
+    check_choice("model", name, list(MODELS))
+    return MODELS[name].min_input_size
+
+
+def check_input_size(name: str, image_shape: Sequence[int]) -> None:
+    """Refuse (ValueError) ``image_shape`` (H, W, C) smaller than :func:`min_input_size`.
+
+    Without this check flax fails inside ``init`` with a bare ZeroDivisionError.
+    """
+    need, (h, w) = min_input_size(name), tuple(image_shape[:2])
+    if h < need or w < need:
+        raise ValueError(
+            f"model {name!r} needs images of at least {need}x{need} pixels, got {h}x{w}"
+        )
+
+
+__all__ = [
+    "MODELS",
+    "AlexNet",
+    "SmallCNN",
+    "VGG16",
+    "check_input_size",
+    "get_model",
+    "min_input_size",
+]

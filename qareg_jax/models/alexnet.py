@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 
@@ -16,6 +18,10 @@ class AlexNet(nn.Module):
     ReLU after every layer but the last; dropout (rate ``dropout_rate``, "dropout" rng)
     on the inputs of fc1 and fc2, as in torchvision's AlexNet.
     """
+
+    # Smallest height/width leaving a 1x1 map after the stride-2 conv and 3 pools:
+    # ceil(15 / 2) = 8 -> 4 -> 2 -> 1; 14 pixels give 0 features (flax init divides by 0).
+    min_input_size: ClassVar[int] = 15
 
     num_classes: int = 10
     dropout_rate: float = 0.5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 
@@ -12,6 +14,9 @@ class SmallCNN(nn.Module):
     38,282 params for (8, 8, 1) inputs and 10 classes (fc1 sees (H/2)*(W/2)*32 features).
     No dropout or normalization: train and eval modes compute the same function.
     """
+
+    # One 2x2 pool (the convolutions keep the size): 2 -> 1; 1 pixel leaves no features.
+    min_input_size: ClassVar[int] = 2
 
     num_classes: int = 10
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 
@@ -20,6 +22,9 @@ class VGG16(nn.Module):
     BatchNorm uses batch statistics and updates "batch_stats" when ``train``, the running
     averages otherwise; dropout (rate ``dropout_rate``) uses the "dropout" rng.
     """
+
+    # Five 2x2 pools (the convolutions keep the size): 32 -> 1; less leaves no features.
+    min_input_size: ClassVar[int] = 32
 
     num_classes: int = 10
     dropout_rate: float = 0.5

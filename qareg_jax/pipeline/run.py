@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 
 from .. import data, report
-from ..models import get_model
+from ..models import check_input_size, get_model
 from ..provenance import device_name
 from .config import Config
 from .loop import Context
 from .stages import Pretrained, StageResult, planned_stages, pretrain, run_stage
-from .workdir import prepare_workdir
+from .workdir import check_resumable, prepare_workdir
 
 
 def split_indices(
@@ -183,14 +183,27 @@ def train_and_evaluate(
       "wall_s", "seeds"}`` (+ ``"pretrain_by_seed"`` with several seeds), also written to
       ``results.json`` (histograms go to ``stages/*.json`` only) and ``table.md`` (mean
       +- std over seeds with several).
+
+    Raises:
+      WorkdirError: ``resume`` without a run in ``workdir`` (before loading data), or a
+        workdir holding another run.
     """
     t0 = time.perf_counter()
+    if resume:
+        check_resumable(workdir)  # before the data: a mistyped workdir must not start a run
     full = dataset if dataset is not None else data.load_dataset(config.dataset, config.data_dir)
     configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
     first = seed_data(full, configs[0])  # split sizes vs dataset, before any work
     data.steps_per_epoch(first, config.batch_size)  # batch size vs dataset
     model_kw = {} if config.dropout_rate is None else {"dropout_rate": config.dropout_rate}
     model = get_model(config.model, first.num_classes, **model_kw)
+    try:  # model vs image size, before the workdir is touched
+        check_input_size(config.model, first.image_shape)
+    except ValueError as e:
+        raise ValueError(
+            f"--model {config.model} does not fit --dataset {config.dataset}: {e}; choose a "
+            "model for small images (small) or a dataset with larger images"
+        ) from None
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     device = device_name()
     stages_dir = path / "stages"

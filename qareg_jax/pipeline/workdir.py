@@ -18,13 +18,31 @@ class WorkdirError(ValueError):
     """The workdir holds another run (or other files) and neither resume nor overwrite is set."""
 
 
+def check_resumable(workdir: str | os.PathLike) -> pathlib.Path:
+    """``workdir`` as a path if it holds a run to continue; cheap, so callers check it
+    before loading data (a mistyped ``--resume --workdir`` must not start hours of work).
+
+    Raises:
+      WorkdirError: ``workdir`` does not exist or holds no ``config.json``.
+    """
+    path = pathlib.Path(workdir)
+    if not (path / "config.json").is_file():
+        why = "does not exist" if not path.exists() else "holds no run (no config.json)"
+        raise WorkdirError(
+            f"--resume: workdir {str(path)!r} {why}; nothing to continue. Check the path, "
+            "or leave out --resume to start a new run there"
+        )
+    return path
+
+
 def prepare_workdir(
     workdir: str | os.PathLike, config: Config, *, resume: bool = False, overwrite: bool = False
 ) -> pathlib.Path:
     """Create ``workdir`` or check that it may be used; writes ``config.json``.
 
     A workdir holding a run continues only with ``resume`` (and the same config) and is
-    emptied only with ``overwrite``; a non-empty directory that holds no run is refused.
+    emptied only with ``overwrite``; a non-empty directory that holds no run is refused,
+    and so is ``resume`` without a run to continue (:func:`check_resumable`).
     A stored config that lacks fields added since it was written counts as having their
     defaults, so new fields do not make an old run "a different run".
 
@@ -33,6 +51,8 @@ def prepare_workdir(
     """
     if resume and overwrite:
         raise WorkdirError("give resume or overwrite, not both")
+    if resume:
+        check_resumable(workdir)
     path = pathlib.Path(workdir)
     cfg_file = path / "config.json"
     wanted = {"format": FORMAT, "config": config.to_dict()}
