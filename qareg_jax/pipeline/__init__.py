@@ -11,7 +11,11 @@ For one model and dataset it runs:
    then the same fine-tuning and packing), and per ``config.qat`` method a **QAT** run
    ("ste": straight-through training on k-means levels; "dkm": differentiable k-means),
    trained like the regularized runs, then snapped, fine-tuned and packed the same way;
-3. all of it once per seed of ``config.seeds`` (tables: mean +- std over seeds), with an
+3. recipe options (off by default; ``Config``): lambda schedules ("ramp", "exp"),
+   a learning rate for the representatives, per-layer penalty normalisation, tau/sigma
+   annealing, more levels for the edge layers, and the hybrid (the penalty, then STE at
+   the end of the same phase: ``ste_last``);
+4. all of it once per seed of ``config.seeds`` (tables: mean +- std over seeds), with an
    optional validation split (``config.val_fraction``) reported beside the test accuracy.
 
 Modules: ``config`` (the schema), ``optim`` (optimizer recipes), ``steps`` (the training
@@ -21,7 +25,17 @@ kinds and their typed ``StageResult``), ``workdir`` (the run-directory policy) a
 ``run`` (``train_and_evaluate``).
 """
 
-from .config import BASELINES, DEFAULT_LAM, OPTIMIZERS, QAT_METHODS, Config, load_config
+from .config import (
+    ANNEALED,
+    BASELINES,
+    DEFAULT_LAM,
+    LAM_SCHEDULES,
+    OPTIMIZERS,
+    PENALTY_NORMALIZE,
+    QAT_METHODS,
+    Config,
+    load_config,
+)
 from .loop import (
     Context,
     StepTimer,
@@ -32,7 +46,7 @@ from .loop import (
     restore_state,
     run_phase,
 )
-from .optim import lam_schedule, make_optimizer
+from .optim import anneal_schedule, lam_schedule, make_optimizer
 from .run import device_name, load_data, seed_data, split_indices, subset, train_and_evaluate
 from .stages import (
     STAGE_KINDS,
@@ -41,14 +55,19 @@ from .stages import (
     Stage,
     StageKind,
     StageResult,
+    annealed_penalty,
     dkm_loss,
     dkm_taus,
+    edge_paths,
     finetune,
     method_name,
     pack,
     planned_stages,
+    recipe_loss,
+    recipe_step,
     stage_name,
     ste_loss,
+    ste_switch,
     train_ste,
 )
 from .steps import (
@@ -64,9 +83,12 @@ from .steps import (
 from .workdir import WorkdirError, prepare_workdir
 
 __all__ = [
+    "ANNEALED",
     "BASELINES",
     "DEFAULT_LAM",
+    "LAM_SCHEDULES",
     "OPTIMIZERS",
+    "PENALTY_NORMALIZE",
     "QAT_METHODS",
     "STAGE_KINDS",
     "Config",
@@ -81,10 +103,13 @@ __all__ = [
     "TrainingDivergedError",
     "TrainingInterrupted",
     "WorkdirError",
+    "anneal_schedule",
+    "annealed_penalty",
     "checkpoint_manager",
     "device_name",
     "dkm_loss",
     "dkm_taus",
+    "edge_paths",
     "empty_window",
     "finetune",
     "init_variables",
@@ -100,12 +125,15 @@ __all__ = [
     "phase_seed",
     "planned_stages",
     "prepare_workdir",
+    "recipe_loss",
+    "recipe_step",
     "restore_state",
     "run_phase",
     "seed_data",
     "split_indices",
     "stage_name",
     "ste_loss",
+    "ste_switch",
     "subset",
     "task_loss",
     "train_and_evaluate",

@@ -23,6 +23,12 @@ BASELINES = ("kmeans", "uniform", "pws", "ecsq", "binary")
 # Quantization-aware training baselines (stages.STAGE_KINDS "ste" and "dkm").
 QAT_METHODS = ("ste", "dkm")
 OPTIMIZERS = ("adam", "sgd")
+# Lambda over the regularized phase (optim.lam_schedule).
+LAM_SCHEDULES = ("ramp", "exp")
+# Per-layer penalty normalisations (codebook.QuantSpec.normalize).
+PENALTY_NORMALIZE = ("variance", "spacing")
+# The regularizers Config.anneal changes, and the QuantSpec field it shrinks.
+ANNEALED = {"softmin": "tau", "wells": "sigma"}
 # Lambda per regularizer when Config.lam does not name it: each registry entry's
 # default_lam (chosen on the digits default; see qareg_jax.regularizers.registry).
 DEFAULT_LAM: dict[str, float] = {name: registry.get(name).default_lam for name in registry.names()}
@@ -63,7 +69,24 @@ class Config:
       lam: lambda for every regularizer, or a ``{regularizer: lambda}`` dict (missing
         names take ``DEFAULT_LAM``).
       lam_warmup: fraction of the regularized phase over which lambda ramps linearly up
-        from 0 (0: constant lambda).
+        from 0 (0: constant lambda); used by ``lam_schedule="ramp"``.
+      lam_schedule: "ramp" (linear over ``lam_warmup``, then constant) or "exp" (geometric
+        growth from ``lam * lam_exp_start`` at the first step to ``lam`` at the last step of
+        the regularizer's part of the phase; ``lam_warmup`` unused).
+      lam_exp_start: the "exp" schedule's start as a fraction of lambda, in (0, 1].
+      reps_lr: peak learning rate of the representatives (regularized, hybrid and STE
+        stages; same optimizer and cosine decay as the weights); None: ``reg_lr``.
+      penalty_normalize: divide each layer's penalty by a constant of the layer fixed at
+        attach time so one lambda fits every layer: "variance" (of its weights) or
+        "spacing" (squared mean spacing of its initial levels); None: no division.
+      anneal: the factor by which softmin's tau / wells' sigma shrink, geometrically, over
+        the regularizer's part of the phase (other regularizers: no effect); None: fixed.
+      edge_layers_k: K of the first and last selected layers (natural order of their paths:
+        conv1 ... fc2) in the regularized, hybrid and STE stages; None: the stage's K.
+      ste_last: fraction of the regularized phase run as STE at the end (the hybrid:
+        the penalty, then the STE forward net on the same levels in one compiled step;
+        stages named e.g. "reg-nearest-ste0.2-k2"); 0: no STE part.
+      ste_keep_lam: keep the penalty (its last lambda) during the STE part; False: 0.
       interval, interval_param, init, reduction: ``QuantSpec`` fields of every layer.
       tau, sigma: softmin temperature / wells width of every layer; None: from the spread
         of each layer's initial representatives (see ``codebook.QuantSpec``).
@@ -109,6 +132,14 @@ class Config:
     reg_lr: float = 3e-3
     lam: float | Mapping[str, float] = dataclasses.field(default_factory=dict)
     lam_warmup: float = 0.5
+    lam_schedule: str = "ramp"
+    lam_exp_start: float = 1e-3
+    reps_lr: float | None = None
+    penalty_normalize: str | None = None
+    anneal: float | None = None
+    edge_layers_k: int | None = None
+    ste_last: float = 0.0
+    ste_keep_lam: bool = False
     interval: str = "minmax"
     interval_param: float | None = None
     init: str = "kmeans"
@@ -146,6 +177,7 @@ class Config:
         self._validate_training()
         self._validate_lambda()
         self._validate_qat_and_seeds()
+        self._validate_recipe()
 
     def _validate_methods(self) -> None:
         check_choice("model", self.model, tuple(MODELS))
@@ -234,6 +266,35 @@ class Config:
         f = self.val_fraction
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f < 1:
             raise ValueError(f"val_fraction must be a number in [0, 1), got {f!r}")
+
+    def _validate_recipe(self) -> None:
+        check_choice("lam_schedule", self.lam_schedule, LAM_SCHEDULES)
+        check_positive(self.lam_exp_start, "lam_exp_start")
+        if self.lam_exp_start > 1:
+            raise ValueError(f"lam_exp_start must be in (0, 1], got {self.lam_exp_start!r}")
+        if self.reps_lr is not None:
+            check_positive(self.reps_lr, "reps_lr")
+        if self.penalty_normalize is not None:
+            check_choice("penalty_normalize", self.penalty_normalize, PENALTY_NORMALIZE)
+        if self.anneal is not None:
+            check_positive(self.anneal, "anneal")
+            if not set(ANNEALED) & set(self.regularizers):
+                raise ValueError(
+                    f"anneal changes softmin's tau / wells' sigma, but regularizers is "
+                    f"{list(self.regularizers)}: add one of them or set anneal=None"
+                )
+        if self.edge_layers_k is not None:
+            check_k(self.edge_layers_k, "edge_layers_k")
+            _check_k(self.edge_layers_k, self.index_dtype)
+        f = self.ste_last
+        if isinstance(f, bool) or not isinstance(f, int | float):
+            raise TypeError(f"ste_last must be a number in [0, 1), got {type(f).__name__} {f!r}")
+        if not 0 <= f < 1:
+            raise ValueError(f"ste_last must be a number in [0, 1), got {f!r}")
+        if not isinstance(self.ste_keep_lam, bool):
+            raise TypeError(f"ste_keep_lam must be a bool, got {self.ste_keep_lam!r}")
+        if self.ste_keep_lam and not f:
+            raise ValueError("ste_keep_lam=True needs ste_last > 0 (there is no STE part)")
 
     @property
     def seed_list(self) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,15 +25,24 @@ import numpy as np
 from .. import compress, data, quantizers
 from .. import regularizers as R
 from .._tree import named_leaves
-from ..codebook import QuantSpec, attach, levels, make_specs
+from ..codebook import QuantSpec, attach, check_tree, levels, make_specs, select
 from ..contrib import dkm
 from ..finetune import assignments_by_path, finetune_specs, quantized_finetune
+from ..penalty import reduced
 from ..qat import ste
 from ..snap import snap
-from .config import Config
+from .config import ANNEALED, Config
 from .loop import Context, phase_seed, run_phase, variables
-from .optim import lam_schedule, make_optimizer, optimizer
-from .steps import LossFn, make_init_fn, make_train_step, task_loss
+from .optim import anneal_schedule, lam_schedule, make_optimizer, optimizer
+from .steps import (
+    LossFn,
+    StepFn,
+    TrainState,
+    make_init_fn,
+    make_train_step,
+    task_loss,
+    train_step_fn,
+)
 
 HIST_BINS = 80
 
@@ -311,54 +321,206 @@ def _start(ctx: Context, fp: Pretrained) -> tuple[Any, dict[str, Any]]:
 # --------------------------------------------------------------------------- regularizer
 
 
-def method_name(regularizer: str, freeze_reps: bool) -> str:
-    """Table name of a regularized run, e.g. ``"nearest"`` or ``"nearest (frozen reps)"``."""
-    return f"{regularizer} (frozen reps)" if freeze_reps else regularizer
+def method_name(regularizer: str, freeze_reps: bool, ste_last: float = 0.0) -> str:
+    """Table name of a regularized run, e.g. ``"nearest"``, ``"nearest (frozen reps)"`` or
+    (the hybrid) ``"nearest + ste0.2"``."""
+    name = f"{regularizer} (frozen reps)" if freeze_reps else regularizer
+    return f"{name} + ste{ste_last:g}" if ste_last else name
 
 
-def stage_name(regularizer: str, k: int, freeze_reps: bool) -> str:
-    """Directory-safe stage name, e.g. ``"reg-nearest-k4"`` or ``"reg-nearest-frozen-k4"``."""
-    return f"reg-{regularizer}{'-frozen' if freeze_reps else ''}-k{k}"
+def stage_name(regularizer: str, k: int, freeze_reps: bool, ste_last: float = 0.0) -> str:
+    """Directory-safe stage name, e.g. ``"reg-nearest-k4"``, ``"reg-nearest-frozen-k4"`` or
+    (the hybrid) ``"reg-nearest-ste0.2-k4"``."""
+    hybrid = f"-ste{ste_last:g}" if ste_last else ""
+    return f"reg-{regularizer}{'-frozen' if freeze_reps else ''}{hybrid}-k{k}"
 
 
 def plan_regularized(config: Config, k: int) -> list[Stage]:
-    """Per regularizer and ``freeze_reps`` value (static penalties have no reps: once)."""
+    """Per regularizer and ``freeze_reps`` value (static penalties have no reps: once);
+    hybrids (``config.ste_last > 0``) instead of plain runs."""
     return [
-        Stage(stage_name(reg, k, frozen), "regularizer", reg, k, frozen)
+        Stage(stage_name(reg, k, frozen, config.ste_last), "regularizer", reg, k, frozen)
         for reg in config.regularizers
         for frozen in ((False,) if reg in R.STATIC else config.freeze_reps)
     ]
 
 
+def _natural_key(path: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def edge_paths(paths: Any) -> list[str]:
+    """The first and last of ``paths`` in natural order (digits compared as numbers:
+    ``conv2 < conv10``), i.e. the first conv and last dense kernel of the zoo's models."""
+    ordered = sorted(paths, key=_natural_key)
+    return list(dict.fromkeys([ordered[0], ordered[-1]]))
+
+
+def edge_overrides(cfg: Config, params: Any) -> dict[str, dict[str, int]] | None:
+    """``make_specs`` overrides giving the edge layers ``cfg.edge_layers_k`` levels (None:
+    no option). Keys are whole paths: they match only themselves."""
+    if cfg.edge_layers_k is None:
+        return None
+    paths = select(params, cfg.include, cfg.exclude)
+    return {p: {"k": cfg.edge_layers_k} for p in edge_paths(paths)}
+
+
+def ste_switch(cfg: Config, total: int) -> int | None:
+    """First STE step of a hybrid phase of ``total`` steps (None: ``ste_last`` is 0)."""
+    if not cfg.ste_last:
+        return None
+    return max(total - max(int(round(cfg.ste_last * total)), 1), 0)
+
+
 def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str, QuantSpec]:
     cfg = ctx.config
+    switch = ste_switch(cfg, total)
+    # The schedule spans the regularizer's part; the hybrid's STE part has lambda 0 unless kept.
+    lam = lam_schedule(
+        cfg.lam_for(stage.method),
+        cfg.lam_warmup,
+        total if switch is None else switch,
+        kind=cfg.lam_schedule,
+        exp_start=cfg.lam_exp_start,
+        until=None if switch is None or cfg.ste_keep_lam else switch,
+    )
+    extra = {"normalize": cfg.penalty_normalize} if cfg.penalty_normalize else {}
     return make_specs(
         params,
         include=cfg.include,
         exclude=cfg.exclude,
+        overrides=edge_overrides(cfg, params),
         k=stage.k,
         regularizer=stage.method,
-        lam=lam_schedule(cfg.lam_for(stage.method), cfg.lam_warmup, total),
+        lam=lam,
         interval=cfg.interval,
         interval_param=cfg.interval_param,
         init=cfg.init,
         reduction=cfg.reduction,
         tau=cfg.tau,
         sigma=cfg.sigma,
+        **extra,
     )
+
+
+# The stepped train step (recipe_step) hands the loss the step and takes back the
+# annealed penalty through these model_state entries (never stored in the state).
+_STEP, _PENALTY, _TASK = "_recipe_step", "_recipe_penalty", "_recipe_task"
+
+
+def annealed_penalty(
+    train_params: Mapping[str, Any],
+    specs: Mapping[str, QuantSpec],
+    step: Any,
+    multiplier: Callable[[Any], Any],
+) -> jax.Array:
+    """``penalty(train_params, specs, step)`` with softmin's tau and wells' sigma times
+    ``multiplier(step)`` (a traced scalar is fine); other layers as in ``penalty``.
+
+    The spec's tau / sigma stay static floats: the scale is moved onto the inputs,
+    ``softmin_{m tau}(w, c) = m softmin_tau(w / sqrt m, c / sqrt m)`` and
+    ``wells_{m sigma}(w, c) = wells_sigma(w / m, c / m)`` (the regularizers' custom VJPs
+    are used as they are). Returns a float32 scalar.
+    """
+    leaves = check_tree(train_params, specs)
+    reps = train_params["reps"]
+    m = jnp.asarray(multiplier(step), jnp.float32)
+    total = jnp.zeros((), jnp.float32)
+    for path, spec in specs.items():
+        w, c = leaves[path], reps.get(path)
+        field = ANNEALED.get(spec.regularizer)
+        if field is None:
+            value = reduced(w, spec, c)
+        else:
+            inv = jax.lax.rsqrt(m) if field == "tau" else 1.0 / m
+            scaled = reduced((w * inv).astype(w.dtype), spec, (c * inv).astype(c.dtype))
+            value = m * scaled if field == "tau" else scaled
+        total = total + jnp.asarray(spec.lam_at(step), jnp.float32) * value
+    return total
+
+
+def recipe_loss(
+    model: Any,
+    specs: Mapping[str, QuantSpec],
+    *,
+    switch: int | None = None,
+    anneal: Callable[[Any], Any] | None = None,
+) -> LossFn:
+    """The loss of :func:`recipe_step`: the task loss of the latent net, of the STE
+    forward net from step ``switch`` on (``ste.quantize(..., active=step >= switch)``;
+    None: never), plus, with ``anneal`` (a tau/sigma multiplier schedule), the
+    :func:`annealed_penalty` (then the step must get no ``specs``: it adds none)."""
+
+    def loss(tree: Any, model_state: dict[str, Any], batch: Any, rng: jax.Array) -> Any:
+        rest = {k: v for k, v in model_state.items() if k != _STEP}
+        step = model_state[_STEP]
+        params = tree["model"]
+        if switch is not None:
+            params = ste.quantize(tree, specs, active=step >= switch)
+        task, rest = task_loss(model, params, rest, batch, rng)
+        if anneal is None:
+            return task, rest
+        task = jnp.asarray(task, jnp.float32)
+        pen = annealed_penalty(tree, specs, step, anneal)
+        return task + pen, {**rest, _PENALTY: pen, _TASK: task}
+
+    return loss
+
+
+def recipe_step(loss: LossFn, tx: Any, specs: Mapping[str, QuantSpec] | None) -> StepFn:
+    """The jitted train step of ``steps.train_step_fn(loss, tx, specs)`` with the step
+    in ``model_state`` for the loss (:func:`recipe_loss`); an annealed penalty the loss
+    returns is moved from the task loss to the penalty in the logged window."""
+    body = train_step_fn(loss, tx, specs)
+
+    def step(state: TrainState, batch: Any) -> TrainState:
+        inner = state.replace(model_state={**state.model_state, _STEP: state.step})
+        new, _ = body(inner, batch)
+        rest = dict(new.model_state)
+        rest.pop(_STEP, None)
+        pen, task = rest.pop(_PENALTY, None), rest.pop(_TASK, None)
+        new = new.replace(model_state=rest)
+        if pen is not None:  # the body logged task + penalty as the task loss: split them
+            window = state.window
+            new = new.replace(
+                window={
+                    **new.window,
+                    "task_loss": window["task_loss"] + task,
+                    "penalty": window["penalty"] + pen,
+                }
+            )
+        return new
+
+    return jax.jit(step, donate_argnums=(0,))
 
 
 def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
     """Attach representatives, train with task loss + penalty, snap ("pre-tuning"),
-    fine-tune ("post-tuning"), pack; with weight histograms before / after training."""
+    fine-tune ("post-tuning"), pack; with weight histograms before / after training.
+
+    Options: ``reps_lr``, ``anneal`` and the hybrid's STE part (``ste_last``) change the
+    step; ``lam_schedule``, ``penalty_normalize`` and ``edge_layers_k`` the specs.
+    """
     cfg, t0, name = ctx.config, time.perf_counter(), stage.name
     params, model_state = _start(ctx, fp)
     total = cfg.reg_epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
     tree, specs = attach(params, _reg_specs(ctx, params, stage, total))
     before = _named(tree, specs)
-    tx = make_optimizer(cfg, cfg.reg_lr, total, freeze_reps=bool(stage.freeze_reps))
+    tx = make_optimizer(
+        cfg, cfg.reg_lr, total, freeze_reps=bool(stage.freeze_reps), reps_lr=cfg.reps_lr
+    )
     state = make_init_fn(tx)(tree, model_state, np.uint32(phase_seed(cfg.seed, f"{name}/reg")))
-    step_fn = make_train_step(ctx.model, tx, specs)
+    switch = ste_switch(cfg, total)
+    anneal = (
+        anneal_schedule(cfg.anneal, total if switch is None else switch)
+        if cfg.anneal is not None and stage.method in ANNEALED
+        else None
+    )
+    if switch is None and anneal is None:
+        step_fn = make_train_step(ctx.model, tx, specs)
+    else:
+        loss = recipe_loss(ctx.model, specs, switch=switch, anneal=anneal)
+        step_fn = recipe_step(loss, tx, None if anneal is not None else specs)
     state = run_phase(ctx, name, "reg", state, step_fn, cfg.reg_epochs, specs=specs)
     tree, model_state = state.params, state.model_state
     del state
@@ -366,9 +528,10 @@ def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult
     histograms = _histograms(before, _named(tree, specs), specs)
     # One compilation instead of one per eager op.
     snapped, _ = jax.jit(lambda t: snap(t, specs, index_dtype=cfg.index_dtype))(tree)
+    method = method_name(stage.method, bool(stage.freeze_reps), cfg.ste_last)
     return _tune_and_pack(
         ctx, fp, stage, t0, snapped, model_state, finetune_specs(specs), "reg",
-        method=method_name(stage.method, bool(stage.freeze_reps)), kind="regularizer",
+        method=method, kind="regularizer",
         regularizer=stage.method, freeze_reps=stage.freeze_reps, lam=cfg.lam_for(stage.method),
         acc_reg=acc_reg, histograms=histograms,
     )  # fmt: skip
@@ -467,13 +630,21 @@ def train_ste(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, QuantSpec], dict[str, Any]]:
     """The STE phase: ``(tree {"model": latent weights, "reps": levels}, model_state,
     specs, the start's _named weights)``; ``reg_epochs`` at ``reg_lr`` (same schedule as
-    the regularized phase), levels re-fit every ``ste_recluster_every`` steps."""
+    the regularized phase; ``reps_lr`` for the levels), levels re-fit every
+    ``ste_recluster_every`` steps; ``edge_layers_k`` levels for the edge layers."""
     cfg, name = ctx.config, stage.name
     params, model_state = _start(ctx, fp)
     total = cfg.reg_epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
-    tree, specs = ste.init(params, _paths(cfg, params, stage.k), k=stage.k)  # k-means levels
+    overrides = edge_overrides(cfg, params)
+    if overrides is None:
+        tree, specs = ste.init(params, _paths(cfg, params, stage.k), k=stage.k)  # k-means levels
+    else:
+        start = make_specs(
+            params, include=cfg.include, exclude=cfg.exclude, overrides=overrides, k=stage.k
+        )
+        tree, specs = ste.init(params, start)
     before = _named(tree, specs)
-    tx = make_optimizer(cfg, cfg.reg_lr, total)
+    tx = make_optimizer(cfg, cfg.reg_lr, total, reps_lr=cfg.reps_lr)
     state = make_init_fn(tx)(tree, model_state, np.uint32(phase_seed(cfg.seed, f"{name}/ste")))
     step_fn = make_train_step(ste_loss(ctx.model, specs), tx)
     every = cfg.ste_recluster_every
