@@ -202,12 +202,17 @@ def test_image_folder_grayscale_gives_one_channel(tmp_path):
     assert ds.image_shape == (5, 6, 1) and ds.mean.shape == (1,)
 
 
-def test_image_folder_tarball_matches_folder_and_caches(tmp_path):
+def test_image_folder_tarball_matches_folder_and_caches(tmp_path, capsys):
     _write_folder(tmp_path / "imgs", {"train": {"x": 2, "y": 3}, "test": {"x": 1, "y": 1}})
     tarball = _tar_gz(tmp_path / "imgs", tmp_path / "imgs.tar.gz", prefix="wrapper/")
     cache = tmp_path / "cache"
     from_dir = data.read_image_folder(tmp_path / "imgs", cache_dir=cache)
+    # Decoding says what and where it caches, once (a CIFAR archive: ~30 s, ~177 MB).
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("decoding 7 images in ")
+    assert str(cache) in out[0] and "QAREG_CACHE_DIR" in out[0]
     from_tar = data.read_image_folder(tarball, cache_dir=cache)
+    assert capsys.readouterr().out.startswith(f"decoding the archive {str(tarball)!r} once")
     assert from_tar.class_names == from_dir.class_names == ("x", "y")
     for split in ("train", "test"):
         for a, b in zip(from_tar.split(split), from_dir.split(split), strict=True):
@@ -217,6 +222,7 @@ def test_image_folder_tarball_matches_folder_and_caches(tmp_path):
     # The second load reads the cache: decoding is never called.
     with mock.patch.object(data, "_decode_image", side_effect=AssertionError("decoded")):
         cached = data.read_image_folder(tarball, cache_dir=cache)
+    assert capsys.readouterr().out == ""  # read from the cache: nothing to say
     np.testing.assert_array_equal(cached.split("train")[0], from_tar.split("train")[0])
     np.testing.assert_array_equal(cached.stats["train"][1], from_tar.stats["train"][1])
 
