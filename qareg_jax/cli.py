@@ -22,9 +22,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from . import data, pipeline, report
 from . import regularizers as R
 from .models import MODELS
+from .pipeline.loop import deferred_interrupts, interrupt_requested
 
 # The README's main job: the embedded digits set, SmallCNN, three regularizers and two
 # baselines at K = 2 and 4 (about a minute on a 2-core CPU, mostly XLA compilation).
@@ -44,6 +47,20 @@ DEMO_FAST = DEMO.replace(
 )
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+INTERRUPTED = "qareg: interrupted; continue with --resume"
+# `qareg run --help`: what each phase is and which flags size it.
+RUN_EPILOG = """\
+phases, in order (the plan with the steps of each is printed before training starts):
+  pretrain   full-precision training from random init: --epochs epochs
+  reg        every --regularizer at every --k, from the pretrained model: --epochs epochs
+             (QAT methods, --qat, train this long too)
+  finetune   after snapping to K levels, every method (also each --baseline, which is
+             post-training quantization of the pretrained model): --finetune-epochs epochs
+  --baseline none and --qat none leave those methods out; --regularizer none leaves only
+  the baselines. A time estimate follows the first timed pretraining steps; Ctrl-C stops
+  after the current step (or checkpoint) and --resume continues.
+"""
 
 
 def _list(values: Sequence[str] | None) -> list[str] | None:
@@ -78,18 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="delete a previous demo run")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    run = sub.add_parser("run", help="one experiment (flags override --config)")
+    run = sub.add_parser(
+        "run",
+        help="one experiment (flags override --config)",
+        description="One experiment: pretrain, then regularize / quantize, fine-tune, compare.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--config", help="Python file defining get_config() -> pipeline.Config")
     run.add_argument("--model", help=f"one of {', '.join(MODELS)}")
     run.add_argument("--dataset", help=f"one of {', '.join(data.DATASET_NAMES)}")
     run.add_argument("--dataset-label", help="name of the dataset in tables")
     run.add_argument("--data-dir", help="tensorflow-datasets directory (cifar10)")
     run.add_argument(
-        "--regularizer", nargs="+", help=f"one or more of {', '.join(R.REGULARIZERS)}, or none"
+        "--regularizer",
+        nargs="+",
+        help=f"one or more of {', '.join(R.REGULARIZERS)}, or none (no regularized phase)",
     )
     run.add_argument("--k", nargs="+", help="numbers of levels, e.g. --k 2 4 8")
     run.add_argument(
-        "--baseline", nargs="+", help=f"one or more of {', '.join(pipeline.BASELINES)}, or none"
+        "--baseline",
+        nargs="+",
+        help=f"post-training quantization baselines: {', '.join(pipeline.BASELINES)}, or none "
+        "(each: snap the pretrained model, then fine-tune)",
     )
     run.add_argument(
         "--qat",
@@ -130,8 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--lambda", dest="lam", type=float, help="lambda of every regularizer")
     run.add_argument("--lam-warmup", type=float, help="fraction of the phase ramping lambda up")
-    run.add_argument("--epochs", type=int, help="pretraining and regularized epochs")
-    run.add_argument("--finetune-epochs", type=int, help="quantized fine-tuning epochs")
+    run.add_argument(
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="epochs of pretraining and of each regularized / QAT phase (see phases below)",
+    )
+    run.add_argument(
+        "--finetune-epochs",
+        type=int,
+        metavar="N",
+        help="epochs of fine-tuning on the K levels, after every method and baseline",
+    )
     run.add_argument("--batch-size", type=int)
     run.add_argument("--seed", type=int)
     run.add_argument("--train-subset", type=int, help="use this many training examples")
@@ -204,6 +242,12 @@ def config_from_args(args: argparse.Namespace) -> pipeline.Config:
     return config.replace(**changes)
 
 
+def _say(message: str) -> None:
+    """The plan and the time estimate: printed even with --no-progress, above any bar."""
+    tqdm.write(message)
+    sys.stdout.flush()
+
+
 def _finish(workdir: str, results: dict[str, Any], start: float) -> None:
     out = report.write_report(workdir)
     print(out["table"])
@@ -221,7 +265,12 @@ def _demo(args: argparse.Namespace) -> None:
     # A finished or interrupted demo with the same settings is continued, not refused.
     resume = not args.overwrite and os.path.exists(os.path.join(workdir, "config.json"))
     results = pipeline.train_and_evaluate(
-        config, workdir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress
+        config,
+        workdir,
+        resume=resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        say=_say,
     )
     _finish(workdir, results, start)
 
@@ -235,6 +284,7 @@ def _run(args: argparse.Namespace) -> None:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        say=_say,
     )
     _finish(args.workdir, results, start)
 
@@ -264,7 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if e.code else 0
     commands = {"demo": _demo, "run": _run, "report": _report, "prepare-data": _prepare}
     try:
-        commands[args.command](args)
+        # A Ctrl-C is acted on between steps (never inside a checkpoint save); see
+        # pipeline.loop.deferred_interrupts.
+        with deferred_interrupts():
+            commands[args.command](args)
+            if interrupt_requested():  # arrived after the last step: still an interrupt
+                raise KeyboardInterrupt
     except (
         ValueError,
         TypeError,  # a config file's field of the wrong type (validation)
@@ -275,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"qareg: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("qareg: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     return 0
 
 

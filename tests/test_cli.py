@@ -11,6 +11,7 @@ from PIL import Image
 from qareg_jax import cli, data, pipeline
 
 
+@pytest.mark.slow
 def test_demo_fast_writes_table_and_plots_then_report_works(tmp_path, capsys):
     workdir = tmp_path / "demo"
     assert cli.main(["demo", "--fast", "--workdir", str(workdir), "--no-progress"]) == 0
@@ -113,6 +114,7 @@ def test_resume_of_a_missing_workdir_stops_before_loading_data(tmp_path, capsys)
         assert "holds no run (no config.json)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_nan_loss_exits_nonzero_naming_the_step(tmp_path, capsys):
     # From scratch without baselines needs no pretraining: only the regularized step runs.
@@ -146,6 +148,42 @@ def test_report_and_usage_errors(tmp_path, capsys):
     assert cli.main(["frobnicate"]) == 2
     assert cli.main([]) == 2
     assert cli.main(["prepare-data", "imagenet"]) == 2
+
+
+def test_plan_is_printed_before_training_and_ctrl_c_gives_one_line(tmp_path, capsys):
+    # The run stops where the first stage would start: the plan must already be out.
+    with mock.patch.object(pipeline.run, "_run_seed", side_effect=KeyboardInterrupt):
+        status = cli.main(_run(tmp_path, "--epochs", "2", "--k", "2", "--baseline", "none"))
+    assert status == cli.EXIT_INTERRUPTED == 130
+    out, err = capsys.readouterr()
+    assert out.splitlines()[:3] == [
+        "plan: 3 stages after pretraining, 1 seed; 44 steps per epoch (1,437 examples, "
+        "batch 32); 748 optimizer steps in all",
+        "  pretrain: train 88 steps (2 epochs)",
+        "  reg-nearest-k2: reg 88 (2 epochs) + finetune 132 (3 epochs)",
+    ]
+    assert err == cli.INTERRUPTED + "\n"
+
+
+def test_time_estimate_is_printed_once():
+    said = []
+    on_timed = pipeline.run._estimator(10_000, said.append)
+    on_timed("pretrain", "train", 0.03)
+    on_timed("reg-sine-k2", "reg", 0.5)
+    assert said == [
+        "estimate: 30.0 ms per step (pretrain train) x 10,000 steps = ~5 min of training for "
+        "the whole run (plus compilation and evaluation; regularized and QAT steps can be slower)"
+    ]
+
+
+def test_help_says_what_each_phase_and_flag_covers(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--epochs N epochs of pretraining and of each regularized / QAT phase" in out
+    assert "--finetune-epochs N epochs of fine-tuning on the K levels" in out
+    assert "post-training quantization baselines: kmeans" in out and ", or none" in out
+    assert "pretrain full-precision training from random init: --epochs epochs" in out
 
 
 def test_run_flags_for_qat_seeds_and_validation():

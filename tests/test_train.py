@@ -90,6 +90,7 @@ def test_digits_regularized_beats_kmeans_ptq_at_k2(digits_run):
     assert reg["acc_post"] > fp - 0.05, (reg, fp)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, digits_run):
     whole_dir, whole = digits_run
     # 44 steps per epoch: pretrain 660, reg 440, finetune 88 (twice).

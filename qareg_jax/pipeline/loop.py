@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import pathlib
+import signal
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +35,52 @@ class TrainingInterrupted(RuntimeError):
     """Raised by the ``stop_after`` hook of ``train_and_evaluate`` (tests, debugging)."""
 
 
+# Set by the SIGINT handler of :func:`deferred_interrupts`; read by :func:`check_interrupt`.
+_INTERRUPT = threading.Event()
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Within the block, a first Ctrl-C (SIGINT) only sets a flag, and the pipeline raises
+    ``KeyboardInterrupt`` at its next safe point (:func:`check_interrupt`: between steps,
+    never inside a checkpoint save); a second Ctrl-C raises at once.
+
+    Python's default handler raises wherever the main thread is, e.g. inside orbax's save
+    (a traceback and a half-written step) or a gc callback (the interrupt is swallowed and
+    the run goes on). Outside the main thread, or with a non-default handler installed
+    (e.g. by the caller), the block changes nothing.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if _INTERRUPT.is_set():
+            raise KeyboardInterrupt
+        _INTERRUPT.set()
+
+    _INTERRUPT.clear()
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupt_requested() -> bool:
+    """Whether a Ctrl-C arrived in the current :func:`deferred_interrupts` block."""
+    return _INTERRUPT.is_set()
+
+
+def check_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` if a Ctrl-C arrived (see :func:`deferred_interrupts`)."""
+    if _INTERRUPT.is_set():
+        raise KeyboardInterrupt
+
+
 @dataclasses.dataclass(frozen=True)
 class Context:
     """What every stage needs; built once by ``train_and_evaluate``.
@@ -53,6 +102,8 @@ class Context:
         metrics, result and model go under (see :meth:`stage_id`).
       step_times: ``{(stage_id, phase): median seconds per step}`` of the phases trained
         in this process (None: too few steps to time; see :func:`run_phase`).
+      on_timed: called with ``(stage_id, phase, seconds per step)`` at the first timed
+        interval of every phase trained in this process (the run's time estimate).
     """
 
     config: Config
@@ -66,6 +117,7 @@ class Context:
     compiled: dict[Any, Any] = dataclasses.field(default_factory=dict)
     subdir: str = ""
     step_times: dict[tuple[str, str], float | None] = dataclasses.field(default_factory=dict)
+    on_timed: Callable[[str, str, float], None] | None = None
 
     def stage_id(self, stage: str) -> str:
         """``stage`` under this seed's subdirectory, e.g. ``"seed-1/reg-nearest-k4"``.
@@ -243,6 +295,8 @@ def run_phase(
     bar = tqdm(total=total, initial=start, desc=desc, disable=not ctx.progress, leave=False)
     try:
         for step in range(start + 1, total + 1):
+            # Here, not inside the save below: a Ctrl-C waits for a save to complete.
+            check_interrupt()
             state = step_fn(state, next(batches))
             bar.update()
             ctx.counter[0] += 1
@@ -254,6 +308,8 @@ def run_phase(
                 continue
             _check_finite(state, mngr, desc, directory)  # a host sync
             timer.sync(step)
+            if ctx.on_timed is not None and len(timer.per_step) == 1:
+                ctx.on_timed(sid, phase, timer.per_step[0])
             if due:
                 state = hook(state)
             if log or step == total:
@@ -268,6 +324,8 @@ def run_phase(
     finally:
         bar.close()
         mngr.close()
+        # Stops grain's prefetch threads now, not at interpreter exit after an interrupt.
+        batches.close()
     ctx.step_times[sid, phase] = timer.median()
     return state
 

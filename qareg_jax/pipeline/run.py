@@ -29,16 +29,18 @@ import json
 import os
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .. import data, report
 from ..models import check_input_size, get_model
 from ..provenance import device_name
 from .config import Config
-from .loop import Context
-from .stages import Pretrained, StageResult, planned_stages, pretrain, run_stage
+from .loop import Context, check_interrupt
+from .stages import Pretrained, Stage, StageResult, planned_stages, pretrain, run_stage
 from .workdir import check_resumable, prepare_workdir
 
 
@@ -113,6 +115,69 @@ def load_data(config: Config) -> data.Dataset:
     return seed_data(data.load_dataset(config.dataset, config.data_dir), config)
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
+def _stage_phases(config: Config, stage: Stage, spe: int) -> list[tuple[str, int, int]]:
+    """``(phase, epochs, steps)`` of ``stage``: PTQ stages only fine-tune; the others
+    (regularizers, STE, DKM, and any new kind) train ``reg_epochs`` first."""
+    tune = ("finetune", config.finetune_epochs, config.finetune_epochs * spe)
+    if stage.kind == "ptq":
+        return [tune]
+    phase = {"regularizer": "reg"}.get(stage.kind, stage.kind)
+    return [(phase, config.reg_epochs, config.reg_epochs * spe), tune]
+
+
+def plan(config: Config, ds: data.Dataset) -> tuple[str, int]:
+    """``(text, steps)``: the run's stages with the optimizer steps of each phase, and the
+    steps of the whole run (every seed), printed before any work."""
+    spe = data.steps_per_epoch(ds, config.batch_size)
+    seeds = len(config.seed_list)
+    pre = config.pretrain_epochs * spe
+    lines = [f"  pretrain: train {pre} steps ({_epochs(config.pretrain_epochs)})"]
+    steps = pre
+    for stage in planned_stages(config):
+        phases = _stage_phases(config, stage, spe)
+        steps += sum(n for _, _, n in phases)
+        parts = " + ".join(f"{p} {n} ({_epochs(e)})" for p, e, n in phases)
+        lines.append(f"  {stage.name}: {parts}")
+    head = (
+        f"plan: {len(lines) - 1} stages after pretraining, {seeds} seed{'s' if seeds > 1 else ''}"
+        f"; {spe} steps per epoch ({len(ds.train_labels):,} examples, batch "
+        f"{config.batch_size}); {steps * seeds:,} optimizer steps in all"
+    )
+    if seeds > 1:
+        lines.append(f"  (every stage once per seed: {', '.join(map(str, config.seed_list))})")
+    return "\n".join([head, *lines]), steps * seeds
+
+
+def _estimator(steps: int, say: Callable[[str], None]) -> Callable[[str, str, float], None]:
+    """The ``on_timed`` callback printing one time estimate, at the first timed interval."""
+    done: list[bool] = []
+
+    def on_timed(stage: str, phase: str, seconds: float) -> None:
+        if done:
+            return
+        done.append(True)
+        total = seconds * steps
+        say(
+            f"estimate: {seconds * 1e3:.1f} ms per step ({stage} {phase}) x {steps:,} steps = "
+            f"{_duration(total)} of training for the whole run (plus compilation and "
+            "evaluation; regularized and QAT steps can be slower)"
+        )
+
+    return on_timed
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"~{seconds:.0f} s"
+    if seconds < 7200:
+        return f"~{seconds / 60:.0f} min"
+    return f"~{seconds / 3600:.1f} h"
+
+
 def _write_atomic(path: pathlib.Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
@@ -141,6 +206,7 @@ def _run_seed(ctx: Context, stages_dir: pathlib.Path) -> tuple[Pretrained, list[
     ctx.say(f"{where}pretrain: full-precision accuracy {fp.acc_fp:.4f}")
     rows = []
     for stage in planned_stages(ctx.config):
+        check_interrupt()  # between stages too: PTQ stages may not train
         stage_file = stages_dir / f"{ctx.stage_id(stage.name)}.json"
         if stage_file.exists():
             result = StageResult.from_json(json.loads(stage_file.read_text()))
@@ -164,6 +230,7 @@ def train_and_evaluate(
     progress: bool = True,
     stop_after: int | None = None,
     dataset: data.Dataset | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every stage of ``config`` (for every seed) in ``workdir``; returns the results.
 
@@ -177,6 +244,9 @@ def train_and_evaluate(
       stop_after: raise ``TrainingInterrupted`` after this many optimizer steps.
       dataset: use this dataset (before subsets and validation split) instead of loading
         ``config.dataset`` (tests).
+      say: prints the plan (:func:`plan`, before any training) and one time estimate
+        (after the first timed steps); default: ``tqdm.write`` with ``progress``, else
+        nothing.
 
     Returns:
       ``{"rows": [StageResult.to_json()...], "pretrain": {...}, "config", "device", "date",
@@ -205,6 +275,12 @@ def train_and_evaluate(
             "model for small images (small) or a dataset with larger images"
         ) from None
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
+    if say is None:
+        say = tqdm.write if progress else lambda message: None
+    text, steps = plan(config, first)
+    say(text)
+    on_timed = _estimator(steps, say)
+    check_interrupt()
     device = device_name()
     stages_dir = path / "stages"
     stages_dir.mkdir(exist_ok=True)
@@ -214,7 +290,7 @@ def train_and_evaluate(
         subdir = f"seed-{cfg.seed}" if len(configs) > 1 else ""
         ctx = Context(
             cfg, path, model, ds, device, progress, stop_after,
-            counter=counter, compiled=compiled, subdir=subdir,
+            counter=counter, compiled=compiled, subdir=subdir, on_timed=on_timed,
         )  # fmt: skip
         fp, seed_rows = _run_seed(ctx, stages_dir)
         pretrains[str(cfg.seed)] = fp.to_json()
