@@ -41,6 +41,8 @@ Schedule = Callable[[Any], Any]
 INTERVALS = ("minmax", "percentile", "std")
 INITS = ("grid", "quantile", "kmeans")
 REDUCTIONS = ("mean", "sum")
+# Per-layer penalty divisors fixed at attach time (QuantSpec.normalize).
+NORMALIZE = ("variance", "spacing")
 # Norm statistics and scales, and biases, are never quantized by the default rule.
 _NEVER = re.compile(r"(^|/)(batch_stats|bias|scale|mean|var)(/|$)")
 
@@ -73,6 +75,10 @@ class QuantSpec:
         (K - 1)`` for static specs), filled in by ``attach``.
       sigma: wells width; default ``spacing / 2``, filled in by ``attach``.
       wells_mode: "max" or "mean" (see ``regularizers.wells``).
+      normalize: divide the layer's reduced penalty by a constant of the layer so one
+        lambda fits every layer: "variance" (of its weights) or "spacing" (squared mean
+        spacing of its levels), both at attach time; None: no division.
+      norm: that divisor (> 0), filled in by ``attach`` when ``normalize`` is set.
     """
 
     k: int = 4
@@ -87,6 +93,8 @@ class QuantSpec:
     tau: float | None = None
     sigma: float | None = None
     wells_mode: str = "max"
+    normalize: str | None = None
+    norm: float | None = None
 
     def __post_init__(self) -> None:
         check_k(self.k)
@@ -95,12 +103,14 @@ class QuantSpec:
         check_choice("init", self.init, INITS)
         check_choice("reduction", self.reduction, REDUCTIONS)
         check_choice("wells_mode", self.wells_mode, ("max", "mean"))
+        if self.normalize is not None:
+            check_choice("normalize", self.normalize, NORMALIZE)
         check_lam(self.lam)
         if (self.lo is None) != (self.hi is None):
             raise ValueError("lo and hi must be given together (or neither)")
         if self.lo is not None:
             check_interval(self.lo, self.hi)
-        for name in ("tau", "sigma", "interval_param"):
+        for name in ("tau", "sigma", "interval_param", "norm"):
             if getattr(self, name) is not None:
                 check_positive(getattr(self, name), name)
         if self.k > ALL_REPS_WARN_K and self.all_reps:
@@ -403,8 +413,23 @@ def attach(
             hi=hi,
             tau=spec.tau if spec.tau is not None else (spacing / 4) ** 2,
             sigma=spec.sigma if spec.sigma is not None else spacing / 2,
+            norm=_norm(spec, host, spacing, path),
         )
     return {"model": params, "reps": reps}, resolved
+
+
+def _norm(spec: QuantSpec, host: np.ndarray, spacing: float, path: str) -> float | None:
+    """``spec.norm`` or, for ``spec.normalize``, the weights' variance or the squared mean
+    spacing of the initial levels (``spacing``)."""
+    if spec.norm is not None or spec.normalize is None:
+        return spec.norm
+    value = float(host.var()) if spec.normalize == "variance" else float(spacing) ** 2
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(
+            f"normalize={spec.normalize!r} of leaf {path!r} divides by {value}; give norm "
+            "explicitly (e.g. overrides={path: dict(norm=...)}) or normalize=None"
+        )
+    return value
 
 
 def levels(train_params: Mapping[str, Any], spec: QuantSpec, path: str) -> jax.Array:

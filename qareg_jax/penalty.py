@@ -32,14 +32,22 @@ def reduced(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) -> jax
     """``R_l``: the layer's penalty reduced by ``spec.reduction``, a float32 scalar.
 
     Uses the entry's ``total`` form when it has one (cheaper to differentiate),
-    else sums the element-wise penalty in float32.
+    else sums the element-wise penalty in float32. Divided by ``spec.norm`` when
+    ``spec.normalize`` is set.
     """
     entry = registry.get(spec.regularizer)
     if entry.total is not None and (reps is not None or not entry.dynamic):
         total = entry.total(w, reps, spec).astype(jnp.float32)
     else:
         total = jnp.sum(elementwise(w, spec, reps), dtype=jnp.float32)
-    return total / w.size if spec.reduction == "mean" else total
+    value = total / w.size if spec.reduction == "mean" else total
+    if spec.normalize is None:
+        return value
+    if spec.norm is None:
+        raise ValueError(
+            f"spec has normalize={spec.normalize!r} but no norm; resolve it with attach()"
+        )
+    return value / jnp.float32(spec.norm)
 
 
 def layer_penalties(

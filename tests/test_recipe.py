@@ -208,6 +208,60 @@ def test_hybrid_stage_names():
     assert stages.stage_name("nearest", 4, False) == "reg-nearest-k4"
 
 
+# ------------------------------------------------------------------------- normalize
+
+
+@pytest.mark.parametrize("reg", ["nearest", "softmin", "sine"])
+def test_normalized_penalty_is_divided_by_variance_or_squared_spacing(small_cnn, attached, reg):
+    params = small_cnn[1]["params"]
+    tree, plain = attached(params, k=3, regularizer=reg, lam=1.0)
+    for how in ("variance", "spacing"):
+        tree_n, specs = attached(params, k=3, regularizer=reg, lam=1.0, normalize=how)
+        for path, spec in specs.items():
+            w = np.asarray(q._tree.named_leaves(params)[path], np.float64)
+            if how == "variance":
+                want = w.var()
+            else:
+                c = np.sort(np.asarray(q.levels(tree_n, spec, path), np.float64))
+                want = np.mean(np.diff(c)) ** 2
+            assert spec.norm == pytest.approx(want, rel=1e-5)
+            assert dataclasses.replace(spec, normalize=None, norm=None) == plain[path]
+        ratio = q.layer_penalties(tree, plain)
+        got = q.layer_penalties(tree_n, specs)
+        for path in specs:
+            np.testing.assert_allclose(got[path] * specs[path].norm, ratio[path], rtol=1e-5)
+        g_plain = jax.grad(lambda t, s=plain: penalty(t, s))(tree)
+        g_norm = jax.grad(lambda t, s=specs: penalty(t, s))(tree_n)
+        for path, spec in specs.items():
+            np.testing.assert_allclose(
+                g_norm["model"][path.split("/")[0]]["kernel"] * spec.norm,
+                g_plain["model"][path.split("/")[0]]["kernel"],
+                rtol=1e-4,
+                atol=1e-9,
+            )
+
+
+def test_penalty_normalize_reaches_the_specs(small_cnn):
+    params = small_cnn[1]["params"]
+    stage = pipeline.Stage("reg-nearest-k2", "regularizer", "nearest", 2, False)
+    specs = stages._reg_specs(_ctx(penalty_normalize="spacing"), params, stage, 10)
+    assert {s.normalize for s in specs.values()} == {"spacing"}
+    plain = stages._reg_specs(_ctx(), params, stage, 10)
+    assert {s.normalize for s in plain.values()} == {None}
+
+
+def test_unresolved_or_bad_normalize_is_refused(small_cnn):
+    with pytest.raises(ValueError, match="normalize"):
+        q.QuantSpec(normalize="std")
+    with pytest.raises(ValueError, match="norm"):
+        q.QuantSpec(normalize="variance", norm=-1.0)
+    params = small_cnn[1]["params"]
+    specs = q.make_specs(params, k=2, normalize="variance")
+    tree, _ = q.attach(params, specs)
+    with pytest.raises(ValueError, match="attach"):
+        penalty(tree, specs)
+
+
 # ---------------------------------------------------------------------------- errors
 
 
