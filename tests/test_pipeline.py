@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 from unittest import mock
 
 import jax
@@ -13,6 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from qareg_jax import compress, data, pipeline
+from qareg_jax.pipeline import loop
 
 # Tiny settings: one epoch per phase, one regularizer and one baseline at K=2.
 TINY = pipeline.Config(
@@ -137,6 +140,40 @@ def test_nan_loss_stops_keeps_last_good_checkpoint_and_names_the_step(tmp_path):
     assert manager.latest_step() == bad_step  # steps 0 .. bad_step - 1, all finite
     restored = manager.restore(bad_step)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["params"]))
+
+
+def test_ctrl_c_during_a_checkpoint_save_lets_it_finish_then_stops(tmp_path):
+    save = loop.save_state
+
+    def save_interrupted(mngr, step, state):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the save starts (handled at once)
+        save(mngr, step, state)
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    config = TINY.replace(train_subset=64)  # 4 steps per epoch, checkpoints at 3 and 4
+    with (
+        mock.patch.object(loop, "save_state", save_interrupted),
+        loop.deferred_interrupts(),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        pipeline.train_and_evaluate(config, tmp_path, progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    manager = pipeline.checkpoint_manager(tmp_path / "checkpoints/pretrain/train")
+    assert manager.all_steps() == [3]  # the save completed; no step ran after it
+    assert not list(tmp_path.glob("checkpoints/**/*tmp*"))
+    manager.restore(3)
+
+
+def test_a_second_ctrl_c_raises_at_once():
+    with loop.deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert loop.interrupt_requested()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            loop.check_interrupt()
+    assert not loop.interrupt_requested()
+    loop.check_interrupt()  # outside the block: no stale request
 
 
 @pytest.mark.parametrize(

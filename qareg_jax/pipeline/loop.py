@@ -68,6 +68,7 @@ def deferred_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        _INTERRUPT.clear()  # a stale request must not stop a later run of this process
 
 
 def interrupt_requested() -> bool:
