@@ -238,6 +238,15 @@ def shard(tree: Any, layout: Layout) -> Any:
     return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(placed)
 
 
+def _local_data_positions(mesh: Mesh) -> set[int]:
+    """The indices along ``"data"`` of the mesh positions this process's devices hold."""
+    axis = mesh.axis_names.index(DATA_AXIS)
+    me = jax.process_index()
+    return {
+        pos[axis] for pos in np.ndindex(mesh.devices.shape) if mesh.devices[pos].process_index == me
+    }
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """A process-local batch as global arrays split over the ``"data"`` axis.
 
@@ -247,8 +256,9 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
       mesh: the mesh (``Layout.mesh``).
 
     Returns:
-      The same tree of ``jax.Array`` of global batch ``B_local * process_count``,
-      each device holding ``B / mesh.shape["data"]`` rows.
+      The same tree of ``jax.Array`` of global batch ``B_local * n_data / n_local``
+      (``n_local``: the positions on ``"data"`` this process's devices hold), each
+      device holding ``B / n_data`` rows.
 
     Raises:
       ValueError: the global batch is not divisible by the number of devices on
@@ -260,8 +270,11 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(f"batch leaves must share a leading batch dimension, got sizes {sizes}")
-    global_batch = sizes.pop() * jax.process_count()
     n_data = mesh.shape[DATA_AXIS]
+    # Processes may share rows (a "model" axis across processes): this process feeds the
+    # rows of the data positions its own devices hold, not 1 / process_count of them.
+    n_local = len(_local_data_positions(mesh))
+    global_batch = sizes.pop() * n_data // n_local
     if global_batch % n_data:
         raise ValueError(
             f"the global batch size {global_batch} is not divisible by the {n_data} devices on "
