@@ -17,6 +17,7 @@ from . import compress, contrib, qat, quantizers, regularizers, sharding
 from .codebook import (
     QuantSpec,
     attach,
+    check_schedules,
     check_tree,
     default_rule,
     init_representatives,
@@ -46,7 +47,7 @@ from .regularizers import (
     wells,
     wells_total,
 )
-from .snap import snap
+from .snap import check_snappable, snap
 
 __version__ = "0.1.0"
 
@@ -57,6 +58,8 @@ __all__ = [
     "all_reps_total",
     "assignments_by_path",
     "attach",
+    "check_schedules",
+    "check_snappable",
     "check_tree",
     "compress",
     "contrib",
