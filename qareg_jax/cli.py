@@ -10,7 +10,10 @@
 
 Bad input (unknown names, K out of range, a workdir holding another run, missing or
 malformed data, a diverging loss) ends with ``qareg: error: <message>`` on stderr and a
-non-zero exit status, before any training where it can be checked before.
+non-zero exit status, before any training where it can be checked before. ``run`` and
+``demo`` print their plan (stages, steps per phase) first and a time estimate after the
+first timed steps. Ctrl-C stops at the next step, after any checkpoint save in progress,
+with ``qareg: interrupted; continue with --resume`` and exit status 130.
 """
 
 from __future__ import annotations
@@ -305,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qareg`` console script; returns the exit status.
 
     Expected failures print ``qareg: error: <message>`` (no traceback) and return 1;
-    usage errors return 2.
+    usage errors return 2; a Ctrl-C prints :data:`INTERRUPTED` and returns 130.
     """
     parser = build_parser()
     try:
