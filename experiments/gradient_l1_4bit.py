@@ -91,7 +91,7 @@ def make_trainer(widths, *, lr, batch, steps, start_frac, ls):
 
     def run(params, state, idx, fn):
         """``fn(params, batch) -> loss`` through the pipeline's one train step, scanned."""
-        step = train_step_fn(lambda p, ms, b, rng: (fn(p, b), ms), opt)
+        step = train_step_fn(lambda p, ms, b, rng, i: (fn(p, b), ms), opt)
         ts = TrainState(
             params=params,
             opt_state=state,

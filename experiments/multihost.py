@@ -184,7 +184,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     local = {k: v[rows] for k, v in problem["data"].items()}
     log(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices; rows {rows.start}:{rows.stop}")
 
-    def loss(params: Any, model_state: Any, batch: Any, rng: Any) -> tuple[Any, Any]:
+    def loss(params: Any, model_state: Any, batch: Any, rng: Any, step: Any) -> tuple[Any, Any]:
         logits = model.apply(params["model"], batch["x"])
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
         return ce, model_state

@@ -215,7 +215,7 @@ def fit(
 
 
 def plain_loss(task: Task) -> Callable:
-    return lambda tree, state, batch, rng: (task.loss(tree["model"], batch), state)
+    return lambda tree, state, batch, rng, step: (task.loss(tree["model"], batch), state)
 
 
 def ptq_accuracy(task: Task, variables: Any, paths: list[str], k: int, method: str) -> float:
@@ -237,7 +237,7 @@ def run_dkm(task: Task, variables: Any, paths: list[str], k: int, args, seed: in
     taus = dkm_taus(cents, args.dkm_tau_frac)
 
     # The centroids are model state: the loss's k-means iterations update them.
-    def loss_fn(tree, state, batch, rng):
+    def loss_fn(tree, state, batch, rng, step):
         soft, new = dkm.dkm_transform(tree["model"], state["dkm"], taus, args.dkm_iters)
         return task.loss(soft, batch), {"dkm": new}
 

@@ -376,7 +376,7 @@ def make_train_step(
     tree_specs = tuple(tree_shardings(t, layout) for t in trees)
     n_state = len(trees) - 2
 
-    def loss(tp: Any, state: Any, batch: Any, key: jax.Array) -> tuple[Any, Any]:
+    def loss(tp: Any, state: Any, batch: Any, key: jax.Array, _step: Any) -> tuple[Any, Any]:
         inputs = ((state,) if stateful else ()) + (batch,) + ((key,) if rng else ())
         out = task_loss(tp["model"], *inputs)
         return out if stateful else (out, state)

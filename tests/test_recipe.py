@@ -127,8 +127,7 @@ def test_annealed_step_logs_task_loss_and_penalty_apart(small_cnn, attached, dig
     model, variables = small_cnn
     tree, specs = attached(variables["params"], k=2, regularizer="softmin", lam=5.0)
     tx = optax.sgd(0.0)
-    loss = stages.recipe_loss(model, specs, anneal=anneal_schedule(10.0, 4))
-    step = stages.recipe_step(loss, tx, None)
+    step = stages.recipe_step(model, tx, specs, anneal=anneal_schedule(10.0, 4))
     state = make_init_fn(tx)(tree, {}, np.uint32(0))
     batch = _batch(digits)
     new = step(state, batch)
@@ -189,10 +188,10 @@ def test_hybrid_forward_net_is_on_levels_after_the_switch(small_cnn, attached, d
     assert float(latent) != float(quantized)
     value = jax.jit(loss)
     for step, want in ((0, latent), (2, latent), (3, quantized), (7, quantized)):
-        got, state = value(tree, {stages._STEP: jnp.int32(step)}, batch, None)
+        got, state = value(tree, {}, batch, None, jnp.int32(step))
         assert float(got) == pytest.approx(float(want), rel=1e-6) and state == {}
     # After the switch the levels get the task gradient (straight through), before none.
-    grad = jax.jit(jax.grad(lambda t, i: loss(t, {stages._STEP: i}, batch, None)[0]))
+    grad = jax.jit(jax.grad(lambda t, i: loss(t, {}, batch, None, i)[0]))
     g_before, g_after = grad(tree, jnp.int32(0)), grad(tree, jnp.int32(3))
     assert all(not np.any(v) for v in g_before["reps"].values())
     assert all(np.any(v) for v in g_after["reps"].values())

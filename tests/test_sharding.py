@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 import qareg_jax as q
 from qareg_jax import compress
 from qareg_jax._tree import named_leaves
+from qareg_jax.finetune import assignments_by_path
 from qareg_jax.models import get_model
 from qareg_jax.pipeline import make_init_fn
 from qareg_jax.pipeline import make_train_step as make_core_train_step
@@ -446,7 +447,7 @@ class TestOn8Devices:
         tp, state, metrics = out["data4_model2"]
         assert_trees_close(tp, out["one"][0], rtol=1e-5, atol=1e-6)
         assert_placed(tp, layouts["data4_model2"])
-        assert state.assignments["params/conv2/kernel"].sharding.spec == P(
+        assert assignments_by_path(state)["params/conv2/kernel"].sharding.spec == P(
             None, None, None, "model"
         )
         leaves, reps = named_leaves(host(tp)["model"]), host(tp)["reps"]

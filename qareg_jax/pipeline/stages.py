@@ -37,11 +37,9 @@ from .optim import anneal_schedule, lam_schedule, make_optimizer, optimizer
 from .steps import (
     LossFn,
     StepFn,
-    TrainState,
     make_init_fn,
     make_train_step,
     task_loss,
-    train_step_fn,
 )
 
 HIST_BINS = 80
@@ -403,11 +401,6 @@ def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str,
     )
 
 
-# The stepped train step (recipe_step) hands the loss the step and takes back the
-# annealed penalty through these model_state entries (never stored in the state).
-_STEP, _PENALTY, _TASK = "_recipe_step", "_recipe_penalty", "_recipe_task"
-
-
 def annealed_penalty(
     train_params: Mapping[str, Any],
     specs: Mapping[str, QuantSpec],
@@ -439,59 +432,38 @@ def annealed_penalty(
     return total
 
 
-def recipe_loss(
-    model: Any,
-    specs: Mapping[str, QuantSpec],
-    *,
-    switch: int | None = None,
-    anneal: Callable[[Any], Any] | None = None,
-) -> LossFn:
-    """The loss of :func:`recipe_step`: the task loss of the latent net, of the STE
-    forward net from step ``switch`` on (``ste.quantize(..., active=step >= switch)``;
-    None: never), plus, with ``anneal`` (a tau/sigma multiplier schedule), the
-    :func:`annealed_penalty` (then the step must get no ``specs``: it adds none)."""
+def recipe_loss(model: Any, specs: Mapping[str, QuantSpec], *, switch: int | None) -> LossFn:
+    """The hybrid's task loss: of the latent net, then of the STE forward net from step
+    ``switch`` on (``ste.quantize(..., active=step >= switch)``; None: never)."""
 
-    def loss(tree: Any, model_state: dict[str, Any], batch: Any, rng: jax.Array) -> Any:
-        rest = {k: v for k, v in model_state.items() if k != _STEP}
-        step = model_state[_STEP]
+    def loss(tree: Any, model_state: dict[str, Any], batch: Any, rng: Any, step: Any) -> Any:
         params = tree["model"]
         if switch is not None:
             params = ste.quantize(tree, specs, active=step >= switch)
-        task, rest = task_loss(model, params, rest, batch, rng)
-        if anneal is None:
-            return task, rest
-        task = jnp.asarray(task, jnp.float32)
-        pen = annealed_penalty(tree, specs, step, anneal)
-        return task + pen, {**rest, _PENALTY: pen, _TASK: task}
+        return task_loss(model, params, model_state, batch, rng)
 
     return loss
 
 
-def recipe_step(loss: LossFn, tx: Any, specs: Mapping[str, QuantSpec] | None) -> StepFn:
-    """The jitted train step of ``steps.train_step_fn(loss, tx, specs)`` with the step
-    in ``model_state`` for the loss (:func:`recipe_loss`); an annealed penalty the loss
-    returns is moved from the task loss to the penalty in the logged window."""
-    body = train_step_fn(loss, tx, specs)
+def recipe_step(
+    model: Any,
+    tx: Any,
+    specs: Mapping[str, QuantSpec],
+    *,
+    switch: int | None = None,
+    anneal: Callable[[Any], Any] | None = None,
+) -> StepFn:
+    """The regularized phase's jitted step with the recipe's hybrid STE part (from step
+    ``switch``) and tau / sigma annealing (``anneal``: a multiplier schedule, through
+    :func:`annealed_penalty`); the one train step of ``steps`` underneath."""
+    loss = model if switch is None else recipe_loss(model, specs, switch=switch)
+    penalty_fn = None
+    if anneal is not None:
 
-    def step(state: TrainState, batch: Any) -> TrainState:
-        inner = state.replace(model_state={**state.model_state, _STEP: state.step})
-        new, _ = body(inner, batch)
-        rest = dict(new.model_state)
-        rest.pop(_STEP, None)
-        pen, task = rest.pop(_PENALTY, None), rest.pop(_TASK, None)
-        new = new.replace(model_state=rest)
-        if pen is not None:  # the body logged task + penalty as the task loss: split them
-            window = state.window
-            new = new.replace(
-                window={
-                    **new.window,
-                    "task_loss": window["task_loss"] + task,
-                    "penalty": window["penalty"] + pen,
-                }
-            )
-        return new
+        def penalty_fn(params: Any, step: Any) -> jax.Array:
+            return annealed_penalty(params, specs, step, anneal)
 
-    return jax.jit(step, donate_argnums=(0,))
+    return make_train_step(loss, tx, specs, penalty_fn=penalty_fn)
 
 
 def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
@@ -516,11 +488,7 @@ def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult
         if cfg.anneal is not None and stage.method in ANNEALED
         else None
     )
-    if switch is None and anneal is None:
-        step_fn = make_train_step(ctx.model, tx, specs)
-    else:
-        loss = recipe_loss(ctx.model, specs, switch=switch, anneal=anneal)
-        step_fn = recipe_step(loss, tx, None if anneal is not None else specs)
+    step_fn = recipe_step(ctx.model, tx, specs, switch=switch, anneal=anneal)
     state = run_phase(ctx, name, "reg", state, step_fn, cfg.reg_epochs, specs=specs)
     tree, model_state = state.params, state.model_state
     del state
@@ -619,7 +587,7 @@ def _paths(cfg: Config, params: Any, k: int) -> list[str]:
 def ste_loss(model: Any, specs: Mapping[str, QuantSpec]) -> LossFn:
     """Task loss of the STE forward net: every selected weight on its nearest level."""
 
-    def loss(tree: Any, model_state: dict[str, Any], batch: Any, rng: jax.Array) -> Any:
+    def loss(tree: Any, model_state: dict[str, Any], batch: Any, rng: Any, step: Any) -> Any:
         return task_loss(model, ste.quantize(tree, specs), model_state, batch, rng)
 
     return loss
@@ -683,7 +651,7 @@ def dkm_loss(model: Any, taus: Mapping[str, float], iters: int) -> LossFn:
     """Task loss of the DKM soft weights; the centroids ride in ``model_state["dkm"]``
     (warm start of each step's k-means iterations, gradient stopped)."""
 
-    def loss(tree: Any, model_state: dict[str, Any], batch: Any, rng: jax.Array) -> Any:
+    def loss(tree: Any, model_state: dict[str, Any], batch: Any, rng: Any, step: Any) -> Any:
         soft, centroids = dkm.dkm_transform(tree["model"], model_state["dkm"], taus, iters)
         rest = {k: v for k, v in model_state.items() if k != "dkm"}
         value, rest = task_loss(model, soft, rest, batch, rng)

@@ -23,9 +23,14 @@ from ..penalty import penalty
 if TYPE_CHECKING:
     from ..sharding import Layout
 
-# ``loss(params, model_state, batch, rng) -> (scalar loss, new model_state)`` over the
-# whole train tree (``params = {"model", "reps", ...}``).
-LossFn = Callable[[Any, dict[str, Any], Any, jax.Array], tuple[jax.Array, dict[str, Any]]]
+# ``loss(params, model_state, batch, rng, step) -> (scalar loss, new model_state)`` over
+# the whole train tree (``params = {"model", "reps", ...}``); ``step`` is the int32
+# optimizer step (for losses that change over a phase, e.g. STE switched on late).
+LossFn = Callable[
+    [Any, dict[str, Any], Any, jax.Array, jax.Array], tuple[jax.Array, dict[str, Any]]
+]
+# ``penalty_fn(params, step) -> float32 scalar``: replaces ``penalty(params, specs, step)``.
+PenaltyFn = Callable[[Any, jax.Array], jax.Array]
 StepFn = Callable[["TrainState", Any], "TrainState"]
 
 
@@ -98,7 +103,7 @@ def as_loss_fn(model_or_loss: nn.Module | LossFn) -> LossFn:
     """A module becomes :func:`task_loss` on ``params["model"]``; a callable stays as is."""
     if isinstance(model_or_loss, nn.Module):
         model = model_or_loss
-        return lambda params, state, batch, rng: task_loss(
+        return lambda params, state, batch, rng, step: task_loss(
             model, params["model"], state, batch, rng
         )
     return model_or_loss
@@ -108,21 +113,26 @@ def train_step_fn(
     model_or_loss: nn.Module | LossFn,
     tx: optax.GradientTransformation,
     specs: Mapping[str, QuantSpec] | None = None,
+    *,
+    penalty_fn: PenaltyFn | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted step body ``(state, batch) -> (state, metrics)``.
 
     The loss is the task loss plus ``penalty(params, specs, step)`` when ``specs`` is
-    given; its gradient over the whole train tree (weights and representatives) goes
-    through ``tx`` (which also freezes what it should, e.g. ``set_to_zero`` on frozen
-    representatives). ``metrics`` holds this step's float32 ``"loss"``, ``"task_loss"``
-    and ``"penalty"``.
+    given, or plus ``penalty_fn(params, step)`` when that is (e.g. a penalty whose
+    temperature is annealed); its gradient over the whole train tree (weights and
+    representatives) goes through ``tx`` (which also freezes what it should, e.g.
+    ``set_to_zero`` on frozen representatives). ``metrics`` holds this step's float32
+    ``"loss"``, ``"task_loss"`` and ``"penalty"``.
     """
     loss = as_loss_fn(model_or_loss)
+    if penalty_fn is None and specs:
+        penalty_fn = lambda params, step: penalty(params, specs, step)  # noqa: E731
 
     def loss_fn(params, model_state, batch, rng, step):
-        task, new_state = loss(params, model_state, batch, rng)
+        task, new_state = loss(params, model_state, batch, rng, step)
         task = jnp.asarray(task, jnp.float32)
-        pen = penalty(params, specs, step) if specs else jnp.zeros((), jnp.float32)
+        pen = penalty_fn(params, step) if penalty_fn else jnp.zeros((), jnp.float32)
         return task + pen, (task, pen, new_state)
 
     def step_fn(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -157,6 +167,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     specs: Mapping[str, QuantSpec] | None = None,
     *,
+    penalty_fn: PenaltyFn | None = None,
     layout: Layout | None = None,
     donate: bool = True,
 ) -> StepFn:
@@ -164,16 +175,18 @@ def make_train_step(
 
     Args:
       model_or_loss: a flax module (its cross-entropy, :func:`task_loss`) or a
-        ``loss(params, model_state, batch, rng) -> (loss, new model_state)`` over the
-        whole train tree.
+        ``loss(params, model_state, batch, rng, step) -> (loss, new model_state)`` over
+        the whole train tree.
       tx: the optimizer of the whole train tree.
       specs: resolved specs (static) adding the penalty, or None.
+      penalty_fn: ``(params, step) -> scalar`` used instead of ``penalty(params, specs,
+        step)``.
       layout: a ``sharding.Layout``: the state keeps the placement the layout gives its
         leaves and the batch is split over ``"data"`` (explicit in/out shardings,
         compiled at the first call); None: one device, shardings left to JAX.
       donate: donate the input state's buffers.
     """
-    body = train_step_fn(model_or_loss, tx, specs)
+    body = train_step_fn(model_or_loss, tx, specs, penalty_fn=penalty_fn)
 
     def step(state: TrainState, batch: Any) -> TrainState:
         return body(state, batch)[0]
