@@ -159,22 +159,27 @@ def _smallest_unsigned(k: int) -> np.dtype:
     return np.dtype(np.uint32)
 
 
-def check_index_dtype(k: int, index_dtype: Any) -> np.dtype:
+def check_index_dtype(k: int, index_dtype: Any, *, unsigned: bool = False) -> np.dtype:
     """``index_dtype`` checked to hold ``k - 1``; the smallest unsigned dtype if None.
 
     Raises:
-      TypeError: not an integer dtype. ValueError: it cannot hold ``k - 1``.
+      TypeError: not an integer dtype (not an unsigned one with ``unsigned``).
+      ValueError: it cannot hold ``k - 1``.
     """
     if index_dtype is None:
         return _smallest_unsigned(check_k(k))
+    kind = "an unsigned integer" if unsigned else "an integer"
     try:
         dtype = np.dtype(index_dtype)
     except TypeError:
-        raise TypeError(f"index_dtype must be an integer dtype, got {index_dtype!r}") from None
-    if not np.issubdtype(dtype, np.integer):
-        raise TypeError(f"index_dtype must be an integer dtype, got {dtype}")
+        raise TypeError(f"index_dtype must be {kind} dtype, got {index_dtype!r}") from None
+    if not np.issubdtype(dtype, np.unsignedinteger if unsigned else np.integer):
+        raise TypeError(f"index_dtype must be {kind} dtype, got {dtype}")
     if np.iinfo(dtype).max < k - 1:
-        raise ValueError(f"index_dtype {dtype} cannot hold index {k - 1} of K={k} levels")
+        raise ValueError(
+            f"K={k} does not fit the index dtype {dtype}: it cannot hold index {k - 1} "
+            f"(K <= {np.iinfo(dtype).max + 1})"
+        )
     return dtype
 
 

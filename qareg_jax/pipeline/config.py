@@ -16,6 +16,7 @@ from .. import data
 from .. import regularizers as R
 from ..codebook import INITS, INTERVALS
 from ..models import MODELS
+from ..nearest_level import check_index_dtype
 from ..regularizers import registry
 from ..validation import check_choice, check_k, check_positive
 
@@ -327,19 +328,8 @@ def _int_at_least(name: str, value: object, low: int) -> None:
 
 
 def _check_k(k: object, index_dtype: str | None) -> None:
-    check_k(k, "K")
-    if index_dtype is None:
-        return
-    try:
-        dtype = np.dtype(index_dtype)
-    except TypeError:
-        raise ValueError(f"index_dtype {index_dtype!r} is not a numpy dtype") from None
-    if not np.issubdtype(dtype, np.unsignedinteger):
-        raise ValueError(f"index_dtype must be an unsigned integer dtype, got {dtype}")
-    if k - 1 > np.iinfo(dtype).max:
-        raise ValueError(
-            f"K={k} does not fit the index dtype {dtype} (K <= {np.iinfo(dtype).max + 1})"
-        )
+    """K and, when given, an unsigned index dtype that holds ``K - 1``."""
+    check_index_dtype(check_k(k, "K"), index_dtype, unsigned=True)
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -25,12 +25,12 @@ import numpy as np
 from .. import compress, data, quantizers
 from .. import regularizers as R
 from .._tree import named_leaves
-from ..codebook import QuantSpec, attach, check_tree, levels, make_specs, select
+from ..codebook import QuantSpec, attach, check_schedules, check_tree, levels, make_specs, select
 from ..contrib import dkm
 from ..finetune import assignments_by_path, finetune_specs, quantized_finetune
 from ..penalty import reduced
 from ..qat import ste
-from ..snap import snap
+from ..snap import check_snappable, snap
 from .config import ANNEALED, Config
 from .loop import Context, phase_seed, run_phase, variables
 from .optim import anneal_schedule, lam_schedule, make_optimizer, optimizer
@@ -383,7 +383,7 @@ def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str,
         until=None if switch is None or cfg.ste_keep_lam else switch,
     )
     extra = {"normalize": cfg.penalty_normalize} if cfg.penalty_normalize else {}
-    return make_specs(
+    specs = make_specs(
         params,
         include=cfg.include,
         exclude=cfg.exclude,
@@ -399,6 +399,8 @@ def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str,
         sigma=cfg.sigma,
         **extra,
     )
+    check_schedules(specs, total)  # a schedule gone NaN or negative mid-run: refuse now
+    return specs
 
 
 def annealed_penalty(
@@ -495,6 +497,7 @@ def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult
     acc_reg = ctx.accuracy(tree["model"], model_state)
     histograms = _histograms(before, _named(tree, specs), specs)
     # One compilation instead of one per eager op.
+    check_snappable(tree, specs)  # finiteness: the jitted snap sees traced values
     snapped, _ = jax.jit(lambda t: snap(t, specs, index_dtype=cfg.index_dtype))(tree)
     method = method_name(stage.method, bool(stage.freeze_reps), cfg.ste_last)
     return _tune_and_pack(
@@ -631,6 +634,7 @@ def ste_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
     cfg, t0 = ctx.config, time.perf_counter()
     tree, model_state, specs, before = train_ste(ctx, fp, stage)
     histograms = _histograms(before, _named(tree, specs), specs)
+    check_snappable(tree, specs)  # finiteness: the jitted snap sees traced values
     snapped, _ = jax.jit(lambda t: snap(t, specs, index_dtype=cfg.index_dtype))(tree)
     return _tune_and_pack(
         ctx, fp, stage, t0, snapped, model_state, specs, "ste",
