@@ -8,7 +8,7 @@ kernels, dropout 0.5. A quiet 2-core Xeon of this workplace takes 0.38 s per ste
 batch 128 (352 steps per epoch, ~2.2 min per epoch):
 
     python experiments/run_table.py experiments/configs/alexnet_cifar10_jpeg_fp.py \\
-        --workdir /work/runs/alexnet_fp [--resume]
+        --workdir RUNDIR [--resume]
 """
 
 import alexnet_cifar10

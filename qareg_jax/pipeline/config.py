@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -333,13 +334,22 @@ def _check_k(k: object, index_dtype: str | None) -> None:
 
 
 def load_config(path: str | os.PathLike) -> Config:
-    """The ``Config`` returned by ``get_config()`` in the Python file ``path``."""
+    """The ``Config`` returned by ``get_config()`` in the Python file ``path``.
+
+    The file's folder is importable while it runs, as for a script, so a variant can
+    derive from a base config beside it (``import alexnet_cifar10``).
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"qareg_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {str(path)!r} defines no get_config()")
     config = module.get_config()

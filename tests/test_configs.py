@@ -1,0 +1,49 @@
+"""experiments/configs: every config loads through ``load_config``, variants derive from
+their base (the sibling import works as for a script), and no config names a machine's
+absolute path to the data."""
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from qareg_jax.pipeline import Config, load_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
+FILES = sorted(p for p in CONFIGS.glob("*.py") if p.name not in ("__init__.py", "data_paths.py"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_every_config_loads(path):
+    assert isinstance(load_config(path), Config)
+
+
+def _differences(a: Config, b: Config) -> set[str]:
+    return {f.name for f in dataclasses.fields(Config) if getattr(a, f.name) != getattr(b, f.name)}
+
+
+def test_vgg16_differs_from_its_alexnet_base_only_in_the_model():
+    base, vgg = (
+        load_config(CONFIGS / "alexnet_cifar10.py"),
+        load_config(CONFIGS / "vgg16_cifar10.py"),
+    )
+    assert _differences(base, vgg) == {"model"}
+
+
+def test_the_data_path_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("QAREG_CIFAR10_JPEG", str(tmp_path / "cifar.tar.gz"))
+    config = load_config(CONFIGS / "cifar10_jpeg_small.py")
+    assert config.dataset == f"folder:{tmp_path / 'cifar.tar.gz'}"
+
+
+def test_no_config_writes_an_absolute_data_path():
+    for path in FILES:
+        assert "/work/" not in path.read_text(), path.name
+
+
+def test_a_config_file_leaves_sys_path_as_it_was():
+    import sys
+
+    before = list(sys.path)
+    load_config(CONFIGS / "vgg16_cifar10.py")
+    assert sys.path == before
