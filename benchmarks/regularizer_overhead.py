@@ -33,8 +33,8 @@ import optax
 import qareg_jax as q
 from benchmarks import common
 from qareg_jax import regularizers as R
-from qareg_jax._tree import named_leaves
 from qareg_jax.models import get_model
+from qareg_jax.paths import named_leaves
 from qareg_jax.pipeline import make_init_fn, make_train_step
 
 REGULARIZERS = ("sine", "cosine", "nearest", "softmin", "product", "wells")

@@ -46,10 +46,10 @@ import optax
 
 from benchmarks import common
 from qareg_jax import provenance, quantizers
-from qareg_jax._tree import named_leaves
 from qareg_jax.codebook import select
 from qareg_jax.contrib.gradient_l1 import gradient_l1
 from qareg_jax.data import load_dataset
+from qareg_jax.paths import named_leaves
 from qareg_jax.pipeline import TrainState, empty_window, train_step_fn
 
 ROOT = Path(__file__).resolve().parents[1]

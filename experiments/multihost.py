@@ -161,8 +161,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     from jax.experimental import multihost_utils
 
     from qareg_jax import compress
-    from qareg_jax._tree import named_leaves
     from qareg_jax.finetune import assignments_by_path
+    from qareg_jax.paths import named_leaves
     from qareg_jax.pipeline import make_train_step
     from qareg_jax.sharding import (
         Layout,

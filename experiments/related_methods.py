@@ -54,11 +54,11 @@ import optax
 import qareg_jax as q
 from benchmarks import common
 from qareg_jax import provenance, quantizers
-from qareg_jax._tree import named_leaves
 from qareg_jax.contrib import dkm, range_reg
 from qareg_jax.contrib.gradient_l1 import grad_l1_penalty, gradient_l1
 from qareg_jax.data import CIFAR10_CLASSES, DataNotFoundError, Dataset, load_dataset
 from qareg_jax.models import get_model
+from qareg_jax.paths import named_leaves
 from qareg_jax.pipeline import (
     TrainState,
     empty_window,

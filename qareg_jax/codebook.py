@@ -5,7 +5,7 @@ The trainable tree is one pytree::
     train_params = {"model": params, "reps": {"params/Conv_0/kernel": c (K,), ...}}
 
 ``params`` is any pytree (a linen variables dict, an ``nnx.State``, nested
-dicts); leaves are named by their '/'-joined key path (see ``_tree.py``).
+dicts); leaves are named by their '/'-joined key path (see ``paths.py``).
 Dynamic regularizers get a ``(K,)`` representatives vector in ``"reps"``, with
 the weight's dtype, updated by the same optax step as the weights. Static
 regularizers (sine, cosine) have fixed levels and no entry.
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._tree import leaves_naming, named_leaves
+from .paths import leaves_naming, named_leaves
 from .regularizers import registry, static_levels
 from .validation import (
     check_choice,

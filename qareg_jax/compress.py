@@ -37,8 +37,8 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from ._tree import named_leaves
 from .nearest_level import index_dtype
+from .paths import named_leaves
 from .validation import check_k
 
 __all__ = [

@@ -4,7 +4,7 @@ After quantization-aware training, :func:`qareg_jax.snap.snap` replaces every
 selected weight by its nearest level ("pre-tuning" accuracy).
 :func:`quantized_finetune` then trains the levels with every selected weight kept
 exactly on its level ("post-tuning"): the gradient of a level is the sum of the
-gradients of the weights assigned to it (sHAM "retraining", PAPERS.md section 2);
+gradients of the weights assigned to it (sHAM "retraining", docs/references.md section 2);
 the assignments never change::
 
     snapped, assignments = snap(train_params, specs)
@@ -40,9 +40,9 @@ import numpy as np
 import optax
 
 from . import regularizers as R
-from ._tree import map_named, named_leaves, replace_leaves
 from .codebook import QuantSpec, check_tree
 from .nearest_level import assign
+from .paths import map_named, named_leaves, replace_leaves
 
 Array = jax.Array
 REP_GRADS = ("sum", "mean")

@@ -64,8 +64,8 @@ import optax
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._tree import map_named
 from .codebook import QuantSpec
+from .paths import map_named
 from .snap import snap
 
 DATA_AXIS = "data"

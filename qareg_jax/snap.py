@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 
-from ._tree import replace_leaves
 from .codebook import QuantSpec
 from .finetune import (
     REP_GRADS,
@@ -27,6 +26,7 @@ from .finetune import (
     quantized_finetune,
 )
 from .nearest_level import assign
+from .paths import replace_leaves
 from .validation import check_finite_leaves
 
 Array = jax.Array

@@ -76,7 +76,7 @@ def test_attach_builds_reps_for_dynamic_only(init):
     assert tp["model"] is v
     assert set(tp["reps"]) == {"params/Conv_0/kernel", "params/Dense_0/kernel"}
     for path, spec in resolved.items():
-        w = np.asarray(q._tree.named_leaves(v)[path])
+        w = np.asarray(q.paths.named_leaves(v)[path])
         assert spec.lo == pytest.approx(w.min()) and spec.hi == pytest.approx(w.max())
         assert spec.tau > 0 and spec.sigma > 0
         if spec.dynamic:
@@ -133,8 +133,8 @@ def test_one_optax_step_moves_weights_and_reps_linen(regularizer):
 
     tp2, state, _, grads = step(tp, state)
     for path in specs:
-        w0 = q._tree.named_leaves(tp["model"])[path]
-        w1 = q._tree.named_leaves(tp2["model"])[path]
+        w0 = q.paths.named_leaves(tp["model"])[path]
+        w1 = q.paths.named_leaves(tp2["model"])[path]
         assert not np.allclose(w0, w1)
         if specs[path].dynamic:
             assert np.abs(np.asarray(grads["reps"][path])).sum() > 0

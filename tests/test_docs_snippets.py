@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qareg_jax._tree import named_leaves
+from qareg_jax.paths import named_leaves
 
 USAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "usage.md"
 

@@ -33,7 +33,7 @@ import pytest
 
 from experiments import multihost
 from qareg_jax import compress
-from qareg_jax._tree import named_leaves
+from qareg_jax.paths import named_leaves
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from flax import nnx
 
 import qareg_jax as q
 from qareg_jax import compress
-from qareg_jax._tree import named_leaves, replace_leaves
 from qareg_jax.finetune import assignments_by_path
+from qareg_jax.paths import named_leaves, replace_leaves
 from qareg_jax.snap import quantized_finetune, snap
 
 K = 4

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qareg_jax import quantizers as q
-from qareg_jax._tree import named_leaves
+from qareg_jax.paths import named_leaves
 from qareg_jax.quantizers import assignment
 
 

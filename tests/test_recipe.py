@@ -221,7 +221,7 @@ def test_normalized_penalty_is_divided_by_variance_or_squared_spacing(small_cnn,
             params, k=3, regularizer=reg, lam=1.0, init="quantile", normalize=how
         )
         for path, spec in specs.items():
-            w = np.asarray(q._tree.named_leaves(params)[path], np.float64)
+            w = np.asarray(q.paths.named_leaves(params)[path], np.float64)
             if how == "variance":
                 want = w.var()
             else:

@@ -26,9 +26,9 @@ from jax.sharding import PartitionSpec as P
 
 import qareg_jax as q
 from qareg_jax import compress
-from qareg_jax._tree import named_leaves
 from qareg_jax.finetune import assignments_by_path
 from qareg_jax.models import get_model
+from qareg_jax.paths import named_leaves
 from qareg_jax.pipeline import make_init_fn
 from qareg_jax.pipeline import make_train_step as make_core_train_step
 from qareg_jax.sharding import (

@@ -9,8 +9,8 @@ import pytest
 from absl.testing import parameterized
 
 from qareg_jax import codebook
-from qareg_jax._tree import named_leaves
 from qareg_jax.codebook import QuantSpec
+from qareg_jax.paths import named_leaves
 from qareg_jax.penalty import penalty
 from qareg_jax.qat import ste
 from qareg_jax.quantizers import kmeans_1d

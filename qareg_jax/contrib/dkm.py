@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._tree import leaves_naming, named_leaves, replace_leaves
 from ..codebook import INITS, init_representatives, resolve_paths
 from ..nearest_level import assign
+from ..paths import leaves_naming, named_leaves, replace_leaves
 from ..validation import check_choice, check_float_array, check_k
 from .dkm_core import Array, check_centroids, dkm_layer, dkm_layer_reference
 

@@ -1,4 +1,4 @@
-"""DKM core: differentiable k-means of one array (Cho et al., ICLR 2022; PAPERS.md section 5).
+"""DKM core: differentiable k-means of one array (Cho et al., ICLR 2022; docs/references.md 5).
 
 For a layer's weights ``w`` (``N`` values) and centroids ``c`` (``K``), one DKM
 iteration is

@@ -1,4 +1,4 @@
-"""Gradient l1 regularization (Alizadeh et al., ICLR 2020; PAPERS.md section 3).
+"""Gradient l1 regularization (Alizadeh et al., ICLR 2020; docs/references.md section 3).
 
 Quantization noise is a bounded perturbation ``|Delta| <= delta / 2`` of the weights,
 so to first order ``L(w + Delta) - L(w) <= (delta / 2) ||grad_w L||_1``. Training on
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._tree import named_leaves, replace_leaves
 from ..codebook import resolve_paths
+from ..paths import named_leaves, replace_leaves
 from ..validation import check_lam
 
 Array = jax.Array

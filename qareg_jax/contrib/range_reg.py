@@ -1,4 +1,4 @@
-"""R2 range regularization (Kundu et al., arXiv 2303.08253; PAPERS.md section 4).
+"""R2 range regularization (Kundu et al., arXiv 2303.08253; docs/references.md section 4).
 
 Penalties that shrink a layer's weight range during full-precision training, so
 that post-training quantizers spend their levels on the bulk of the weights
@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._tree import named_leaves
 from ..codebook import resolve_paths
+from ..paths import named_leaves
 from ..validation import check_choice, check_float_array, check_lam, check_positive
 
 Array = jax.Array

@@ -24,10 +24,10 @@ import numpy as np
 
 from .. import compress, data, quantizers
 from .. import regularizers as R
-from .._tree import named_leaves
 from ..codebook import QuantSpec, attach, check_schedules, check_tree, levels, make_specs, select
 from ..contrib import dkm
 from ..finetune import assignments_by_path, finetune_specs, quantized_finetune
+from ..paths import named_leaves
 from ..penalty import reduced
 from ..qat import ste
 from ..snap import check_snappable, snap

@@ -48,9 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import regularizers as R
-from .._tree import replace_leaves
 from ..codebook import QuantSpec, attach, check_tree, resolve_paths
 from ..nearest_level import assign
+from ..paths import replace_leaves
 
 Array = jax.Array
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._tree import named_leaves, replace_leaves
+from ..paths import named_leaves, replace_leaves
 from ..validation import check_k_fits
 from .binary import binary_ls
 from .common import check_k, host_float
