@@ -17,7 +17,7 @@ import pytest
 import qareg_jax as q
 from qareg_jax import compress, pipeline
 from qareg_jax.penalty import penalty
-from qareg_jax.pipeline import stages
+from qareg_jax.pipeline import recipe, stages
 from qareg_jax.pipeline.optim import anneal_schedule, lam_schedule, make_optimizer
 from qareg_jax.pipeline.steps import make_init_fn, task_loss
 from qareg_jax.snap import snap
@@ -106,20 +106,20 @@ def test_annealed_penalty_is_the_penalty_at_the_scaled_tau_or_sigma(
     m = 0.25
     scaled = {p: dataclasses.replace(s, **{field: getattr(s, field) * m}) for p, s in specs.items()}
     # Jitted: the eager softmin scan compiles op by op (seconds).
-    got = jax.jit(lambda t, i: stages.annealed_penalty(t, specs, i, lambda step: m))
+    got = jax.jit(lambda t, i: recipe.annealed_penalty(t, specs, i, lambda step: m))
     np.testing.assert_allclose(got(tree, jnp.int32(3)), penalty(tree, scaled), rtol=2e-5)
-    g_got = jax.jit(jax.grad(lambda t: stages.annealed_penalty(t, specs, 0, lambda s: m)))(tree)
+    g_got = jax.jit(jax.grad(lambda t: recipe.annealed_penalty(t, specs, 0, lambda s: m)))(tree)
     g_ref = jax.jit(jax.grad(lambda t: penalty(t, scaled)))(tree)
     for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-7)
-    at_one = stages.annealed_penalty(tree, specs, 0, lambda step: 1.0)
+    at_one = recipe.annealed_penalty(tree, specs, 0, lambda step: 1.0)
     assert float(at_one) == float(penalty(tree, specs))
 
 
 def test_anneal_leaves_other_regularizers_alone(small_cnn, attached):
     _, variables = small_cnn
     tree, specs = attached(variables["params"], k=2, regularizer="nearest", lam=1.5)
-    got = stages.annealed_penalty(tree, specs, 0, lambda step: 0.01)
+    got = recipe.annealed_penalty(tree, specs, 0, lambda step: 0.01)
     assert float(got) == float(penalty(tree, specs))
 
 
@@ -127,7 +127,7 @@ def test_annealed_step_logs_task_loss_and_penalty_apart(small_cnn, attached, dig
     model, variables = small_cnn
     tree, specs = attached(variables["params"], k=2, regularizer="softmin", lam=5.0)
     tx = optax.sgd(0.0)
-    step = stages.recipe_step(model, tx, specs, anneal=anneal_schedule(10.0, 4))
+    step = recipe.recipe_step(model, tx, specs, anneal=anneal_schedule(10.0, 4))
     state = make_init_fn(tx)(tree, {}, np.uint32(0))
     batch = _batch(digits)
     new = step(state, batch)
@@ -142,8 +142,8 @@ def test_annealed_step_logs_task_loss_and_penalty_apart(small_cnn, attached, dig
 
 def test_edge_paths_are_first_and_last_in_natural_order():
     paths = ["params/conv10/kernel", "params/fc1/kernel", "params/conv2/kernel"]
-    assert stages.edge_paths(paths) == ["params/conv2/kernel", "params/fc1/kernel"]
-    assert stages.edge_paths(["params/fc/kernel"]) == ["params/fc/kernel"]
+    assert recipe.edge_paths(paths) == ["params/conv2/kernel", "params/fc1/kernel"]
+    assert recipe.edge_paths(["params/fc/kernel"]) == ["params/fc/kernel"]
 
 
 def _ctx(**changes):
@@ -169,8 +169,8 @@ def test_hybrid_specs_drop_lambda_at_the_switch_unless_kept(small_cnn):
     params = small_cnn[1]["params"]
     stage = pipeline.Stage("reg-nearest-ste0.25-k2", "regularizer", "nearest", 2, False)
     cfg = dict(ste_last=0.25, lam={"nearest": 4.0}, lam_warmup=0.0)
-    assert stages.ste_switch(pipeline.Config(**cfg), 20) == 15
-    assert stages.ste_switch(pipeline.Config(), 20) is None
+    assert recipe.ste_switch(pipeline.Config(**cfg), 20) == 15
+    assert recipe.ste_switch(pipeline.Config(), 20) is None
     spec = stages._reg_specs(_ctx(**cfg), params, stage, 20)["fc1/kernel"]
     assert [float(spec.lam_at(i)) for i in (0, 14, 15, 19)] == [4.0, 4.0, 0.0, 0.0]
     kept = stages._reg_specs(_ctx(**cfg, ste_keep_lam=True), params, stage, 20)
@@ -180,7 +180,7 @@ def test_hybrid_specs_drop_lambda_at_the_switch_unless_kept(small_cnn):
 def test_hybrid_forward_net_is_on_levels_after_the_switch(small_cnn, attached, digits):
     model, variables = small_cnn
     tree, specs = attached(variables["params"], k=2, init="quantile")
-    loss = stages.recipe_loss(model, specs, switch=3)
+    loss = recipe.recipe_loss(model, specs, switch=3)
     batch = _batch(digits)
     latent, _ = task_loss(model, tree["model"], {}, batch)
     snapped = snap(tree, specs)[0]["model"]

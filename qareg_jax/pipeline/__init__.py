@@ -47,27 +47,19 @@ from .loop import (
     run_phase,
 )
 from .optim import anneal_schedule, lam_schedule, make_optimizer
+from .recipe import annealed_penalty, edge_paths, recipe_loss, recipe_step, ste_switch
+from .records import Packed, Pretrained, Stage, StageKind, StageResult
 from .run import device_name, load_data, seed_data, split_indices, subset, train_and_evaluate
 from .stages import (
     STAGE_KINDS,
-    Packed,
-    Pretrained,
-    Stage,
-    StageKind,
-    StageResult,
-    annealed_penalty,
     dkm_loss,
     dkm_taus,
-    edge_paths,
     finetune,
     method_name,
     pack,
     planned_stages,
-    recipe_loss,
-    recipe_step,
     stage_name,
     ste_loss,
-    ste_switch,
     train_ste,
 )
 from .steps import (

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -24,156 +23,29 @@ import numpy as np
 
 from .. import compress, data, quantizers
 from .. import regularizers as R
-from ..codebook import QuantSpec, attach, check_schedules, check_tree, levels, make_specs, select
+from ..codebook import QuantSpec, attach, check_schedules, levels, make_specs
 from ..contrib import dkm
 from ..finetune import assignments_by_path, finetune_specs, quantized_finetune
 from ..paths import named_leaves
-from ..penalty import reduced
 from ..qat import ste
 from ..snap import check_snappable, snap
 from .config import ANNEALED, Config
 from .loop import Context, phase_seed, run_phase, variables
 from .optim import anneal_schedule, lam_schedule, make_optimizer, optimizer
+from .recipe import (
+    edge_overrides,
+    recipe_step,
+    ste_switch,
+)
+from .records import Packed, Pretrained, Stage, StageKind, StageResult
 from .steps import (
     LossFn,
-    StepFn,
     make_init_fn,
     make_train_step,
     task_loss,
 )
 
 HIST_BINS = 80
-
-
-@dataclasses.dataclass(frozen=True)
-class Pretrained:
-    """The full-precision model every stage starts from, and its row fields.
-
-    Attributes:
-      variables: flax variables ``{"params", "batch_stats"?}`` (not serialised).
-      acc_fp: test accuracy.
-      wall_s: seconds the pretraining took (in the run that did it).
-      step_s: median seconds per plain training step (None: not timed).
-      acc_val_fp: validation accuracy (None without a validation split).
-    """
-
-    variables: dict[str, Any]
-    acc_fp: float
-    wall_s: float
-    step_s: float | None = None
-    acc_val_fp: float | None = None
-
-    def to_json(self) -> dict[str, float | None]:
-        """``stages/pretrain.json`` and the results' ``"pretrain"`` entry."""
-        return {
-            "acc_fp": self.acc_fp,
-            "wall_s": self.wall_s,
-            "step_s": self.step_s,
-            "acc_val_fp": self.acc_val_fp,
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class Packed:
-    """Sizes of a packed model (``compress.size_report``) and its file."""
-
-    original_bytes: float
-    packed_bytes: float
-    huffman_bytes: float
-    ratio: float
-    huffman_ratio: float
-    file_bytes: int
-    model_file: str
-
-
-@dataclasses.dataclass(frozen=True)
-class StageResult:
-    """One row of the results table (``stages/<stage>.json``, ``results.json``).
-
-    Attributes:
-      model, dataset, device: what ran where (``dataset`` is the table label).
-      stage: the stage's path under the workdir's folders, e.g. ``"reg-nearest-k4"``
-        (``"seed-1/reg-nearest-k4"`` in a run of several seeds).
-      acc_fp: the pretrained model's test accuracy.
-      method: the table name, e.g. ``"nearest (frozen reps)"`` or ``"kmeans"``.
-      kind: "regularizer", "baseline" or "qat" (a ``STAGE_KINDS`` entry names its own).
-      regularizer, freeze_reps, lam: the penalty; None for stages without one.
-      k: number of levels.
-      acc_reg: accuracy of the trained, unsnapped model; None for stages that do not
-        train before quantizing.
-      acc_pre, acc_post: accuracy after quantizing ("pre-tuning") and after fine-tuning.
-      original_bytes ... model_file: :class:`Packed`.
-      wall_s: seconds the stage took.
-      histograms: per layer weight histograms before / after training (not a table
-        column; only in ``stages/<stage>.json``).
-      seed: the run's seed (None in rows written before seeds existed).
-      step_s: median seconds per step of the stage's training phase (None: no such phase,
-        or too short to time); step_rel: ``step_s`` over the pretraining's (plain) one.
-      acc_val_fp, acc_val_pre, acc_val_post: the accuracies on the validation split (None
-        without one).
-    """
-
-    model: str
-    dataset: str
-    device: str
-    stage: str
-    acc_fp: float
-    method: str
-    kind: str
-    regularizer: str | None
-    freeze_reps: bool | None
-    k: int
-    lam: float | None
-    acc_reg: float | None
-    acc_pre: float
-    acc_post: float
-    original_bytes: float
-    packed_bytes: float
-    huffman_bytes: float
-    ratio: float
-    huffman_ratio: float
-    file_bytes: int
-    model_file: str
-    wall_s: float
-    histograms: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
-    seed: int | None = None
-    step_s: float | None = None
-    step_rel: float | None = None
-    acc_val_fp: float | None = None
-    acc_val_pre: float | None = None
-    acc_val_post: float | None = None
-
-    def to_json(self, *, histograms: bool = True) -> dict[str, Any]:
-        """The JSON row (field order = column order of ``table.csv``)."""
-        row = dataclasses.asdict(self)
-        if not histograms or self.histograms is None:
-            row.pop("histograms")
-        return row
-
-    @classmethod
-    def from_json(cls, row: Mapping[str, Any]) -> StageResult:
-        """A row read back from ``stages/<stage>.json`` (unknown keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in row.items() if k in names})
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One planned stage: its name, its ``STAGE_KINDS`` key, method, K and options."""
-
-    name: str
-    kind: str
-    method: str
-    k: int
-    freeze_reps: bool | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class StageKind:
-    """A kind of method: ``plan(config, k)`` lists its stages at K, ``run`` runs one."""
-
-    plan: Callable[[Config, int], list[Stage]]
-    run: Callable[[Context, Pretrained, Stage], StageResult]
 
 
 # ----------------------------------------------------------------------------- pretrain
@@ -343,33 +215,6 @@ def plan_regularized(config: Config, k: int) -> list[Stage]:
     ]
 
 
-def _natural_key(path: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
-
-
-def edge_paths(paths: Any) -> list[str]:
-    """The first and last of ``paths`` in natural order (digits compared as numbers:
-    ``conv2 < conv10``), i.e. the first conv and last dense kernel of the zoo's models."""
-    ordered = sorted(paths, key=_natural_key)
-    return list(dict.fromkeys([ordered[0], ordered[-1]]))
-
-
-def edge_overrides(cfg: Config, params: Any) -> dict[str, dict[str, int]] | None:
-    """``make_specs`` overrides giving the edge layers ``cfg.edge_layers_k`` levels (None:
-    no option). Keys are whole paths: they match only themselves."""
-    if cfg.edge_layers_k is None:
-        return None
-    paths = select(params, cfg.include, cfg.exclude)
-    return {p: {"k": cfg.edge_layers_k} for p in edge_paths(paths)}
-
-
-def ste_switch(cfg: Config, total: int) -> int | None:
-    """First STE step of a hybrid phase of ``total`` steps (None: ``ste_last`` is 0)."""
-    if not cfg.ste_last:
-        return None
-    return max(total - max(int(round(cfg.ste_last * total)), 1), 0)
-
-
 def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str, QuantSpec]:
     cfg = ctx.config
     switch = ste_switch(cfg, total)
@@ -401,71 +246,6 @@ def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str,
     )
     check_schedules(specs, total)  # a schedule gone NaN or negative mid-run: refuse now
     return specs
-
-
-def annealed_penalty(
-    train_params: Mapping[str, Any],
-    specs: Mapping[str, QuantSpec],
-    step: Any,
-    multiplier: Callable[[Any], Any],
-) -> jax.Array:
-    """``penalty(train_params, specs, step)`` with softmin's tau and wells' sigma times
-    ``multiplier(step)`` (a traced scalar is fine); other layers as in ``penalty``.
-
-    The spec's tau / sigma stay static floats: the scale is moved onto the inputs,
-    ``softmin_{m tau}(w, c) = m softmin_tau(w / sqrt m, c / sqrt m)`` and
-    ``wells_{m sigma}(w, c) = wells_sigma(w / m, c / m)`` (the regularizers' custom VJPs
-    are used as they are). Returns a float32 scalar.
-    """
-    leaves = check_tree(train_params, specs)
-    reps = train_params["reps"]
-    m = jnp.asarray(multiplier(step), jnp.float32)
-    total = jnp.zeros((), jnp.float32)
-    for path, spec in specs.items():
-        w, c = leaves[path], reps.get(path)
-        field = ANNEALED.get(spec.regularizer)
-        if field is None:
-            value = reduced(w, spec, c)
-        else:
-            inv = jax.lax.rsqrt(m) if field == "tau" else 1.0 / m
-            scaled = reduced((w * inv).astype(w.dtype), spec, (c * inv).astype(c.dtype))
-            value = m * scaled if field == "tau" else scaled
-        total = total + jnp.asarray(spec.lam_at(step), jnp.float32) * value
-    return total
-
-
-def recipe_loss(model: Any, specs: Mapping[str, QuantSpec], *, switch: int | None) -> LossFn:
-    """The hybrid's task loss: of the latent net, then of the STE forward net from step
-    ``switch`` on (``ste.quantize(..., active=step >= switch)``; None: never)."""
-
-    def loss(tree: Any, model_state: dict[str, Any], batch: Any, rng: Any, step: Any) -> Any:
-        params = tree["model"]
-        if switch is not None:
-            params = ste.quantize(tree, specs, active=step >= switch)
-        return task_loss(model, params, model_state, batch, rng)
-
-    return loss
-
-
-def recipe_step(
-    model: Any,
-    tx: Any,
-    specs: Mapping[str, QuantSpec],
-    *,
-    switch: int | None = None,
-    anneal: Callable[[Any], Any] | None = None,
-) -> StepFn:
-    """The regularized phase's jitted step with the recipe's hybrid STE part (from step
-    ``switch``) and tau / sigma annealing (``anneal``: a multiplier schedule, through
-    :func:`annealed_penalty`); the one train step of ``steps`` underneath."""
-    loss = model if switch is None else recipe_loss(model, specs, switch=switch)
-    penalty_fn = None
-    if anneal is not None:
-
-        def penalty_fn(params: Any, step: Any) -> jax.Array:
-            return annealed_penalty(params, specs, step, anneal)
-
-    return make_train_step(loss, tx, specs, penalty_fn=penalty_fn)
 
 
 def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
