@@ -219,6 +219,10 @@ def plain_loss(task: Task) -> Callable:
 
 
 def ptq_accuracy(task: Task, variables: Any, paths: list[str], k: int, method: str) -> float:
+    # A leaf with no more weights than levels cannot use them all (quantize_tree refuses
+    # it): at that bit width it is stored as it is.
+    leaves = named_leaves(variables)
+    paths = [p for p in paths if leaves[p].size > k]
     quantized, _ = quantizers.quantize_tree(variables, paths, k, method)
     return task.accuracy(quantized)
 
@@ -330,7 +334,7 @@ def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
         # 1. gradient l1
         gl1 = gradient_l1(task.loss, args.gl1_lam)
 
-        def gl1_loss(tree, state, batch, rng, gl1=gl1):
+        def gl1_loss(tree, state, batch, rng, step, gl1=gl1):
             total, info = gl1(tree["model"], batch)
             return total, state
 
@@ -360,7 +364,7 @@ def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
         for kind in R2_KINDS:
             lam = {"linf": args.linf_lam, "margin": args.margin_lam}.get(kind, args.smm_lam)
 
-            def r2_loss(tree, state, batch, rng, kind=kind, lam=lam, paths=paths):
+            def r2_loss(tree, state, batch, rng, step, kind=kind, lam=lam, paths=paths):
                 penalty = range_reg.range_penalty(tree, paths, kind, lam)
                 return task.loss(tree["model"], batch) + penalty, state
 
