@@ -137,9 +137,10 @@ class QuantSpec:
         """Lambda at ``step`` (a schedule needs a step).
 
         A schedule's value that is negative or not finite raises ``ValueError`` when
-        it is concrete; under ``jax.jit`` (traced step) it becomes NaN instead, so the
-        penalty turns NaN and a NaN detector stops the run rather than training on
-        with a wrong lambda. ``check_schedules`` catches it before training.
+        it is concrete; under ``jax.jit`` (traced step) it is returned as it is and
+        ``penalty`` adds :func:`lam_guard` (NaN for a bad value), so the penalty turns
+        NaN and a NaN detector stops the run rather than training on with a wrong
+        lambda. ``check_schedules`` catches it before training.
         """
         if not callable(self.lam):
             return self.lam
@@ -147,13 +148,24 @@ class QuantSpec:
             raise ValueError("step is required when lam is a schedule")
         value = self.lam(step)
         if isinstance(value, jax.core.Tracer):
-            return jnp.where((value >= 0) & jnp.isfinite(value), value, jnp.nan)
+            return value
         if not 0 <= float(value) < np.inf:
             raise ValueError(
                 f"lam schedule gives {float(value)} at step {step}; lambda must be finite "
                 "and >= 0 (check the schedule with check_schedules(specs, steps))"
             )
         return value
+
+
+def lam_guard(lam: Any) -> Any:
+    """0.0 where ``lam`` is finite and >= 0, else NaN (a float32 scalar).
+
+    Added to the penalty rather than folded into lambda: ``lam * R`` and its gradient
+    stay the same graph, so a valid schedule trains bit for bit as without the guard
+    (folding a ``where`` into lambda changed XLA's fusion of the train step).
+    """
+    lam = jnp.asarray(lam, jnp.float32)
+    return jnp.where((lam >= 0) & jnp.isfinite(lam), 0.0, jnp.nan).astype(jnp.float32)
 
 
 def check_schedules(specs: Mapping[str, QuantSpec], steps: int) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .codebook import QuantSpec, check_tree, levels
+from .codebook import QuantSpec, check_tree, lam_guard, levels
 from .regularizers import nearest, registry
 
 
@@ -70,6 +70,9 @@ def penalty(
     total = jnp.zeros((), jnp.float32)
     for path, value in per_layer.items():
         total = total + jnp.asarray(specs[path].lam_at(step), jnp.float32) * value
+    guards = [lam_guard(s.lam_at(step)) for s in specs.values() if callable(s.lam)]
+    if guards and isinstance(step, jax.core.Tracer):  # concrete steps were checked already
+        total = total + jax.lax.stop_gradient(sum(guards))
     return total
 
 
@@ -91,7 +94,9 @@ def penalty_stats(
         d = jnp.sqrt(nearest(w.astype(jnp.float32), jax.lax.stop_gradient(c)))
         out[path] = {
             "penalty": reduced(w, spec, train_params["reps"].get(path)),
-            "lambda": jnp.asarray(spec.lam_at(step), jnp.float32),
+            "lambda": jnp.asarray(spec.lam_at(step), jnp.float32) + lam_guard(spec.lam_at(step))
+            if callable(spec.lam)
+            else jnp.asarray(spec.lam, jnp.float32),
             "distance": jnp.mean(d),
         }
     return out
