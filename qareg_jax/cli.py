@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -338,5 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def console_main() -> int:
+    """The ``qareg`` console script: :func:`main`, then Ctrl-C ignored while the process
+    exits. The work is done and written by then; CPython resets its SIGINT handler to the
+    OS default at shutdown, so a late Ctrl-C would kill the process with no message."""
+    status = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
