@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_on_reps
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,19 +28,6 @@ from qareg_jax.snap import snap
 BF16 = jnp.bfloat16
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KS = (2, 3, 5, 32, 33, 40)
-
-
-def bits(x):
-    x = np.asarray(x)
-    return x.view(np.dtype(f"uint{8 * x.dtype.itemsize}"))
-
-
-def assert_on_reps(w, c, a):
-    """``w`` is bitwise ``c[a]``: <= K distinct values, all members of ``c``."""
-    w, c, a = np.asarray(w), np.asarray(c), np.asarray(a)
-    np.testing.assert_array_equal(bits(w), bits(c)[a])
-    assert len(np.unique(bits(w))) <= c.shape[0]
-    assert np.isin(bits(w), bits(c)).all()
 
 
 def tiny_tree(w, reps, static=None):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_on_reps, bits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,19 +20,6 @@ BF16 = jnp.bfloat16
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Few distinct K (one compilation each): the compare chain (K <= 32) and the binary search.
 KS = (2, 3, 5, 32, 33, 40)
-
-
-def bits(x):
-    x = np.asarray(x)
-    return x.view(np.dtype(f"uint{8 * x.dtype.itemsize}"))
-
-
-def assert_on_reps(w, c, a):
-    """``w`` is bitwise ``c[a]``: <= K distinct values, all members of ``c``."""
-    w, c, a = np.asarray(w), np.asarray(c), np.asarray(a)
-    np.testing.assert_array_equal(bits(w), bits(c)[a])
-    assert len(np.unique(bits(w))) <= c.shape[0]
-    assert np.isin(bits(w), bits(c)).all()
 
 
 def nearest_oracle(w, levels):

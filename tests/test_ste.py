@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 from absl.testing import parameterized
+from helpers import bits
 
 from qareg_jax import codebook
 from qareg_jax.codebook import QuantSpec
@@ -23,11 +24,6 @@ W = np.array([[0.1, 0.9, 0.5], [0.6, -0.2, 1.3]], np.float32)
 C = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32)  # upstream grads of sum(C * w_q)
 B = np.array([0.3, -0.7, 2.0], np.float32)
 IDX = np.array([[0, 1, 0], [1, 0, 1]])
-
-
-def bits(x):
-    x = np.asarray(x)
-    return x.view(np.dtype(f"uint{8 * x.dtype.itemsize}"))
 
 
 def tiny_tree(levels=(0.0, 1.0)):
