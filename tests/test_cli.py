@@ -59,7 +59,7 @@ def _images(root: pathlib.Path, sizes: dict) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "resnet"], "unknown model 'resnet'; allowed: alexnet, vgg16, small"),
+        (["--model", "resnet"], "unknown model 'resnet'; allowed: alexnet, vgg16, cifar_vgg, sm"),
         (["--dataset", "mnist"], "unknown dataset 'mnist'; allowed: cifar10, digits, folder:PATH"),
         (["--regularizer", "l2"], "allowed: sine, cosine, nearest, softmin, product, wells"),
         (["--baseline", "gptq"], "allowed: kmeans, uniform, pws, ecsq, binary"),

@@ -46,6 +46,7 @@ def _shapes(model, image_shape):
         ("alexnet", (32, 32, 3), 20e6, 25e6, 23_468_874),
         ("vgg16", (32, 32, 3), 14e6, 16e6, 14_986_698),
         ("small", (8, 8, 1), 1e4, 1e5, 38_282),
+        ("cifar_vgg", (32, 32, 3), 2e5, 1e6, 295_290),
     ],
 )
 def test_param_counts_match_docstrings(name, shape, low, high, exact):
@@ -63,7 +64,7 @@ def test_param_counts_match_docstrings(name, shape, low, high, exact):
 
 @pytest.mark.parametrize(
     "name, convs, denses, per_class",
-    [("alexnet", 5, 3, 4097), ("vgg16", 13, 2, 513), ("small", 2, 2, 65)],
+    [("alexnet", 5, 3, 4097), ("vgg16", 13, 2, 513), ("small", 2, 2, 65), ("cifar_vgg", 8, 1, 129)],
 )
 def test_param_layout_per_model(name, convs, denses, per_class):
     names = _leaf_names(_shapes(get_model(name, 7), (32, 32, 3))["params"])
@@ -97,6 +98,20 @@ def test_alexnet_shapes_and_dropout_only_in_train():
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
         jax.eval_shape(lambda v: model.apply(v, x, train=True), variables)
+
+
+def test_cifar_vgg_is_global_pooled_and_keeps_batch_statistics():
+    model = get_model("cifar_vgg", 10)
+    # Global average pooling: any size from the minimum up gives the same fc.
+    for size in (16, 32, 40):
+        variables = _shapes(model, (size, size, 3))
+        assert variables["params"]["fc"]["kernel"].shape == (128, 10)
+        assert set(variables["batch_stats"]) == {f"bn{s}_{i}" for s in (1, 2, 3, 4) for i in (1, 2)}
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    variables = model.init(INIT_KEY, x[:1], train=False)
+    y, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert y.shape == (4, 10) and set(updates) == {"batch_stats"}
+    assert not np.allclose(model.apply(variables, x, train=False), y)
 
 
 def test_vgg_shapes_and_batchnorm_modes():
@@ -149,7 +164,9 @@ def test_get_model_factory_and_errors():
     assert get_model("alexnet", 100, dropout_rate=0.2).dropout_rate == 0.2
     assert isinstance(get_model("vgg16", 10), VGG16)
     assert get_model("small", 3).num_classes == 3
-    with pytest.raises(ValueError, match=r"unknown model name 'resnet'.*alexnet, vgg16, small"):
+    with pytest.raises(
+        ValueError, match=r"unknown model name 'resnet'.*alexnet, vgg16, cifar_vgg, small"
+    ):
         get_model("resnet", 10)
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="num_classes must be a positive int"):
@@ -168,8 +185,14 @@ def _abstract_init(name: str, size: int):
 def test_declared_min_input_size_is_the_smallest_that_initialises(name):
     need = min_input_size(name)
     _abstract_init(name, need)  # shapes only: no weights are computed
-    with pytest.raises(ZeroDivisionError):  # flax's bare error that check_input_size prevents
-        _abstract_init(name, need - 1)
+    # cifar_vgg refuses by itself (global pooling would average nothing); the others fail
+    # with flax's bare error, which check_input_size prevents.
+    if name == "cifar_vgg":
+        with pytest.raises(ValueError, match=f"needs images of at least {need}x{need}"):
+            _abstract_init(name, need - 1)
+    else:
+        with pytest.raises(ZeroDivisionError):
+            _abstract_init(name, need - 1)
     check_input_size(name, (need, need + 5, 3))
     with pytest.raises(ValueError, match=f"needs images of at least {need}x{need} pixels"):
         check_input_size(name, (need + 5, need - 1, 3))

@@ -179,7 +179,7 @@ def test_a_second_ctrl_c_raises_at_once():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        (dict(model="resnet"), "unknown model 'resnet'; allowed: alexnet, vgg16, small"),
+        (dict(model="resnet"), "unknown model 'resnet'; allowed: alexnet, vgg16, cifar_vgg, small"),
         (dict(dataset="mnist"), "allowed: cifar10, digits, folder:PATH"),
         (dict(regularizers=("l2",)), "allowed: sine, cosine, nearest, softmin, product, wells"),
         (dict(baselines=("gptq",)), "allowed: kmeans, uniform, pws, ecsq, binary"),

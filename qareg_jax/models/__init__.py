@@ -13,14 +13,20 @@ import flax.linen as nn
 
 from ..validation import check_choice
 from .alexnet import AlexNet
+from .cifar import CifarVGG
 from .small import SmallCNN
 from .vgg import VGG16
 
-MODELS: dict[str, type[nn.Module]] = {"alexnet": AlexNet, "vgg16": VGG16, "small": SmallCNN}
+MODELS: dict[str, type[nn.Module]] = {
+    "alexnet": AlexNet,
+    "vgg16": VGG16,
+    "cifar_vgg": CifarVGG,
+    "small": SmallCNN,
+}
 
 
 def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """The model called ``name`` ("alexnet", "vgg16" or "small") with ``num_classes`` outputs.
+    """The model called ``name`` (a key of :data:`MODELS`) with ``num_classes`` outputs.
 
     ``kwargs`` go to the module, e.g. ``dropout_rate`` for "alexnet" and "vgg16".
     """
@@ -53,6 +59,7 @@ def check_input_size(name: str, image_shape: Sequence[int]) -> None:
 __all__ = [
     "MODELS",
     "AlexNet",
+    "CifarVGG",
     "SmallCNN",
     "VGG16",
     "check_input_size",

@@ -41,7 +41,7 @@ class Config:
     """One experiment: model, data, the three training phases, methods and K values.
 
     Attributes:
-      model: "alexnet", "vgg16" or "small".
+      model: "alexnet", "vgg16", "cifar_vgg" (the CPU-scale CIFAR net) or "small".
       dataset: "cifar10", "digits" or "folder:PATH" (see ``data.load_dataset``).
       dataset_label: how tables name the dataset (default: ``dataset``).
       data_dir: tensorflow-datasets directory for "cifar10".
@@ -59,6 +59,9 @@ class Config:
       batch_size, eval_batch_size: examples per step / per evaluation batch.
       optimizer: "adam" (AdamW) or "sgd" (momentum 0.9, nesterov) for pretraining and
         regularizing.
+      reg_optimizer: the optimizer of the regularized, STE and DKM phases when it differs
+        from pretraining's (e.g. SGD pretraining, Adam regularizing: Adam's step is bounded
+        by the learning rate whatever lambda is); None: ``optimizer``.
       weight_decay: decoupled weight decay on the model's kernels (not on representatives).
       pretrain_epochs, pretrain_lr: full-precision phase (cosine-decayed learning rate).
       regularizers: the quantization-aware penalties to run (``regularizers.REGULARIZERS``).
@@ -123,6 +126,7 @@ class Config:
     batch_size: int = 32
     eval_batch_size: int = 500
     optimizer: str = "adam"
+    reg_optimizer: str | None = None
     weight_decay: float = 0.0
     pretrain_epochs: int = 15
     pretrain_lr: float = 3e-3
@@ -211,6 +215,8 @@ class Config:
     def _validate_training(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("finetune_optimizer", self.finetune_optimizer, OPTIMIZERS)
+        if self.reg_optimizer is not None:
+            check_choice("reg_optimizer", self.reg_optimizer, OPTIMIZERS)
         check_choice("interval", self.interval, INTERVALS)
         check_choice("init", self.init, INITS)
         check_choice("reduction", self.reduction, ("mean", "sum"))
