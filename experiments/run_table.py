@@ -3,6 +3,8 @@
     python -m experiments.run_table experiments/configs/digits_small.py
     python -m experiments.run_table experiments/configs/alexnet_cifar10.py \\
         --regularizers nearest sine --ks 2 4 --baselines kmeans --name alexnet_k2_k4
+    python -m experiments.run_table experiments/configs/cifar10_jpeg_vgg.py \\
+        --seeds 0 1 2 --pretrained-from runs/cifar10_jpeg_vgg_fp --name vgg_k2_k4
 
 The run lives in ``--workdir`` (default ``runs/<name>``, git-ignored; ``--resume``
 continues it). The table goes to ``experiments/results/<name>/``: ``table.md`` (with a
@@ -14,7 +16,6 @@ header naming the command, date, machine and git commit), ``table.csv``,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import shutil
@@ -33,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regularizers", nargs="*", help="subset of the config's regularizers")
     parser.add_argument("--ks", nargs="*", type=int, help="subset of the config's K values")
     parser.add_argument("--baselines", nargs="*", help="subset of the config's baselines")
+    parser.add_argument("--qat", nargs="*", help="subset of the config's QAT baselines")
+    parser.add_argument("--seeds", nargs="+", type=int, help="run these seeds (mean +- std)")
+    parser.add_argument(
+        "--pretrained-from",
+        metavar="RUNDIR",
+        help="start from the full-precision models of this run (same pretraining settings)",
+    )
     parser.add_argument("--workdir", help="run directory (default: runs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     parser.add_argument("--overwrite", action="store_true", help="delete the run in --workdir")
@@ -41,20 +49,26 @@ def main(argv: list[str] | None = None) -> int:
 
     config = train.load_config(args.config)
     changes = {}
-    for field in ("regularizers", "ks", "baselines"):
+    for field in ("regularizers", "ks", "baselines", "qat"):
         chosen = getattr(args, field)
         if chosen is not None:
             extra = [c for c in chosen if c not in getattr(config, field)]
             if extra:
                 parser.error(f"--{field} {extra} are not in the config's {field}")
             changes[field] = tuple(chosen)
-    config = dataclasses.replace(config, **changes)
+    if args.seeds:
+        changes["seeds"] = tuple(args.seeds)
+    config = config.replace(**changes)
     name = args.name or pathlib.Path(args.config).stem
     workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
 
     start = time.perf_counter()
     results = train.train_and_evaluate(
-        config, workdir, resume=args.resume, overwrite=args.overwrite
+        config,
+        workdir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        pretrained_from=args.pretrained_from,
     )
     out = report.write_report(workdir)
     record = {

@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     group = run.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     group.add_argument("--overwrite", action="store_true", help="delete the run in --workdir")
+    run.add_argument(
+        "--pretrained-from",
+        metavar="RUNDIR",
+        help="start from the full-precision models of this earlier run (same model, data, "
+        "split and pretraining settings) instead of pretraining",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     rep = sub.add_parser("report", help="tables and plots of a run directory")
@@ -289,6 +295,7 @@ def _run(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         say=_say,
+        pretrained_from=args.pretrained_from,
     )
     _finish(args.workdir, results, start)
 

@@ -41,7 +41,7 @@ from ..provenance import device_name
 from .config import Config
 from .loop import Context, check_interrupt
 from .stages import Pretrained, Stage, StageResult, planned_stages, pretrain, run_stage
-from .workdir import check_resumable, prepare_workdir
+from .workdir import check_pretrained_source, check_resumable, import_pretrained, prepare_workdir
 
 
 def split_indices(
@@ -231,6 +231,7 @@ def train_and_evaluate(
     stop_after: int | None = None,
     dataset: data.Dataset | None = None,
     say: Callable[[str], None] | None = None,
+    pretrained_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Run every stage of ``config`` (for every seed) in ``workdir``; returns the results.
 
@@ -247,20 +248,25 @@ def train_and_evaluate(
       say: prints the plan (:func:`plan`, before any training) and one time estimate
         (after the first timed steps); default: ``tqdm.write`` with ``progress``, else
         nothing.
+      pretrained_from: a run directory whose finished full-precision models (same
+        pretraining fields, ``workdir.PRETRAIN_FIELDS``) this run starts from instead of
+        pretraining; seeds it lacks pretrain as usual.
 
     Returns:
       ``{"rows": [StageResult.to_json()...], "pretrain": {...}, "config", "device", "date",
       "wall_s", "seeds"}`` (+ ``"pretrain_by_seed"`` with several seeds), also written to
       ``results.json`` (histograms go to ``stages/*.json`` only) and ``table.md`` (mean
-      +- std over seeds with several).
+      +- std over seeds with several); ``"pretrained_from"`` names the source run.
 
     Raises:
-      WorkdirError: ``resume`` without a run in ``workdir`` (before loading data), or a
-        workdir holding another run.
+      WorkdirError: ``resume`` without a run in ``workdir`` (before loading data), a
+        workdir holding another run, or a ``pretrained_from`` that cannot serve.
     """
     t0 = time.perf_counter()
     if resume:
         check_resumable(workdir)  # before the data: a mistyped workdir must not start a run
+    if pretrained_from is not None:
+        check_pretrained_source(pretrained_from, config)
     full = dataset if dataset is not None else data.load_dataset(config.dataset, config.data_dir)
     configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
     first = seed_data(full, configs[0])  # split sizes vs dataset, before any work
@@ -277,6 +283,10 @@ def train_and_evaluate(
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     if say is None:
         say = tqdm.write if progress else lambda message: None
+    if pretrained_from is not None:
+        copied = import_pretrained(pretrained_from, path, config)
+        if copied:
+            say(f"pretrained models of seeds {copied} copied from {str(pretrained_from)!r}")
     text, steps = plan(config, first)
     say(text)
     on_timed = _estimator(steps, say)
@@ -304,6 +314,8 @@ def train_and_evaluate(
         "rows": rows,
         "wall_s": time.perf_counter() - t0,
     }
+    if pretrained_from is not None:
+        results["pretrained_from"] = str(pretrained_from)
     if len(configs) > 1:
         results["pretrain_by_seed"] = pretrains
     (path / "results.json").write_text(json.dumps(results, indent=1) + "\n")

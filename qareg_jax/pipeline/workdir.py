@@ -95,3 +95,88 @@ def _with_defaults(stored: Mapping[str, Any]) -> dict[str, Any]:
 def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "format differs"
+
+
+# The fields that decide what pretraining computes (and so whether a run may reuse it).
+PRETRAIN_FIELDS = (
+    "model", "dataset", "data_dir", "train_subset", "test_subset", "dropout_rate",
+    "val_fraction", "data_seed", "batch_size", "optimizer", "weight_decay",
+    "pretrain_epochs", "pretrain_lr",
+)  # fmt: skip
+
+
+def _seed_dirs(config: Mapping[str, Any]) -> dict[int, str]:
+    """``{seed: subdir}`` of a stored or current config (see ``Context.subdir``)."""
+    seeds = config.get("seeds") or [config.get("seed", 0)]
+    return {int(s): (f"seed-{s}" if len(seeds) > 1 else "") for s in seeds}
+
+
+def check_pretrained_source(source: str | os.PathLike, config: Config) -> dict[int, str]:
+    """``{seed: subdir in source}`` for the seeds of ``config`` whose finished pretraining
+    the run in ``source`` holds; cheap (no data), so callers check before any work.
+
+    Raises:
+      WorkdirError: ``source`` holds no run, its pretraining differs from ``config``'s
+        (the fields of :data:`PRETRAIN_FIELDS`), or it finished none of ``config``'s seeds.
+    """
+    path = pathlib.Path(source)
+    if not (path / "config.json").is_file():
+        raise WorkdirError(f"--pretrained-from: {str(path)!r} holds no run (no config.json)")
+    stored = _with_defaults(json.loads((path / "config.json").read_text()))["config"]
+    wanted = config.to_dict()
+    differ = {k: v for k, v in wanted.items() if k in PRETRAIN_FIELDS and stored.get(k) != v}
+    if differ:
+        diff = _config_diff({k: stored.get(k) for k in differ}, differ)
+        raise WorkdirError(
+            f"--pretrained-from: the run in {str(path)!r} pretrained differently ({diff})"
+        )
+    found = {
+        seed: sub
+        for seed, sub in _seed_dirs(stored).items()
+        if seed in config.seed_list and (path / "stages" / sub / "pretrain.json").is_file()
+    }
+    if not found:
+        raise WorkdirError(
+            f"--pretrained-from: {str(path)!r} holds no finished pretraining for seeds "
+            f"{list(config.seed_list)}"
+        )
+    return found
+
+
+def import_pretrained(source: str | os.PathLike, dest: pathlib.Path, config: Config) -> list[int]:
+    """Copy the finished pretraining of ``config``'s seeds from the run in ``source`` into
+    the run directory ``dest`` (its last checkpoint, its result row and its metrics), so
+    the run starts from those full-precision models; the seeds copied, in order.
+
+    Seeds ``dest`` already holds (a resumed run) and seeds ``source`` lacks are left alone:
+    the latter pretrain as usual.
+    """
+    src, copied = pathlib.Path(source), []
+    dest_dirs = _seed_dirs(config.to_dict())
+    for seed, sub in check_pretrained_source(src, config).items():
+        to = dest_dirs[seed]
+        ckpt = dest / "checkpoints" / to / "pretrain"
+        if ckpt.exists():
+            continue
+        _copy_last_checkpoint(src / "checkpoints" / sub / "pretrain" / "train", ckpt / "train")
+        for kind, suffix in (("stages", ".json"), ("metrics", ".jsonl")):
+            file = src / kind / sub / f"pretrain{suffix}"
+            if file.is_file():
+                (dest / kind / to).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file, dest / kind / to / file.name)
+        copied.append(seed)
+    return copied
+
+
+def _copy_last_checkpoint(phase: pathlib.Path, to: pathlib.Path) -> None:
+    """Copy an orbax manager directory keeping only its last step (a finished phase)."""
+    steps = [p for p in phase.iterdir() if p.name.isdigit()] if phase.is_dir() else []
+    if not steps:
+        raise WorkdirError(f"--pretrained-from: no checkpoint in {str(phase)!r}")
+    last = max(steps, key=lambda p: int(p.name))
+    to.mkdir(parents=True)
+    for item in phase.iterdir():
+        if item == last:
+            shutil.copytree(item, to / item.name)
+        elif item.is_file():
+            shutil.copy2(item, to / item.name)

@@ -1,0 +1,92 @@
+"""Starting a run from the full-precision models of an earlier one (``pretrained_from``):
+the pretraining is reused, not repeated, and a source that cannot serve is refused
+before any work."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from qareg_jax import pipeline
+from qareg_jax.pipeline import WorkdirError
+
+# 320 digits images, batch 64: 5 steps per epoch; the source pretrains two seeds.
+SOURCE = pipeline.Config(
+    pretrain_epochs=1,
+    finetune_epochs=0,
+    regularizers=(),
+    baselines=("kmeans",),
+    ks=(2,),
+    train_subset=320,
+    batch_size=64,
+    seeds=(0, 1),
+    log_every=2,
+)
+TARGET = SOURCE.replace(
+    seeds=None, seed=1, regularizers=("nearest",), reg_epochs=1, baselines=(), lam=10.0
+)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fp") / "run"
+    return path, pipeline.train_and_evaluate(SOURCE, path, progress=False)
+
+
+def test_the_target_starts_from_the_source_models_without_pretraining(tmp_path, source):
+    path, results = source
+    # 5 regularized steps; pretraining again would take 5 more and hit stop_after.
+    out = pipeline.train_and_evaluate(
+        TARGET, tmp_path / "t", progress=False, stop_after=6, pretrained_from=path
+    )
+    assert out["pretrain"]["acc_fp"] == results["pretrain_by_seed"]["1"]["acc_fp"]
+    assert out["rows"][0]["acc_fp"] == out["pretrain"]["acc_fp"]
+    assert out["pretrained_from"] == str(path)
+    copied = (tmp_path / "t/metrics/pretrain.jsonl").read_text()
+    assert copied == (path / "metrics/seed-1/pretrain.jsonl").read_text()
+    assert len(list((tmp_path / "t/checkpoints/pretrain/train").iterdir())) == 1  # last only
+    # Resuming copies nothing again and recomputes nothing.
+    again = pipeline.train_and_evaluate(
+        TARGET, tmp_path / "t", progress=False, resume=True, stop_after=1, pretrained_from=path
+    )
+    assert again["rows"] == out["rows"]
+
+
+def test_seeds_the_source_lacks_pretrain_as_usual(tmp_path, source):
+    path, _ = source
+    said = []
+    pipeline.train_and_evaluate(
+        TARGET.replace(seeds=(1, 2), regularizers=(), baselines=("kmeans",)),
+        tmp_path / "t",
+        progress=False,
+        say=said.append,
+        pretrained_from=path,
+    )
+    assert "pretrained models of seeds [1] copied" in "\n".join(said)
+    assert json.loads((tmp_path / "t/stages/seed-2/pretrain.json").read_text())["acc_fp"] > 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"pretrain_lr": 1e-2}, "pretrained differently (pretrain_lr: 0.003 -> 0.01)"),
+        ({"train_subset": 300}, "pretrained differently (train_subset: 320 -> 300)"),
+        ({"seed": 5}, "holds no finished pretraining for seeds [5]"),
+    ],
+)
+def test_a_source_that_cannot_serve_is_refused_before_any_work(tmp_path, source, changes, message):
+    path, _ = source
+    with pytest.raises(WorkdirError, match=re.escape(message)):
+        pipeline.train_and_evaluate(
+            TARGET.replace(**changes), tmp_path / "t", progress=False, pretrained_from=path
+        )
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_directory_without_a_run_is_refused(tmp_path):
+    with pytest.raises(WorkdirError, match="holds no run"):
+        pipeline.train_and_evaluate(
+            TARGET, tmp_path / "t", progress=False, pretrained_from=tmp_path / "nothing"
+        )
