@@ -268,6 +268,19 @@ def test_unresolved_or_bad_normalize_is_refused(small_cnn):
 # ---------------------------------------------------------------------------- errors
 
 
+def test_reg_optimizer_replaces_pretraining_s_in_the_regularized_phases(small_cnn, attached):
+    _, variables = small_cnn
+    tree, _ = attached(variables["params"], k=2)
+    grads = jax.tree.map(lambda x: 0.01 * jnp.ones_like(x), tree)
+    cfg = pipeline.Config(optimizer="sgd", reg_optimizer="adam")
+    adam = _one_update(make_optimizer(cfg, 1e-3, 10, name=cfg.reg_optimizer), tree, grads)
+    sgd = _one_update(make_optimizer(cfg, 1e-3, 10), tree, grads)
+    # Adam's first step is lr * sign(grad) whatever the scale; Nesterov SGD's lr * 1.9 grad.
+    for a, s in zip(jax.tree.leaves(adam), jax.tree.leaves(sgd), strict=True):
+        np.testing.assert_allclose(a, -1e-3, rtol=1e-3)
+        np.testing.assert_allclose(s, -1.9e-5, rtol=1e-3)
+
+
 @pytest.mark.parametrize(
     "changes, error, field",
     [
@@ -288,6 +301,7 @@ def test_unresolved_or_bad_normalize_is_refused(small_cnn):
         (dict(ste_last="end"), TypeError, "ste_last"),
         (dict(ste_keep_lam=1), TypeError, "ste_keep_lam"),
         (dict(ste_keep_lam=True), ValueError, "ste_keep_lam"),
+        (dict(reg_optimizer="rmsprop"), ValueError, "reg_optimizer"),
     ],
 )
 def test_bad_recipe_values_name_the_field(changes, error, field):

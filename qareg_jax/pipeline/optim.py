@@ -40,18 +40,20 @@ def make_optimizer(
     *,
     freeze_reps: bool = False,
     reps_lr: float | None = None,
+    name: str | None = None,
 ) -> optax.GradientTransformation:
     """The optimizer of a pretraining / regularized phase over a ``{"model", "reps"}`` tree.
 
-    ``config.optimizer`` with a cosine-decayed ``lr`` and ``config.weight_decay`` on the
-    model's kernels only; with ``freeze_reps`` the representatives get zero updates
-    (``optax.partition`` + ``set_to_zero``); else with ``reps_lr`` they get their own copy
-    of the optimizer at a cosine-decayed ``reps_lr`` (the weights' updates are unchanged:
-    every transform here is per leaf). ``reps_lr=None``: one optimizer, the same tree of
-    updates as before the option existed.
+    ``name`` (default ``config.optimizer``) with a cosine-decayed ``lr`` and
+    ``config.weight_decay`` on the model's kernels only; with ``freeze_reps`` the
+    representatives get zero updates (``optax.partition`` + ``set_to_zero``); else with
+    ``reps_lr`` they get their own copy of the optimizer at a cosine-decayed ``reps_lr``
+    (the weights' updates are unchanged: every transform here is per leaf).
+    ``reps_lr=None``: one optimizer, the same tree of updates as before the option existed.
     """
     schedule = optax.cosine_decay_schedule(lr, max(total_steps, 1))
-    tx = optimizer(config.optimizer, schedule, config.weight_decay, kernels_mask)
+    name = name or config.optimizer
+    tx = optimizer(name, schedule, config.weight_decay, kernels_mask)
     if not freeze_reps and reps_lr is None:
         return tx
     # The frozen label keeps its old name: the optimizer state (and checkpoints) as before.
@@ -60,7 +62,7 @@ def make_optimizer(
         reps_tx = optax.set_to_zero()
     else:
         reps_schedule = optax.cosine_decay_schedule(reps_lr, max(total_steps, 1))
-        reps_tx = optimizer(config.optimizer, reps_schedule, config.weight_decay, kernels_mask)
+        reps_tx = optimizer(name, reps_schedule, config.weight_decay, kernels_mask)
 
     def labels(tree: Any) -> Any:
         return {

@@ -261,8 +261,9 @@ def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult
     tree, specs = attach(params, _reg_specs(ctx, params, stage, total))
     before = _named(tree, specs)
     tx = make_optimizer(
-        cfg, cfg.reg_lr, total, freeze_reps=bool(stage.freeze_reps), reps_lr=cfg.reps_lr
-    )
+        cfg, cfg.reg_lr, total, freeze_reps=bool(stage.freeze_reps), reps_lr=cfg.reps_lr,
+        name=cfg.reg_optimizer,
+    )  # fmt: skip
     state = make_init_fn(tx)(tree, model_state, np.uint32(phase_seed(cfg.seed, f"{name}/reg")))
     switch = ste_switch(cfg, total)
     anneal = (
@@ -395,7 +396,7 @@ def train_ste(
         )
         tree, specs = ste.init(params, start)
     before = _named(tree, specs)
-    tx = make_optimizer(cfg, cfg.reg_lr, total, reps_lr=cfg.reps_lr)
+    tx = make_optimizer(cfg, cfg.reg_lr, total, reps_lr=cfg.reps_lr, name=cfg.reg_optimizer)
     state = make_init_fn(tx)(tree, model_state, np.uint32(phase_seed(cfg.seed, f"{name}/ste")))
     step_fn = make_train_step(ste_loss(ctx.model, specs), tx)
     every = cfg.ste_recluster_every
@@ -453,7 +454,7 @@ def dkm_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
     cents = dkm.dkm_init(params, _paths(cfg, params, k), k, init="kmeans")
     specs = {p: QuantSpec(k=k, regularizer="nearest", lam=0.0) for p in cents}
     before = _named({"model": params, "reps": cents}, specs)
-    tx = make_optimizer(cfg, cfg.reg_lr, total)
+    tx = make_optimizer(cfg, cfg.reg_lr, total, name=cfg.reg_optimizer)
     seed = np.uint32(phase_seed(cfg.seed, f"{name}/dkm"))
     state = make_init_fn(tx)({"model": params, "reps": {}}, {**model_state, "dkm": cents}, seed)
     step_fn = make_train_step(
