@@ -1,0 +1,38 @@
+"""The recipe search of the QAT comparison (docs/recipe.md) on ``cifar10_jpeg_vgg.py``'s
+setting, K = 2, seed 0, chosen on the 5,000 validation images. Every variant starts from
+the same full-precision model and trains 3 epochs (1,053 steps) with Adam at 1e-3 (cosine
+decay), then fine-tunes 1 epoch:
+
+    python -m experiments.recipe_search experiments/configs/cifar10_jpeg_vgg_search.py \\
+        --pretrained-from RUNDIR_OF_THE_FP_MODEL
+"""
+
+import cifar10_jpeg_vgg
+
+from qareg_jax.train import Config
+
+# One lambda scale for every layer: sum over the layer's weights of (distance / level
+# spacing)^2, grown geometrically to lam over the phase.
+SCALE_FREE = dict(reduction="sum", penalty_normalize="spacing", lam_schedule="exp")
+
+
+def get_config() -> Config:
+    return cifar10_jpeg_vgg.get_config().replace(
+        ks=(2,),
+        reg_epochs=3,
+        reg_optimizer="adam",
+        reg_lr=1e-3,
+        regularizers=("nearest",),
+        baselines=(),
+        qat=(),
+    )
+
+
+def get_variants() -> dict[str, dict]:
+    return {
+        # The registry's lambda (1e5, mean over the layer), ramped over the first half.
+        "old": {},
+        "scale-free": dict(SCALE_FREE, lam=1.0),
+        "scale-free-hybrid": dict(SCALE_FREE, lam=1.0, ste_last=0.3),
+        "qat": dict(regularizers=(), qat=("ste", "dkm"), baselines=("kmeans",)),
+    }

@@ -1,0 +1,131 @@
+"""Choose the recipe on the validation split: run named variants of a config from the
+same full-precision models and tabulate their validation (and test) accuracies.
+
+    python -m experiments.recipe_search experiments/configs/cifar10_jpeg_vgg_search.py \\
+        --pretrained-from runs/cifar10_jpeg_vgg_fp [--resume] [--only hybrid ste]
+
+The search config defines ``get_config()`` (the base) and ``get_variants()``, a dict
+``{name: {field: value}}`` of changes. Each variant runs in ``<workdir>/<name>`` (default
+workdir ``runs/<config stem>``) from the models of ``--pretrained-from`` (or its own
+pretraining); a finished variant is read back, an interrupted one continues with
+``--resume``. After every variant, ``experiments/results/<name>/search.md`` and
+``search.json`` are rewritten: one line per (variant, method, K), the best line per K by
+validation accuracy after fine-tuning marked with ``*``. Choices are made on the
+validation columns only; the test columns are there for the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pathlib
+import sys
+from typing import Any
+
+from qareg_jax import provenance, train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+COLUMNS = (
+    ("variant", "variant"), ("method", "method"), ("k", "K"), ("seed", "seed"),
+    ("acc_val_pre", "val pre"), ("acc_val_post", "val post"), ("acc_reg", "test unsnapped"),
+    ("acc_pre", "test pre"), ("acc_post", "test post"), ("step_rel", "step / plain"),
+)  # fmt: skip
+
+
+def load_search(path: str) -> tuple[train.Config, dict[str, dict[str, Any]]]:
+    """``(base config, variants)`` of a search config file (validated: every variant
+    must make a valid config)."""
+    file = pathlib.Path(path).resolve()
+    if str(file.parent) not in sys.path:
+        sys.path.insert(0, str(file.parent))
+    module = importlib.import_module(file.stem)
+    base = train.load_config(str(file))
+    variants = dict(module.get_variants())
+    for name, changes in variants.items():
+        try:
+            base.replace(**changes)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"variant {name!r}: {e}") from None
+    return base, variants
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key.startswith("acc"):
+        return f"{100 * value:.2f}"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def search_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per row, ``*`` on the best validation-post line of each K."""
+    best: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("acc_val_post") is not None:
+            if row["k"] not in best or row["acc_val_post"] > best[row["k"]]["acc_val_post"]:
+                best[row["k"]] = row
+    lines = [
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "|".join("---" if k in ("variant", "method") else "---:" for k, _ in COLUMNS) + "|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["k"], r["variant"], r["method"])):
+        cells = [_fmt(key, row.get(key)) for key, _ in COLUMNS]
+        if best.get(row["k"]) is row:
+            cells[0] = f"**{cells[0]}** *"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="a search config: get_config() and get_variants()")
+    parser.add_argument("--pretrained-from", metavar="RUNDIR", help="full-precision run")
+    parser.add_argument("--workdir", help="parent of the variants' run directories")
+    parser.add_argument("--name", help="results name (default: the config file's stem)")
+    parser.add_argument("--only", nargs="+", help="run only these variants")
+    parser.add_argument("--resume", action="store_true", help="continue interrupted variants")
+    parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
+    args = parser.parse_args(argv)
+
+    base, variants = load_search(args.config)
+    unknown = sorted(set(args.only or ()) - set(variants))
+    if unknown:
+        parser.error(f"--only {unknown}: not in the variants ({', '.join(variants)})")
+    name = args.name or pathlib.Path(args.config).stem
+    parent = pathlib.Path(args.workdir or ROOT / "runs" / name)
+    dest = pathlib.Path(args.results) / name
+    dest.mkdir(parents=True, exist_ok=True)
+    record = provenance.record()
+    rows: list[dict[str, Any]] = []
+    for variant, changes in variants.items():
+        workdir = parent / variant
+        done = workdir / "results.json"
+        if done.exists():
+            results = json.loads(done.read_text())
+        elif args.only and variant not in args.only:
+            continue
+        else:
+            print(f"== {variant}: {changes}", flush=True)
+            results = train.train_and_evaluate(
+                base.replace(**changes),
+                workdir,
+                resume=args.resume and (workdir / "config.json").exists(),
+                pretrained_from=args.pretrained_from,
+            )
+        rows += [{**row, "variant": variant} for row in results["rows"]]
+        table = search_table(rows)
+        (dest / "search.md").write_text(
+            f"# Recipe search: {name}\n\n"
+            + "\n".join(f"- {k}: `{v}`" for k, v in record.items())
+            + f"\n- variants: `{json.dumps(variants)}`\n\n{table}\n"
+        )
+        (dest / "search.json").write_text(
+            json.dumps({**record, "variants": variants, "rows": rows}, indent=1) + "\n"
+        )
+    print(search_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

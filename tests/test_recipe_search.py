@@ -1,0 +1,89 @@
+"""experiments/recipe_search.py and the CPU-scale CIFAR configs: the search config's
+variants are valid, a tiny search runs end to end and is read back, and the default
+``cifar10_jpeg_vgg`` config runs on mock 32x32 data."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from experiments import recipe_search
+from qareg_jax import data, pipeline
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+TINY_SEARCH = """
+from qareg_jax.train import Config
+
+def get_config():
+    return Config(pretrain_epochs=1, reg_epochs=1, finetune_epochs=1, train_subset=256,
+                  batch_size=64, val_fraction=0.2, ks=(2,), regularizers=("nearest",),
+                  baselines=(), log_every=2)
+
+def get_variants():
+    return {"a": {}, "b": dict(lam=1.0, reduction="sum", penalty_normalize="spacing")}
+"""
+
+
+def test_the_search_config_and_its_variants_are_valid():
+    base, variants = recipe_search.load_search(str(CONFIGS / "cifar10_jpeg_vgg_search.py"))
+    assert base.val_fraction > 0 and base.model == "cifar_vgg"
+    assert {"old", "qat"} <= set(variants)
+
+
+def test_a_bad_variant_is_named(tmp_path):
+    (tmp_path / "bad_search.py").write_text(TINY_SEARCH.replace('"a": {}', '"a": dict(ks=(1,))'))
+    with pytest.raises(ValueError, match="variant 'a'"):
+        recipe_search.load_search(str(tmp_path / "bad_search.py"))
+
+
+def test_a_tiny_search_runs_marks_the_best_on_validation_and_reads_back(tmp_path, capsys):
+    (tmp_path / "tiny_search.py").write_text(TINY_SEARCH)
+    argv = [str(tmp_path / "tiny_search.py"), "--workdir", str(tmp_path / "runs")]
+    argv += ["--results", str(tmp_path / "results")]
+    assert recipe_search.main(argv) == 0
+    out = json.loads((tmp_path / "results/tiny_search/search.json").read_text())
+    rows = out["rows"]
+    assert [(r["variant"], r["method"], r["k"]) for r in rows] == [
+        ("a", "nearest", 2),
+        ("b", "nearest", 2),
+    ]
+    best = max(rows, key=lambda r: r["acc_val_post"])
+    table = (tmp_path / "results/tiny_search/search.md").read_text()
+    assert table.count(" * |") == 1 and f"| **{best['variant']}** * |" in table
+    # A second call reads the finished variants back: same rows, no training.
+    before = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("*.json")}
+    assert recipe_search.main(argv) == 0
+    assert json.loads((tmp_path / "results/tiny_search/search.json").read_text())["rows"] == rows
+    assert before == {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("*.json")}
+    with pytest.raises(SystemExit):
+        recipe_search.main([*argv, "--only", "c"])
+    assert "not in the variants (a, b)" in capsys.readouterr().err
+
+
+def _random_images(n_train: int, n_test: int) -> data.Dataset:
+    rng = np.random.default_rng(0)
+    images = rng.random((n_train + n_test, 32, 32, 3), dtype=np.float32)
+    labels = rng.integers(0, 10, n_train + n_test).astype(np.int32)
+    return data.Dataset(
+        "mock", images[:n_train], labels[:n_train], images[n_train:], labels[n_train:],
+        tuple("abcdefghij"), np.full(3, 0.5, np.float32), np.full(3, 0.3, np.float32),
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_default_cpu_scale_config_runs_on_mock_data(tmp_path):
+    config = pipeline.load_config(CONFIGS / "cifar10_jpeg_vgg.py").replace(
+        pretrain_epochs=1, reg_epochs=1, finetune_epochs=1, batch_size=32, qat=("ste",)
+    )
+    results = pipeline.train_and_evaluate(
+        config, tmp_path, progress=False, dataset=_random_images(80, 20)
+    )
+    assert [(r["method"], r["k"]) for r in results["rows"]] == [
+        (m, k) for k in (2, 4) for m in ("nearest", "kmeans", "ste")
+    ]
+    for row in results["rows"]:
+        assert 0 <= row["acc_val_pre"] <= 1 and row["ratio"] > 10
