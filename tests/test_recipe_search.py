@@ -77,7 +77,12 @@ def _random_images(n_train: int, n_test: int) -> data.Dataset:
 @pytest.mark.slow
 def test_the_default_cpu_scale_config_runs_on_mock_data(tmp_path):
     config = pipeline.load_config(CONFIGS / "cifar10_jpeg_vgg.py").replace(
-        pretrain_epochs=1, reg_epochs=1, finetune_epochs=1, batch_size=32, qat=("ste",)
+        pretrain_epochs=1,
+        reg_epochs=1,
+        finetune_epochs=1,
+        batch_size=32,
+        qat=("ste",),
+        bn_recalibrate=2,
     )
     results = pipeline.train_and_evaluate(
         config, tmp_path, progress=False, dataset=_random_images(80, 20)

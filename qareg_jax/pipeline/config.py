@@ -98,6 +98,10 @@ class Config:
       include, exclude: path regexes selecting the quantized leaves (default: every conv
         and dense kernel).
       finetune_epochs, finetune_lr, finetune_optimizer: quantized fine-tuning (constant rate).
+      bn_recalibrate: after snapping, re-estimate the BatchNorm statistics on this many
+        training batches before measuring the pre-tuning accuracy, for every method alike
+        (``batch_stats.recalibrate_batch_stats``; no effect on models without BatchNorm);
+        0: keep the statistics of the unquantized weights.
       baselines: post-training quantizers, ``BASELINES``; "binary" runs at K=2 only.
       qat: quantization-aware training baselines, ``QAT_METHODS``: "ste" (straight-through
         forward on k-means levels) and "dkm" (differentiable k-means), each trained for
@@ -157,6 +161,7 @@ class Config:
     finetune_epochs: int = 3
     finetune_lr: float = 1e-3
     finetune_optimizer: str = "adam"
+    bn_recalibrate: int = 0
     baselines: tuple[str, ...] = ("kmeans", "uniform")
     qat: tuple[str, ...] = ()
     ste_recluster_every: int | None = None
@@ -223,7 +228,7 @@ class Config:
         check_choice("codebook_dtype", self.codebook_dtype, ("float32", "float16"))
         for name in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
             _positive_int(name, getattr(self, name))
-        for name in ("pretrain_epochs", "reg_epochs", "finetune_epochs"):
+        for name in ("pretrain_epochs", "reg_epochs", "finetune_epochs", "bn_recalibrate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")

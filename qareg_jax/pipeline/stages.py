@@ -12,6 +12,7 @@ quantization-aware training baselines). A new kind of method
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ import numpy as np
 
 from .. import compress, data, quantizers
 from .. import regularizers as R
+from ..batch_stats import recalibrate_batch_stats
 from ..codebook import QuantSpec, attach, check_schedules, levels, make_specs
 from ..contrib import dkm
 from ..finetune import assignments_by_path, finetune_specs, quantized_finetune
@@ -30,7 +32,7 @@ from ..paths import named_leaves
 from ..qat import ste
 from ..snap import check_snappable, snap
 from .config import ANNEALED, Config
-from .loop import Context, phase_seed, run_phase, variables
+from .loop import Context, batches_from, phase_seed, run_phase, variables
 from .optim import anneal_schedule, lam_schedule, make_optimizer, optimizer
 from .recipe import (
     edge_overrides,
@@ -153,6 +155,26 @@ def _result(
     )
 
 
+def recalibrate(
+    ctx: Context, stage: str, params: Any, model_state: dict[str, Any]
+) -> dict[str, Any]:
+    """``model_state`` with BatchNorm statistics re-estimated for the snapped ``params`` on
+    ``config.bn_recalibrate`` training batches (unchanged when 0 or without BatchNorm)."""
+    n = ctx.config.bn_recalibrate
+    if not n or "batch_stats" not in model_state:
+        return model_state
+    seed = phase_seed(ctx.config.seed, f"{stage}/recalibrate")
+    batches = batches_from(ctx.ds, ctx.config.batch_size, seed, 0)
+    try:
+        out = recalibrate_batch_stats(
+            ctx.model, variables(params, model_state), itertools.islice(batches, n),
+            rng=jax.random.key(seed),
+        )  # fmt: skip
+    finally:
+        batches.close()  # stops the loader's threads
+    return {k: v for k, v in out.items() if k != "params"}
+
+
 def _tune_and_pack(
     ctx: Context,
     fp: Pretrained,
@@ -168,6 +190,7 @@ def _tune_and_pack(
     ``{"model", "reps"}`` tree on its levels), :func:`finetune`, post-tuning accuracy,
     :func:`pack`; ``fields`` fill the rest of the row (with ``histograms`` the final
     levels are added to them)."""
+    model_state = recalibrate(ctx, stage.name, snapped["model"], model_state)
     acc_pre = ctx.accuracy(snapped["model"], model_state)
     val_pre = ctx.val_accuracy(snapped["model"], model_state)
     tree, model_state, assignments = finetune(ctx, stage.name, snapped, model_state, specs)
