@@ -35,4 +35,5 @@ def get_variants() -> dict[str, dict]:
         "scale-free": dict(SCALE_FREE, lam=1.0),
         "scale-free-hybrid": dict(SCALE_FREE, lam=1.0, ste_last=0.3),
         "qat": dict(regularizers=(), qat=("ste", "dkm"), baselines=("kmeans",)),
+        "scale-free-weak": dict(SCALE_FREE, lam=0.01),
     }
