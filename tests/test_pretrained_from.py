@@ -72,7 +72,8 @@ def test_seeds_the_source_lacks_pretrain_as_usual(tmp_path, source):
     ("changes", "message"),
     [
         ({"pretrain_lr": 1e-2}, "pretrained differently (pretrain_lr: 0.003 -> 0.01)"),
-        ({"train_subset": 300}, "pretrained differently (train_subset: 320 -> 300)"),
+        ({"train_subset": 300}, "trained seed 1 on other examples (train_subset: 320 -> 300"),
+        ({"val_fraction": 0.1}, "trained seed 1 on other examples (train_subset: 320 -> 320"),
         ({"seed": 5}, "holds no finished pretraining for seeds [5]"),
     ],
 )
@@ -83,6 +84,21 @@ def test_a_source_that_cannot_serve_is_refused_before_any_work(tmp_path, source,
             TARGET.replace(**changes), tmp_path / "t", progress=False, pretrained_from=path
         )
     assert not (tmp_path / "t").exists()
+
+
+def test_a_validation_split_that_leaves_the_same_training_examples_is_accepted(tmp_path, source):
+    # Without a split seed 1 trains on the first 320 of permutation([1, 0]); with one, on
+    # the first 320 of permutation([data_seed, 0]): the same examples for data_seed=1.
+    path, results = source
+    out = pipeline.train_and_evaluate(
+        TARGET.replace(val_fraction=0.1, data_seed=1, regularizers=(), baselines=("kmeans",)),
+        tmp_path / "t",
+        progress=False,
+        stop_after=1,  # PTQ only: no training step after the copied pretraining
+        pretrained_from=path,
+    )
+    assert out["pretrain"]["acc_fp"] == results["pretrain_by_seed"]["1"]["acc_fp"]
+    assert out["rows"][0]["acc_val_pre"] is not None
 
 
 def test_a_directory_without_a_run_is_refused(tmp_path):

@@ -41,7 +41,14 @@ from ..provenance import device_name
 from .config import Config
 from .loop import Context, check_interrupt
 from .stages import Pretrained, Stage, StageResult, planned_stages, pretrain, run_stage
-from .workdir import check_pretrained_source, check_resumable, import_pretrained, prepare_workdir
+from .workdir import (
+    WorkdirError,
+    check_pretrained_source,
+    check_resumable,
+    import_pretrained,
+    prepare_workdir,
+    stored_config,
+)
 
 
 def split_indices(
@@ -108,6 +115,26 @@ def seed_data(full: data.Dataset, config: Config) -> data.Dataset:
     return subset(
         full, config.train_subset, config.test_subset, seed, val_fraction=config.val_fraction
     )
+
+
+def _training_indices(fields: dict[str, Any], seed: int, n: int) -> np.ndarray:
+    """The training indices :func:`seed_data` draws for ``seed`` under config ``fields``."""
+    split_seed = fields["data_seed"] if fields["val_fraction"] else seed
+    return split_indices(n, fields["train_subset"], fields["val_fraction"], split_seed)[0]
+
+
+def check_same_training_data(source: str | os.PathLike, config: Config, n: int) -> None:
+    """Refuse (WorkdirError) a ``pretrained_from`` run that trained any of ``config``'s
+    seeds on other examples of the ``n`` training examples (other subsets or split)."""
+    stored, mine = stored_config(source), config.to_dict()
+    for seed in config.seed_list:
+        if not np.array_equal(_training_indices(stored, seed, n), _training_indices(mine, seed, n)):
+            keys = ("train_subset", "val_fraction", "data_seed")
+            diff = "; ".join(f"{k}: {stored[k]!r} -> {mine[k]!r}" for k in keys)
+            raise WorkdirError(
+                f"--pretrained-from: the run in {str(source)!r} trained seed {seed} on other "
+                f"examples ({diff})"
+            )
 
 
 def load_data(config: Config) -> data.Dataset:
@@ -270,6 +297,8 @@ def train_and_evaluate(
     full = dataset if dataset is not None else data.load_dataset(config.dataset, config.data_dir)
     configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
     first = seed_data(full, configs[0])  # split sizes vs dataset, before any work
+    if pretrained_from is not None:
+        check_same_training_data(pretrained_from, config, len(full.train_labels))
     data.steps_per_epoch(first, config.batch_size)  # batch size vs dataset
     model_kw = {} if config.dropout_rate is None else {"dropout_rate": config.dropout_rate}
     model = get_model(config.model, first.num_classes, **model_kw)

@@ -97,11 +97,12 @@ def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "format differs"
 
 
-# The fields that decide what pretraining computes (and so whether a run may reuse it).
+# The fields that decide what pretraining computes (and so whether a run may reuse it),
+# besides the training examples, which train_and_evaluate compares once the data is loaded
+# (a validation split may leave the same training subset as an explicit train_subset).
 PRETRAIN_FIELDS = (
-    "model", "dataset", "data_dir", "train_subset", "test_subset", "dropout_rate",
-    "val_fraction", "data_seed", "batch_size", "optimizer", "weight_decay",
-    "pretrain_epochs", "pretrain_lr",
+    "model", "dataset", "data_dir", "test_subset", "dropout_rate", "batch_size",
+    "optimizer", "weight_decay", "pretrain_epochs", "pretrain_lr",
 )  # fmt: skip
 
 
@@ -111,9 +112,15 @@ def _seed_dirs(config: Mapping[str, Any]) -> dict[int, str]:
     return {int(s): (f"seed-{s}" if len(seeds) > 1 else "") for s in seeds}
 
 
+def stored_config(source: str | os.PathLike) -> dict[str, Any]:
+    """The config (with today's defaults for missing fields) of the run in ``source``."""
+    return _with_defaults(json.loads((pathlib.Path(source) / "config.json").read_text()))["config"]
+
+
 def check_pretrained_source(source: str | os.PathLike, config: Config) -> dict[int, str]:
     """``{seed: subdir in source}`` for the seeds of ``config`` whose finished pretraining
-    the run in ``source`` holds; cheap (no data), so callers check before any work.
+    the run in ``source`` holds; cheap (no data), so callers check before any work (the
+    training examples are compared once the data is loaded).
 
     Raises:
       WorkdirError: ``source`` holds no run, its pretraining differs from ``config``'s
@@ -122,7 +129,7 @@ def check_pretrained_source(source: str | os.PathLike, config: Config) -> dict[i
     path = pathlib.Path(source)
     if not (path / "config.json").is_file():
         raise WorkdirError(f"--pretrained-from: {str(path)!r} holds no run (no config.json)")
-    stored = _with_defaults(json.loads((path / "config.json").read_text()))["config"]
+    stored = stored_config(path)
     wanted = config.to_dict()
     differ = {k: v for k, v in wanted.items() if k in PRETRAIN_FIELDS and stored.get(k) != v}
     if differ:
