@@ -30,6 +30,7 @@ COLUMNS = (
     ("variant", "variant"), ("method", "method"), ("k", "K"), ("seed", "seed"),
     ("acc_val_pre", "val pre"), ("acc_val_post", "val post"), ("acc_reg", "test unsnapped"),
     ("acc_pre", "test pre"), ("acc_post", "test post"), ("step_rel", "step / plain"),
+    ("dist_mean", "dist / spacing (mean)"), ("dist_max", "(worst layer)"),
 )  # fmt: skip
 
 
@@ -48,6 +49,27 @@ def load_search(path: str) -> tuple[train.Config, dict[str, dict[str, Any]]]:
         except (TypeError, ValueError) as e:
             raise ValueError(f"variant {name!r}: {e}") from None
     return base, variants
+
+
+def relative_distance(workdir: pathlib.Path, stage: str) -> tuple[float, float] | None:
+    """``(mean, max)`` over the layers of a regularized stage of the mean distance of the
+    weights to their nearest level at the end of the phase, in units of the layer's mean
+    level spacing (0: on the levels; 0.25: as spread as uniform weights); None for other
+    stages."""
+    metrics, result = workdir / "metrics" / f"{stage}.jsonl", workdir / "stages" / f"{stage}.json"
+    if not metrics.exists() or not result.exists():
+        return None
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    last = [r for r in records if r.get("layers")]
+    histograms = json.loads(result.read_text()).get("histograms") or {}
+    if not last or not histograms:
+        return None
+    ratios = []
+    for path, stats in last[-1]["layers"].items():
+        levels = histograms[path]["levels_after"]
+        spacing = (levels[-1] - levels[0]) / max(len(levels) - 1, 1)
+        ratios.append(stats["distance"] / spacing if spacing > 0 else float("nan"))
+    return float(sum(ratios) / len(ratios)), float(max(ratios))
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -113,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                 resume=args.resume and (workdir / "config.json").exists(),
                 pretrained_from=args.pretrained_from,
             )
-        rows += [{**row, "variant": variant} for row in results["rows"]]
+        for row in results["rows"]:
+            dist = relative_distance(workdir, row["stage"])
+            rows.append({**row, "variant": variant, "dist_mean": dist and dist[0],
+                         "dist_max": dist and dist[1]})  # fmt: skip
         table = search_table(rows)
         (dest / "search.md").write_text(
             f"# Recipe search: {name}\n\n"

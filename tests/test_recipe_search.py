@@ -51,6 +51,8 @@ def test_a_tiny_search_runs_marks_the_best_on_validation_and_reads_back(tmp_path
         ("a", "nearest", 2),
         ("b", "nearest", 2),
     ]
+    for row in rows:  # regularized stages: distance to the levels in spacing units
+        assert 0 <= row["dist_mean"] <= row["dist_max"] < 1
     best = max(rows, key=lambda r: r["acc_val_post"])
     table = (tmp_path / "results/tiny_search/search.md").read_text()
     assert table.count(" * |") == 1 and f"| **{best['variant']}** * |" in table
