@@ -21,6 +21,7 @@ import pathlib
 import shutil
 import sys
 import time
+from typing import Any
 
 from qareg_jax import provenance, report, train
 
@@ -70,13 +71,32 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         pretrained_from=args.pretrained_from,
     )
+    dest = pathlib.Path(args.results) / name
+    table, record = write_results(config, workdir, results, dest, start)
+    print(table)
+    print(f"\nwritten to {dest} in {record['wall_s']:.0f} s")
+    return 0
+
+
+def write_results(
+    config: train.Config,
+    workdir: pathlib.Path,
+    results: dict[str, Any],
+    dest: pathlib.Path,
+    start: float,
+) -> tuple[str, dict[str, Any]]:
+    """Write the report of the finished run in ``workdir`` to ``dest``: ``table.md``
+    (provenance header), ``table.csv``, ``results.json`` and the PNG plots (histograms of
+    the first K only). ``start``: ``time.perf_counter()`` when the run began.
+
+    Returns ``(markdown table, provenance record)``.
+    """
     out = report.write_report(workdir)
     record = {
         **provenance.record(),
         "wall_s": time.perf_counter() - start,
         "workdir": str(workdir),
     }
-    dest = pathlib.Path(args.results) / name
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "results.json").write_text(json.dumps({**record, **results}, indent=1) + "\n")
     header = "\n".join(f"- {key}: `{value}`" for key, value in record.items())
@@ -87,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for png in sorted((workdir / "plots").glob("*.png")):
         if not png.name.startswith("hist_") or png.stem.endswith(f"-k{first_k}"):
             shutil.copy(png, dest / png.name)
-    print(out["table"])
-    print(f"\nwritten to {dest} in {record['wall_s']:.0f} s")
-    return 0
+    return out["table"], record
 
 
 if __name__ == "__main__":

@@ -1,0 +1,154 @@
+"""experiments/paper_table.py: the paper configs (AlexNet reuses the full-precision run's
+pretraining), the claim's ratios, clear argument errors, and ``--tiny`` end to end on a
+fake CIFAR-10 JPEG tarball (the real one is never needed)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import paper_table
+from qareg_jax import data
+from qareg_jax.pipeline import load_config
+from qareg_jax.pipeline.workdir import PRETRAIN_FIELDS
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
+METHODS = dict(
+    regularizers=("sine", "cosine", "nearest", "softmin", "product", "wells"),
+    freeze_reps=(False, True),
+    qat=("ste", "dkm"),
+    baselines=("kmeans", "uniform", "pws", "ecsq", "binary"),
+    ks=(2, 4, 8),
+)
+
+
+@pytest.mark.parametrize("model", paper_table.MODELS)
+def test_the_paper_configs_run_every_method_with_shortened_phases(model):
+    config = paper_table.load(model)
+    assert {f: getattr(config, f) for f in METHODS} == METHODS
+    assert config.dataset.startswith("folder:") and config.dataset.endswith("jpeg75.tar.gz")
+    shorten = paper_table.shorten_factor(paper_table.config_path(model))
+    base = load_config(CONFIGS / f"{model}_cifar10.py")
+    assert shorten and config.reg_epochs == base.reg_epochs // shorten >= 1
+    assert config.finetune_epochs == base.finetune_epochs // shorten >= 1
+
+
+def test_alexnet_pretrains_as_the_full_precision_run():
+    fp, table = load_config(CONFIGS / "alexnet_cifar10_jpeg_fp.py"), paper_table.load("alexnet")
+    assert {f: getattr(table, f) for f in PRETRAIN_FIELDS} == {
+        f: getattr(fp, f) for f in PRETRAIN_FIELDS
+    }
+
+
+def _row(method: str, kind: str, k: int, acc_pre: float) -> dict:
+    return dict(model="m", dataset="d", method=method, kind=kind, k=k, acc_pre=acc_pre)
+
+
+def test_claim_lines_give_every_ratio_and_say_whether_the_paper_is_reached():
+    rows = [
+        _row("nearest", "regularizer", 2, 0.40),
+        _row("sine", "regularizer", 2, 0.20),
+        _row("kmeans", "baseline", 2, 0.10),
+        _row("binary", "baseline", 2, 0.25),
+        _row("ste", "qat", 2, 0.50),
+        _row("nearest", "regularizer", 4, 0.60),
+        _row("kmeans", "baseline", 4, 0.50),
+    ]
+    lines = paper_table.claim_lines(rows, "alexnet")
+    assert "| 2 | nearest | kmeans | 40.00 | 10.00 | 4.00x |" in lines
+    assert "| 2 | sine | binary | 20.00 | 25.00 | 0.80x |" in lines
+    assert "| 4 | nearest | kmeans | 60.00 | 50.00 | 1.20x |" in lines
+    assert sum(line.startswith("| 2 |") for line in lines) == 4  # no QAT in the ratios
+    k2, k4 = (next(x for x in lines if x.startswith(f"At K = {k} ")) for k in (2, 4))
+    assert "4.00x (nearest over kmeans), which reaches the paper's 3x" in k2
+    assert "best baseline (binary, 25.00 %) is 1.60x" in k2
+    assert "does not reach the paper's 3x" in k4
+    assert "does not reach the paper's 6x" in "\n".join(paper_table.claim_lines(rows, "vgg16"))
+
+
+def test_argument_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        paper_table.main(["--model", "resnet"])
+    assert "invalid choice: 'resnet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paper_table.main(["--model", "alexnet", "--resume", "--workdir", str(tmp_path / "no")])
+    assert "nothing to continue" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paper_table.main(["--model", "alexnet", "--tiny", "--pretrained-from", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "holds no run" in err and "--tiny pretrains its own" in err
+    with pytest.raises(SystemExit):
+        paper_table.main(["--model", "vgg16", "--resume", "--overwrite"])
+    assert "not both" in capsys.readouterr().err
+
+
+def _fake_cifar_tarball(root: pathlib.Path, train: int = 30, test: int = 5) -> pathlib.Path:
+    """A CIFAR-10-shaped JPEG tarball: ``train`` / ``test`` 32x32 noise images per class."""
+    rng = np.random.default_rng(0)
+    tarball = root / "cifar10-jpeg75.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for split, n in (("train", train), ("test", test)):
+            for cls in data.CIFAR10_CLASSES:
+                folder = root / "imgs" / split / cls
+                folder.mkdir(parents=True)
+                for i in range(n):
+                    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=75)
+        tar.add(root / "imgs", arcname=".")
+    return tarball
+
+
+@pytest.fixture
+def fake_cifar(tmp_path, monkeypatch):
+    monkeypatch.setenv("QAREG_CIFAR10_JPEG", str(_fake_cifar_tarball(tmp_path)))
+    monkeypatch.setenv("QAREG_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _run_tiny(model: str, tmp_path: pathlib.Path) -> pathlib.Path:
+    argv = ["--model", model, "--tiny", "--workdir", str(tmp_path / "run")]
+    assert paper_table.main([*argv, "--results", str(tmp_path / "results")]) == 0
+    return tmp_path / "results" / f"paper_{model}_tiny"
+
+
+def _check_outputs(dest: pathlib.Path) -> None:
+    table = (dest / "table.md").read_text()
+    for key in ("command", "date", "machine", "git_commit"):
+        assert f"- {key}: `" in table
+    results = json.loads((dest / "results.json").read_text())
+    assert (dest / "accuracy_vs_bits.png").is_file()
+    claim = (dest / "claim.md").read_text()
+    assert "the paper's" in claim and paper_table.PAPER_STATEMENT in claim
+    rows = results["rows"]
+    regs = {r["method"] for r in rows if r["kind"] == "regularizer"}
+    bases = {r["method"] for r in rows if r["kind"] == "baseline"}
+    assert regs == {"sine", "nearest"} and bases == {"kmeans", "binary"}
+    ratio_lines = [x for x in claim.splitlines() if x.startswith("| 2 |")]
+    pairs = {tuple(c.strip() for c in x.split("|")[2:4]) for x in ratio_lines}
+    assert len(ratio_lines) == len(pairs) == len(regs) * len(bases)
+    assert pairs == {(r, b) for r in regs for b in bases}
+    assert sum(x.startswith("At K = 2 our largest ratio") for x in claim.splitlines()) == 1
+    assert "not a result" in claim
+
+
+def test_tiny_end_to_end_on_fake_data_then_resume(tmp_path, fake_cifar, monkeypatch):
+    # The alexnet code path with the SmallCNN in its place, to stay within a minute on two
+    # CPU cores; the real models run in the slow tests below.
+    monkeypatch.setitem(paper_table.TINY, "model", "small")
+    dest = _run_tiny("alexnet", tmp_path)
+    _check_outputs(dest)
+    # --resume reads the finished run back and rewrites the same claim.
+    before = (dest / "claim.md").read_text().split("**The paper's")[1]
+    argv = ["--model", "alexnet", "--tiny", "--workdir", str(tmp_path / "run"), "--resume"]
+    assert paper_table.main([*argv, "--results", str(tmp_path / "results")]) == 0
+    assert (dest / "claim.md").read_text().split("**The paper's")[1] == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", paper_table.MODELS)
+def test_tiny_end_to_end_with_the_real_model(tmp_path, fake_cifar, model):
+    _check_outputs(_run_tiny(model, tmp_path))
