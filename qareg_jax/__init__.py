@@ -9,11 +9,12 @@ Where things are: ``codebook`` (specs, ``attach``), ``regularizers`` (one module
 per penalty family and the registry), ``penalty``, ``snap``, ``finetune``,
 ``nearest_level`` (the exact nearest-level search), ``quantizers`` (post-training
 baselines), ``qat`` (straight-through QAT), ``contrib`` (gradient-l1, R2, DKM),
-``compress`` (packed export), ``pipeline`` (the training core and the experiment
-pipeline; imported on use, it pulls in orbax), ``sharding``.
+``compress`` (packed export), ``budget`` (K per layer for a size budget),
+``pipeline`` (the training core and the experiment pipeline; imported on use, it
+pulls in orbax), ``sharding``.
 """
 
-from . import compress, contrib, qat, quantizers, regularizers, sharding
+from . import budget, compress, contrib, qat, quantizers, regularizers, sharding
 from .codebook import (
     QuantSpec,
     attach,
@@ -58,6 +59,7 @@ __all__ = [
     "all_reps_total",
     "assignments_by_path",
     "attach",
+    "budget",
     "check_schedules",
     "check_snappable",
     "check_tree",
