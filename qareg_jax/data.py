@@ -26,10 +26,10 @@ import pathlib
 import tarfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
 DATASET_NAMES = ("cifar10", "digits", "folder:PATH")
@@ -167,9 +167,22 @@ def _cifar10_missing_message(version_dir: str, detail: str) -> str:
     )
 
 
+def _tfds() -> Any:
+    """tensorflow_datasets, imported on first use: image folders and the digits need no
+    tfds, so a machine without it (an accelerator host, say) can still run them."""
+    try:
+        import tensorflow_datasets
+    except ImportError as e:
+        raise ImportError(
+            "the dataset 'cifar10' needs tensorflow-datasets (pip install tensorflow-datasets); "
+            "without it use 'folder:PATH' (e.g. the CIFAR-10 JPEG tarball) or 'digits'"
+        ) from e
+    return tensorflow_datasets
+
+
 def _cifar10_sources(data_dir: str | os.PathLike | None) -> list:
     """[train source, test source] of a prepared CIFAR-10; never downloads."""
-    builder = tfds.builder(
+    builder = _tfds().builder(
         f"cifar10:{CIFAR10_VERSION}", data_dir=None if data_dir is None else os.fspath(data_dir)
     )
     if not builder.is_prepared():
@@ -217,7 +230,7 @@ def prepare_cifar10(data_dir: str | os.PathLike | None = None) -> str:
             "pip install 'qareg_jax[prepare]' (tensorflow-cpu), or copy an existing prepared "
             "tensorflow_datasets/cifar10/3.0.2 directory instead"
         ) from e
-    builder = tfds.builder(
+    builder = _tfds().builder(
         f"cifar10:{CIFAR10_VERSION}",
         data_dir=None if data_dir is None else os.fspath(data_dir),
         file_format="array_record",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import subprocess
+import sys
 import tarfile
 import time
 from unittest import mock
@@ -396,3 +398,21 @@ def test_batch_size_errors_raise_before_work():
         data.eval_batches(ds, 0)
     with pytest.raises(ValueError, match="num_threads"):
         data.eval_batches(ds, 2, num_threads=-1)
+
+
+def test_everything_but_cifar10_works_without_tensorflow_datasets():
+    # An accelerator host may lack tfds: the package, the pipeline, the CLI, the digits and
+    # image folders must not need it; "cifar10" says what to install or use instead.
+    code = (
+        "import sys; sys.modules['tensorflow_datasets'] = None\n"
+        "import qareg_jax, qareg_jax.pipeline, qareg_jax.cli\n"
+        "from qareg_jax import data\n"
+        "assert len(data.load_dataset('digits').train_labels) > 0\n"
+        "try:\n"
+        "    data.load_dataset('cifar10')\n"
+        "except ImportError as e:\n"
+        "    assert 'folder:PATH' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('cifar10 loaded without tfds')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
