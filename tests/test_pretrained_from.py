@@ -64,7 +64,10 @@ def test_seeds_the_source_lacks_pretrain_as_usual(tmp_path, source):
         say=said.append,
         pretrained_from=path,
     )
-    assert "pretrained models of seeds [1] copied" in "\n".join(said)
+    text = "\n".join(said)
+    assert "pretrained models of seeds [1] copied" in text
+    # The plan counts pretraining for seed 2 only: 5 steps, plus 0-epoch fine-tuning.
+    assert "copied for seeds [1], not trained again" in text and "5 optimizer steps in all" in text
     assert json.loads((tmp_path / "t/stages/seed-2/pretrain.json").read_text())["acc_fp"] > 0
 
 

@@ -29,7 +29,7 @@ import json
 import os
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -156,27 +156,32 @@ def _stage_phases(config: Config, stage: Stage, spe: int) -> list[tuple[str, int
     return [(phase, config.reg_epochs, config.reg_epochs * spe), tune]
 
 
-def plan(config: Config, ds: data.Dataset) -> tuple[str, int]:
+def plan(config: Config, ds: data.Dataset, copied: Sequence[int] = ()) -> tuple[str, int]:
     """``(text, steps)``: the run's stages with the optimizer steps of each phase, and the
-    steps of the whole run (every seed), printed before any work."""
+    steps of the whole run (every seed; the seeds in ``copied`` do not pretrain), printed
+    before any work."""
     spe = data.steps_per_epoch(ds, config.batch_size)
     seeds = len(config.seed_list)
     pre = config.pretrain_epochs * spe
+    fresh = seeds - len(set(copied) & set(config.seed_list))
     lines = [f"  pretrain: train {pre} steps ({_epochs(config.pretrain_epochs)})"]
-    steps = pre
+    if fresh < seeds:
+        lines[0] += f"; copied for seeds {sorted(copied)}, not trained again"
+    per_seed = 0
     for stage in planned_stages(config):
         phases = _stage_phases(config, stage, spe)
-        steps += sum(n for _, _, n in phases)
+        per_seed += sum(n for _, _, n in phases)
         parts = " + ".join(f"{p} {n} ({_epochs(e)})" for p, e, n in phases)
         lines.append(f"  {stage.name}: {parts}")
+    steps = pre * fresh + per_seed * seeds
     head = (
         f"plan: {len(lines) - 1} stages after pretraining, {seeds} seed{'s' if seeds > 1 else ''}"
         f"; {spe} steps per epoch ({len(ds.train_labels):,} examples, batch "
-        f"{config.batch_size}); {steps * seeds:,} optimizer steps in all"
+        f"{config.batch_size}); {steps:,} optimizer steps in all"
     )
     if seeds > 1:
         lines.append(f"  (every stage once per seed: {', '.join(map(str, config.seed_list))})")
-    return "\n".join([head, *lines]), steps * seeds
+    return "\n".join([head, *lines]), steps
 
 
 def _estimator(steps: int, say: Callable[[str], None]) -> Callable[[str, str, float], None]:
@@ -312,11 +317,12 @@ def train_and_evaluate(
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     if say is None:
         say = tqdm.write if progress else lambda message: None
+    copied: list[int] = []
     if pretrained_from is not None:
         copied = import_pretrained(pretrained_from, path, config)
         if copied:
             say(f"pretrained models of seeds {copied} copied from {str(pretrained_from)!r}")
-    text, steps = plan(config, first)
+    text, steps = plan(config, first, copied)
     say(text)
     on_timed = _estimator(steps, say)
     check_interrupt()
