@@ -15,6 +15,7 @@ from PIL import Image
 from experiments import paper_table
 from qareg_jax import data
 from qareg_jax.pipeline import load_config
+from qareg_jax.pipeline.run import _training_indices
 from qareg_jax.pipeline.workdir import PRETRAIN_FIELDS
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -43,6 +44,10 @@ def test_alexnet_pretrains_as_the_full_precision_run():
     assert {f: getattr(table, f) for f in PRETRAIN_FIELDS} == {
         f: getattr(fp, f) for f in PRETRAIN_FIELDS
     }
+    # The table's validation split leaves the FP run's 45,000 training images of 50,000.
+    assert table.val_fraction == 0.1
+    same = [np.array_equal(*(_training_indices(c.to_dict(), 0, 50_000) for c in (fp, table)))]
+    assert same == [True]
 
 
 def _row(method: str, kind: str, k: int, acc_pre: float) -> dict:
