@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import regularizer_overhead, run_all
+from benchmarks import method_cost, regularizer_overhead, run_all
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +43,31 @@ def test_regularizer_overhead_names_its_output_after_the_model():
     assert (args.model, args.batch) == ("vgg16", 32)
     assert args.out == str(results / "regularizer_overhead_vgg16.json")
     assert regularizer_overhead.parse(["--smoke"]).model == "small"
+
+
+@pytest.mark.slow
+def test_method_cost_smoke_gives_every_method_a_finite_positive_ratio(tmp_path):
+    out = tmp_path / "method_cost.json"
+    payload = method_cost.main(["--smoke", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == payload["rows"]
+    rows = {(r["method"], r.get("k")): r for r in payload["rows"]}
+    assert set(rows) == {
+        ("plain", None),
+        ("nearest (sum, spacing)", 2),
+        ("nearest (sum, spacing) + ste0.2", 2),
+        ("nearest", 2),
+        ("softmin", 2),
+        ("ste", 2),
+        ("dkm", 2),
+    }
+    assert rows["plain", None]["time_ratio"] == 1.0
+    for row in rows.values():
+        assert math.isfinite(row["time_ratio"]) and row["time_ratio"] > 0, row
+        assert row["step_ms"] > 0
+    assert payload["machine"]["git_commit"] and payload["config"]["ks"] == [2]
+    assert method_cost.parse([]).out == str(
+        method_cost.common.RESULTS / "method_cost_cifar_vgg.json"
+    )
 
 
 def test_run_all_lists_the_scripts_and_rejects_unknown_names():
