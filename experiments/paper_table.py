@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments import run_table
-from qareg_jax import report, train
+from qareg_jax import provenance, report, train
 from qareg_jax.pipeline.workdir import WorkdirError, check_pretrained_source, check_resumable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         parser.error(f"{e}{hint}")
 
-    start = time.perf_counter()
+    start, commit = time.perf_counter(), provenance.git_commit()
     try:
         results = train.train_and_evaluate(
             config,
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except WorkdirError as e:
         parser.error(str(e))
     dest = pathlib.Path(args.results) / name
-    table, record = run_table.write_results(config, workdir, results, dest, start)
+    table, record = run_table.write_results(config, workdir, results, dest, start, commit)
     shorten = None if args.tiny else shorten_factor(config_path(args.model))
     note = phases_note(config, shorten)
     with open(dest / "table.md", "a") as f:

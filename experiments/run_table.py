@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or pathlib.Path(args.config).stem
     workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
 
-    start = time.perf_counter()
+    start, commit = time.perf_counter(), provenance.git_commit()
     results = train.train_and_evaluate(
         config,
         workdir,
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         pretrained_from=args.pretrained_from,
     )
     dest = pathlib.Path(args.results) / name
-    table, record = write_results(config, workdir, results, dest, start)
+    table, record = write_results(config, workdir, results, dest, start, commit)
     print(table)
     print(f"\nwritten to {dest} in {record['wall_s']:.0f} s")
     return 0
@@ -84,16 +84,21 @@ def write_results(
     results: dict[str, Any],
     dest: pathlib.Path,
     start: float,
+    commit: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Write the report of the finished run in ``workdir`` to ``dest``: ``table.md``
     (provenance header), ``table.csv``, ``results.json`` and the PNG plots (histograms of
-    the first K only). ``start``: ``time.perf_counter()`` when the run began.
+    the first K only). ``start``: ``time.perf_counter()`` when the run began; ``commit``:
+    the git commit the run started from (default: the current one), since a run of hours
+    may outlive several commits.
 
     Returns ``(markdown table, provenance record)``.
     """
     out = report.write_report(workdir)
+    record = provenance.record()
     record = {
-        **provenance.record(),
+        **record,
+        "git_commit": commit or record["git_commit"],
         "wall_s": time.perf_counter() - start,
         "workdir": str(workdir),
     }

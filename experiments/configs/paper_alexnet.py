@@ -5,12 +5,13 @@ Every method from one full-precision model at equal steps: the six regularizers 
 the frozen-representatives ablation of the dynamic ones), STE and DKM, and the
 post-training baselines k-means (CWS), uniform, PWS, ECSQ and binary, at K = 2, 4, 8.
 
-Pretraining is exactly ``alexnet_cifar10_jpeg_fp.py``'s (the same 45,000 training
-images, 40 epochs SGD), so ``--pretrained-from RUNDIR`` accepts that config's finished run
-and the table starts from its model; the other 5,000 images are the validation split
-(``val_fraction=0.1``, which leaves exactly those 45,000 for training). The regularized / QAT and fine-tuning
-phases are ``alexnet_cifar10.py``'s (Adam lr 5e-4 for 20 epochs; Adam 1e-4 for 10 epochs)
-divided by ``SHORTEN``: 2 and 1 epochs (704 and 352 steps at batch 128).
+Pretraining is exactly ``alexnet_cifar10_jpeg_fp.py``'s (the same 45,000 training images,
+40 epochs SGD), so ``--pretrained-from RUNDIR`` accepts that config's finished run and the
+table starts from its model; the other 5,000 images are the validation split
+(``val_fraction=0.1``, which leaves exactly those 45,000 for training). The regularized /
+QAT and fine-tuning phases are ``alexnet_cifar10.py``'s (Adam lr 5e-4 for 20 epochs; Adam
+1e-4 for 10 epochs) divided by ``SHORTEN``: 2 and 1 epochs (704 and 352 steps at batch
+128).
 
 CPU estimate for the table after pretraining (quiet 2-core Xeon, 0.38 s per plain step;
 regularized steps ~1.25x, DKM ~4x plain): 30 regularized stages x 704 steps x 0.48 s
