@@ -174,6 +174,36 @@ def test_transform_in_a_training_loop_clusters_the_weights():
     np.testing.assert_allclose(np.asarray(books["Dense_0/kernel"][0]), levels, atol=0.01)
 
 
+def test_per_layer_k_init_transform_and_snap():
+    # Centroids of different K per layer: each layer is the single-K computation.
+    params = {"a": {"kernel": _w((40, 3), 1)}, "b": {"kernel": _w((6, 5), 2)}}
+    ks = {"a/kernel": 8, "b/kernel": 2, "unused": 4}
+    cents = D.dkm_init(params, None, ks)
+    assert {p: c.shape for p, c in cents.items()} == {"a/kernel": (8,), "b/kernel": (2,)}
+    taus = {"a/kernel": 1e-3, "b/kernel": 2e-3}
+    cents2, snapped, books = _transform_and_snap(params, cents, taus)
+    soft, _ = jax.jit(D.dkm_transform)(params, cents, taus)
+    for path, k in (("a/kernel", 8), ("b/kernel", 2)):
+        layer = path.split("/")[0]
+        one = {layer: params[layer]}
+        alone = D.dkm_init(one, [path], k)
+        np.testing.assert_array_equal(np.asarray(cents[path]), np.asarray(alone[path]))
+        c_alone, s_alone, b_alone = _transform_and_snap(one, alone, taus[path])
+        np.testing.assert_allclose(np.asarray(cents2[path]), np.asarray(c_alone[path]), rtol=1e-6)
+        np.testing.assert_array_equal(
+            np.asarray(snapped[layer]["kernel"]), np.asarray(s_alone[layer]["kernel"])
+        )
+        assert books[path][0].shape == (k,) and int(books[path][1].max()) < k
+        assert len(np.unique(np.asarray(snapped[layer]["kernel"]))) <= k
+        assert soft[layer]["kernel"].shape == params[layer]["kernel"].shape
+    with pytest.raises(ValueError, match="k has no entry for paths"):
+        D.dkm_init(params, None, {"a/kernel": 8})
+    with pytest.raises(ValueError, match="k of 'b/kernel' must be an integer >= 2"):
+        D.dkm_init(params, None, {"a/kernel": 8, "b/kernel": 1})
+    with pytest.raises(TypeError, match="k of 'a/kernel' must be an integer"):
+        D.dkm_init(params, None, {"a/kernel": 8.0, "b/kernel": 2})
+
+
 def test_errors():
     w = _w(10)
     c = jnp.array([-0.1, 0.1])

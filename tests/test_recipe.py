@@ -355,3 +355,49 @@ def test_tiny_hybrid_run_end_to_end(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics" / f"{row['stage']}.jsonl").open()]
     reg = [r for r in records if r.get("phase") == "reg"]
     assert reg and all(np.isfinite(r["task_loss"]) and r["penalty"] >= 0 for r in reg)
+
+
+# 256 training images, batches of 64: 4 steps per epoch; every method at edge K = 8.
+EDGE_ALL = pipeline.Config(
+    pretrain_epochs=1,
+    reg_epochs=1,
+    finetune_epochs=1,
+    regularizers=(),
+    baselines=("kmeans", "binary"),
+    qat=("dkm",),
+    ks=(2,),
+    batch_size=64,
+    train_subset=256,
+    test_subset=200,
+    log_every=2,
+    checkpoint_every=100,
+    edge_layers_k=8,
+)
+
+
+def test_edge_layers_k_reaches_the_baselines_and_dkm_except_binary(tmp_path):
+    results = pipeline.train_and_evaluate(EDGE_ALL, tmp_path, progress=False)
+    rows = {row["method"]: row for row in results["rows"]}
+    assert set(rows) == {"kmeans", "binary", "dkm"}
+    expected = {
+        "kmeans": (8, 2, 2, 8),
+        "dkm": (8, 2, 2, 8),
+        "binary": (2, 2, 2, 2),  # a sign quantizer: K=2 on every layer
+    }
+    sizes = {}
+    for method, row in rows.items():
+        params, quantized = compress.load(tmp_path / row["model_file"])
+        ks = {p.removeprefix("params/"): cb.shape[0] for p, (cb, _) in quantized.items()}
+        assert ks == dict(zip(KERNELS, expected[method], strict=True)), method
+        for codebook, assignments in quantized.values():
+            assert int(assignments.max()) < codebook.shape[0]
+        # The row's sizes are those of the packed file's per-layer K.
+        report = compress.size_report(params, quantized)
+        assert row["packed_bytes"] == pytest.approx(report.packed_bits / 8)
+        sizes[method] = {p.removeprefix("params/"): a.size for p, (_, a) in quantized.items()}
+    # Edge layers at 8 levels: 3 index bits instead of 1 per weight, 6 more float32 levels.
+    extra_bits = sum(2 * sizes["kmeans"][p] + 6 * 32 for p in (KERNELS[0], KERNELS[-1]))
+    assert rows["kmeans"]["packed_bytes"] - rows["binary"]["packed_bytes"] == pytest.approx(
+        extra_bits / 8
+    )
+    assert rows["dkm"]["packed_bytes"] == rows["kmeans"]["packed_bytes"]

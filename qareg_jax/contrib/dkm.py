@@ -40,30 +40,44 @@ __all__ = ["dkm_init", "dkm_layer", "dkm_layer_reference", "dkm_snap", "dkm_tran
 
 
 def dkm_init(
-    params: Any, paths: Sequence[str] | None = None, k: int = 16, init: str = "kmeans"
+    params: Any,
+    paths: Sequence[str] | None = None,
+    k: int | Mapping[str, int] = 16,
+    init: str = "kmeans",
 ) -> dict[str, Array]:
     """Starting centroids ``{path: (K,)}`` (sorted, the leaf's dtype) for :func:`dkm_transform`.
 
     Args:
       params: the model's parameter pytree.
       paths: clustered leaves; default ``codebook.select(params)`` (conv and dense kernels).
-      k: number of clusters (>= 2).
+      k: number of clusters (>= 2), one for every layer or a ``{path: k}`` dict covering
+        every path (other keys are ignored); :func:`dkm_transform` and :func:`dkm_snap`
+        take centroids of different K per layer.
       init: "kmeans" (exact 1-D k-means of the weights), "quantile" or "grid" (K points
         on ``[min, max]``), as in ``codebook.init_representatives``. Host-side, one-off.
 
     Raises:
-      TypeError: ``k`` not an int, ``init`` not a str.
-      ValueError: ``k < 2``, unknown ``init``, empty or unknown ``paths``.
+      TypeError: ``k`` (or a value of it) not an int, ``init`` not a str.
+      ValueError: ``k < 2``, a path missing from a ``k`` dict, unknown ``init``, empty or
+        unknown ``paths``.
     """
-    k = check_k(k)
+    if not isinstance(k, Mapping):
+        k = check_k(k)
     check_choice("init", init, INITS)
     paths = resolve_paths(params, paths)
+    if isinstance(k, Mapping):
+        absent = [p for p in paths if p not in k]
+        if absent:
+            raise ValueError(f"k has no entry for paths {absent}")
+        ks = {p: check_k(k[p], f"k of {p!r}") for p in paths}
+    else:
+        ks = dict.fromkeys(paths, k)
     leaves = named_leaves(params)
     out = {}
     for path in paths:
         leaf = check_float_array(leaves[path], path)
         host = np.asarray(jax.device_get(leaf), np.float64)
-        c = init_representatives(host, k, init, float(host.min()), float(host.max()))
+        c = init_representatives(host, ks[path], init, float(host.min()), float(host.max()))
         out[path] = jnp.asarray(c, leaf.dtype)
     return out
 

@@ -87,7 +87,9 @@ class Config:
       anneal: the factor by which softmin's tau / wells' sigma shrink, geometrically, over
         the regularizer's part of the phase (other regularizers: no effect); None: fixed.
       edge_layers_k: K of the first and last selected layers (natural order of their paths:
-        conv1 ... fc2) in the regularized, hybrid and STE stages; None: the stage's K.
+        conv1 ... fc2) in every stage (regularized, hybrid, post-training baselines, STE,
+        DKM), so the rows stay comparable; except the "binary" baseline, a sign quantizer
+        that keeps K=2 on every layer. None: the stage's K on every layer.
       ste_last: fraction of the regularized phase run as STE at the end (the hybrid:
         the penalty, then the STE forward net on the same levels in one compiled step;
         stages named e.g. "reg-nearest-ste0.2-k2"); 0: no STE part.

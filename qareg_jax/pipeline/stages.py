@@ -36,6 +36,7 @@ from .loop import Context, batches_from, phase_seed, run_phase, variables
 from .optim import anneal_schedule, lam_schedule, make_optimizer, optimizer
 from .recipe import (
     edge_overrides,
+    edge_paths,
     recipe_step,
     ste_switch,
 )
@@ -354,15 +355,19 @@ def plan_ptq(config: Config, k: int) -> list[Stage]:
 
 def ptq_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
     """Post-training quantization of the pretrained model (pre-tuning), then the same
-    quantized fine-tuning as the regularized runs with the codebooks as representatives."""
+    quantized fine-tuning as the regularized runs with the codebooks as representatives.
+    ``edge_layers_k`` levels for the edge layers, except "binary" (2 levels on every layer)."""
     cfg, t0, k = ctx.config, time.perf_counter(), stage.k
     params = fp.variables["params"]
     model_state = {k_: v for k_, v in fp.variables.items() if k_ != "params"}
     paths = list(make_specs(params, include=cfg.include, exclude=cfg.exclude, k=k))
+    ks = dict.fromkeys(paths, k)
+    if cfg.edge_layers_k is not None and stage.method != "binary":  # binary: K=2 only
+        ks.update(dict.fromkeys(edge_paths(paths), cfg.edge_layers_k))
     kw = {"seed": cfg.seed} if stage.method == "pws" else {}
-    qparams, quantized = quantizers.quantize_tree(params, paths, k, stage.method, **kw)
+    qparams, quantized = quantizers.quantize_tree(params, paths, ks, stage.method, **kw)
     # The baseline's codebooks become representatives: the same fine-tuning transform.
-    specs = {p: QuantSpec(k=k, regularizer="nearest", lam=0.0) for p in paths}
+    specs = {p: QuantSpec(k=ks[p], regularizer="nearest", lam=0.0) for p in paths}
     leaves = named_leaves(qparams)
     reps = {p: jnp.asarray(cb, leaves[p].dtype) for p, (cb, _) in quantized.items()}
     tree = {"model": qparams, "reps": reps}
@@ -470,12 +475,17 @@ def dkm_loss(model: Any, taus: Mapping[str, float], iters: int) -> LossFn:
 
 def dkm_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
     """DKM (blocked, O(N) memory) for the regularized phase's steps and schedule;
-    pre-tuning = ``dkm_snap``, then the same fine-tuning and packing."""
+    pre-tuning = ``dkm_snap``, then the same fine-tuning and packing; ``edge_layers_k``
+    centroids for the edge layers."""
     cfg, t0, name, k = ctx.config, time.perf_counter(), stage.name, stage.k
     params, model_state = _start(ctx, fp)
     total = cfg.reg_epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
-    cents = dkm.dkm_init(params, _paths(cfg, params, k), k, init="kmeans")
-    specs = {p: QuantSpec(k=k, regularizer="nearest", lam=0.0) for p in cents}
+    paths = _paths(cfg, params, k)
+    ks = dict.fromkeys(paths, k)
+    if cfg.edge_layers_k is not None:
+        ks.update(dict.fromkeys(edge_paths(paths), cfg.edge_layers_k))
+    cents = dkm.dkm_init(params, paths, ks, init="kmeans")
+    specs = {p: QuantSpec(k=ks[p], regularizer="nearest", lam=0.0) for p in cents}
     before = _named({"model": params, "reps": cents}, specs)
     tx = make_optimizer(cfg, cfg.reg_lr, total, name=cfg.reg_optimizer)
     seed = np.uint32(phase_seed(cfg.seed, f"{name}/dkm"))
