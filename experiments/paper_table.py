@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pretrained-from",
         metavar="RUNDIR",
-        help="start from the full-precision model of this run (same pretraining settings)",
+        nargs="+",
+        help="start from the full-precision models of these runs (same pretraining settings)",
     )
     parser.add_argument("--tiny", action="store_true", help="tiny setting (tests, CPU)")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             check_resumable(workdir)
         if args.pretrained_from:
-            check_pretrained_source(args.pretrained_from, config)
+            for source in args.pretrained_from:
+                check_pretrained_source(source, config)
     except WorkdirError as e:
         hint = (
             " (--tiny pretrains its own tiny model)" if args.tiny and args.pretrained_from else ""

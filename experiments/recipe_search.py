@@ -102,7 +102,9 @@ def search_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="a search config: get_config() and get_variants()")
-    parser.add_argument("--pretrained-from", metavar="RUNDIR", help="full-precision run")
+    parser.add_argument(
+        "--pretrained-from", metavar="RUNDIR", nargs="+", help="full-precision runs"
+    )
     parser.add_argument("--workdir", help="parent of the variants' run directories")
     parser.add_argument("--name", help="results name (default: the config file's stem)")
     parser.add_argument("--only", nargs="+", help="run only these variants")

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pretrained-from",
         metavar="RUNDIR",
-        help="start from the full-precision models of this run (same pretraining settings)",
+        nargs="+",
+        help="start from the full-precision models of these runs (same pretraining settings)",
     )
     parser.add_argument("--workdir", help="run directory (default: runs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")

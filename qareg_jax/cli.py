@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--pretrained-from",
         metavar="RUNDIR",
-        help="start from the full-precision models of this earlier run (same model, data, "
+        nargs="+",
+        help="start from the full-precision models of these earlier runs (same model, data, "
         "split and pretraining settings) instead of pretraining",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")

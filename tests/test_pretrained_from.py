@@ -43,7 +43,7 @@ def test_the_target_starts_from_the_source_models_without_pretraining(tmp_path, 
     )
     assert out["pretrain"]["acc_fp"] == results["pretrain_by_seed"]["1"]["acc_fp"]
     assert out["rows"][0]["acc_fp"] == out["pretrain"]["acc_fp"]
-    assert out["pretrained_from"] == str(path)
+    assert out["pretrained_from"] == [str(path)]
     copied = (tmp_path / "t/metrics/pretrain.jsonl").read_text()
     assert copied == (path / "metrics/seed-1/pretrain.jsonl").read_text()
     assert len(list((tmp_path / "t/checkpoints/pretrain/train").iterdir())) == 1  # last only
@@ -109,3 +109,20 @@ def test_a_directory_without_a_run_is_refused(tmp_path):
         pipeline.train_and_evaluate(
             TARGET, tmp_path / "t", progress=False, pretrained_from=tmp_path / "nothing"
         )
+
+
+def test_several_sources_each_seed_from_the_first_that_holds_it(tmp_path, source):
+    path, results = source
+    said = []
+    out = pipeline.train_and_evaluate(
+        TARGET.replace(seeds=(0, 1), regularizers=(), baselines=("kmeans",)),
+        tmp_path / "t",
+        progress=False,
+        say=said.append,
+        pretrained_from=[path, str(path)],
+    )
+    assert [line for line in said if "copied from" in line] == [
+        f"pretrained models of seeds [0, 1] copied from {str(path)!r}"
+    ]
+    assert out["pretrained_from"] == [str(path), str(path)]
+    assert out["pretrain_by_seed"]["1"]["acc_fp"] == results["pretrain_by_seed"]["1"]["acc_fp"]

@@ -124,10 +124,11 @@ def _training_indices(fields: dict[str, Any], seed: int, n: int) -> np.ndarray:
 
 
 def check_same_training_data(source: str | os.PathLike, config: Config, n: int) -> None:
-    """Refuse (WorkdirError) a ``pretrained_from`` run that trained any of ``config``'s
-    seeds on other examples of the ``n`` training examples (other subsets or split)."""
+    """Refuse (WorkdirError) a ``pretrained_from`` run that trained any of the seeds it
+    holds for ``config`` on other examples of the ``n`` training examples (other subsets
+    or split)."""
     stored, mine = stored_config(source), config.to_dict()
-    for seed in config.seed_list:
+    for seed in check_pretrained_source(source, config):
         if not np.array_equal(_training_indices(stored, seed, n), _training_indices(mine, seed, n)):
             keys = ("train_subset", "val_fraction", "data_seed")
             diff = "; ".join(f"{k}: {stored[k]!r} -> {mine[k]!r}" for k in keys)
@@ -135,6 +136,14 @@ def check_same_training_data(source: str | os.PathLike, config: Config, n: int) 
                 f"--pretrained-from: the run in {str(source)!r} trained seed {seed} on other "
                 f"examples ({diff})"
             )
+
+
+def _sources(pretrained_from: Any) -> list[str | os.PathLike]:
+    if pretrained_from is None:
+        return []
+    if isinstance(pretrained_from, (str, os.PathLike)):
+        return [pretrained_from]
+    return list(pretrained_from)
 
 
 def load_data(config: Config) -> data.Dataset:
@@ -263,7 +272,7 @@ def train_and_evaluate(
     stop_after: int | None = None,
     dataset: data.Dataset | None = None,
     say: Callable[[str], None] | None = None,
-    pretrained_from: str | os.PathLike | None = None,
+    pretrained_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Run every stage of ``config`` (for every seed) in ``workdir``; returns the results.
 
@@ -280,9 +289,10 @@ def train_and_evaluate(
       say: prints the plan (:func:`plan`, before any training) and one time estimate
         (after the first timed steps); default: ``tqdm.write`` with ``progress``, else
         nothing.
-      pretrained_from: a run directory whose finished full-precision models (same
-        pretraining fields, ``workdir.PRETRAIN_FIELDS``) this run starts from instead of
-        pretraining; seeds it lacks pretrain as usual.
+      pretrained_from: a run directory, or several, whose finished full-precision models
+        (same pretraining fields, ``workdir.PRETRAIN_FIELDS``, and training examples) this
+        run starts from instead of pretraining; each seed comes from the first directory
+        holding it, seeds none holds pretrain as usual.
 
     Returns:
       ``{"rows": [StageResult.to_json()...], "pretrain": {...}, "config", "device", "date",
@@ -297,13 +307,14 @@ def train_and_evaluate(
     t0 = time.perf_counter()
     if resume:
         check_resumable(workdir)  # before the data: a mistyped workdir must not start a run
-    if pretrained_from is not None:
-        check_pretrained_source(pretrained_from, config)
+    sources = _sources(pretrained_from)
+    for source in sources:
+        check_pretrained_source(source, config)
     full = dataset if dataset is not None else data.load_dataset(config.dataset, config.data_dir)
     configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
     first = seed_data(full, configs[0])  # split sizes vs dataset, before any work
-    if pretrained_from is not None:
-        check_same_training_data(pretrained_from, config, len(full.train_labels))
+    for source in sources:
+        check_same_training_data(source, config, len(full.train_labels))
     data.steps_per_epoch(first, config.batch_size)  # batch size vs dataset
     model_kw = {} if config.dropout_rate is None else {"dropout_rate": config.dropout_rate}
     model = get_model(config.model, first.num_classes, **model_kw)
@@ -318,10 +329,11 @@ def train_and_evaluate(
     if say is None:
         say = tqdm.write if progress else lambda message: None
     copied: list[int] = []
-    if pretrained_from is not None:
-        copied = import_pretrained(pretrained_from, path, config)
-        if copied:
-            say(f"pretrained models of seeds {copied} copied from {str(pretrained_from)!r}")
+    for source in sources:
+        seeds = import_pretrained(source, path, config)
+        copied += seeds
+        if seeds:
+            say(f"pretrained models of seeds {seeds} copied from {str(source)!r}")
     text, steps = plan(config, first, copied)
     say(text)
     on_timed = _estimator(steps, say)
@@ -349,8 +361,8 @@ def train_and_evaluate(
         "rows": rows,
         "wall_s": time.perf_counter() - t0,
     }
-    if pretrained_from is not None:
-        results["pretrained_from"] = str(pretrained_from)
+    if sources:
+        results["pretrained_from"] = [str(s) for s in sources]
     if len(configs) > 1:
         results["pretrain_by_seed"] = pretrains
     (path / "results.json").write_text(json.dumps(results, indent=1) + "\n")
