@@ -401,3 +401,21 @@ def test_edge_layers_k_reaches_the_baselines_and_dkm_except_binary(tmp_path):
         extra_bits / 8
     )
     assert rows["dkm"]["packed_bytes"] == rows["kmeans"]["packed_bytes"]
+
+
+def test_finetune_lr_per_method_reaches_each_stage(tmp_path):
+    # One method fine-tunes at a rate so small its levels cannot move; the other as usual.
+    cfg = pipeline.Config(
+        pretrain_epochs=1, reg_epochs=1, finetune_epochs=1, train_subset=256, batch_size=64,
+        ks=(2,), regularizers=("nearest",), baselines=("kmeans",),
+        finetune_lr={"kmeans": 1e-12},
+    )  # fmt: skip
+    assert (cfg.finetune_lr_for("kmeans"), cfg.finetune_lr_for("nearest")) == (1e-12, 1e-3)
+    rows = {
+        r["method"]: r for r in pipeline.train_and_evaluate(cfg, tmp_path, progress=False)["rows"]
+    }
+    assert rows["kmeans"]["acc_post"] == rows["kmeans"]["acc_pre"]
+    with pytest.raises(ValueError, match="finetune_lr key"):
+        pipeline.Config(finetune_lr={"kmean": 1e-4})
+    with pytest.raises(ValueError, match=r"finetune_lr\['ste'\]"):
+        pipeline.Config(finetune_lr={"ste": -1.0})

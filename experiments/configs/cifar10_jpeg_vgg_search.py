@@ -35,7 +35,6 @@ def get_variants() -> dict[str, dict]:
         "scale-free": dict(SCALE_FREE, lam=1.0),
         "scale-free-hybrid": dict(SCALE_FREE, lam=1.0, ste_last=0.3),
         "qat": dict(regularizers=(), qat=("ste", "dkm"), baselines=("kmeans",)),
-        "scale-free-weak": dict(SCALE_FREE, lam=0.01),
         # Round 2 (after round 1: STE far ahead; the hybrid's STE part came when the cosine
         # schedule had left it little learning rate): a short penalty part, then STE.
         "scale-free-hybrid0.7": dict(SCALE_FREE, lam=1.0, ste_last=0.7),

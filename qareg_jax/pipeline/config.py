@@ -100,6 +100,9 @@ class Config:
       include, exclude: path regexes selecting the quantized leaves (default: every conv
         and dense kernel).
       finetune_epochs, finetune_lr, finetune_optimizer: quantized fine-tuning (constant rate).
+        ``finetune_lr`` may be a ``{method: rate}`` dict (method: a regularizer, "ste",
+        "dkm" or a baseline; methods it lacks take 1e-3), since the rate that helps one
+        method's levels can undo another's (docs/recipe.md).
       bn_recalibrate: after snapping, re-estimate the BatchNorm statistics on this many
         training batches before measuring the pre-tuning accuracy, for every method alike
         (``batch_stats.recalibrate_batch_stats``; no effect on models without BatchNorm);
@@ -161,7 +164,7 @@ class Config:
     include: str | None = None
     exclude: str | None = None
     finetune_epochs: int = 3
-    finetune_lr: float = 1e-3
+    finetune_lr: float | Mapping[str, float] = 1e-3
     finetune_optimizer: str = "adam"
     bn_recalibrate: int = 0
     baselines: tuple[str, ...] = ("kmeans", "uniform")
@@ -182,6 +185,8 @@ class Config:
             object.__setattr__(self, "seeds", tuple(self.seeds))
         if isinstance(self.lam, Mapping):
             object.__setattr__(self, "lam", dict(self.lam))
+        if isinstance(self.finetune_lr, Mapping):
+            object.__setattr__(self, "finetune_lr", dict(self.finetune_lr))
         self.validate()
 
     def validate(self) -> None:
@@ -241,8 +246,15 @@ class Config:
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        for name in ("pretrain_lr", "reg_lr", "finetune_lr"):
+        for name in ("pretrain_lr", "reg_lr"):
             check_positive(getattr(self, name), name)
+        rates = self.finetune_lr
+        if not isinstance(rates, Mapping):
+            rates = {"": rates}
+        for method, rate in rates.items():
+            check_positive(rate, f"finetune_lr[{method!r}]" if method else "finetune_lr")
+            if method:
+                check_choice("finetune_lr key", method, (*R.REGULARIZERS, *QAT_METHODS, *BASELINES))
         for name in ("tau", "sigma"):
             if getattr(self, name) is not None:
                 check_positive(getattr(self, name), name)
@@ -315,6 +327,12 @@ class Config:
     def seed_list(self) -> tuple[int, ...]:
         """The seeds the pipeline runs: ``seeds``, or ``(seed,)``."""
         return self.seeds if self.seeds is not None else (self.seed,)
+
+    def finetune_lr_for(self, method: str) -> float:
+        """The fine-tuning rate of ``method`` (a dict's entry, else 1e-3, or the float)."""
+        if isinstance(self.finetune_lr, Mapping):
+            return float(self.finetune_lr.get(method, 1e-3))
+        return float(self.finetune_lr)
 
     def lam_for(self, regularizer: str) -> float:
         """The (final) lambda of ``regularizer``."""

@@ -82,8 +82,10 @@ def finetune(
     snapped: dict[str, Any],
     model_state: dict[str, Any],
     specs: Mapping[str, QuantSpec],
+    lr: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, jax.Array]]:
-    """Quantized fine-tuning of a snapped tree; ``(tree, model_state, assignments)``.
+    """Quantized fine-tuning of a snapped tree at rate ``lr`` (default: the config's
+    float ``finetune_lr``); ``(tree, model_state, assignments)``.
 
     Every selected weight stays exactly on its representative; the representatives move
     with the summed gradients of their weights (``snap.quantized_finetune``).
@@ -92,12 +94,13 @@ def finetune(
     # quantized_finetune reads only each spec's K: the same step serves every stage with
     # the same K (one compilation), the stage enters through the dropout seed in the state.
     ks = tuple(sorted({(p, s.k) for p, s in specs.items()}))
-    if ("finetune", ks) not in ctx.compiled:
+    lr = cfg.finetune_lr if lr is None else lr
+    if ("finetune", ks, lr) not in ctx.compiled:
         plain = {p: QuantSpec(k=k, regularizer="nearest", lam=0.0) for p, k in ks}
-        base = optimizer(cfg.finetune_optimizer, cfg.finetune_lr)
+        base = optimizer(cfg.finetune_optimizer, lr)
         tx = quantized_finetune(base, plain, index_dtype=cfg.index_dtype)
-        ctx.compiled["finetune", ks] = (make_init_fn(tx), make_train_step(ctx.model, tx))
-    init_fn, step_fn = ctx.compiled["finetune", ks]
+        ctx.compiled["finetune", ks, lr] = (make_init_fn(tx), make_train_step(ctx.model, tx))
+    init_fn, step_fn = ctx.compiled["finetune", ks, lr]
     seed = np.uint32(phase_seed(cfg.seed, f"{stage}/finetune"))
     state = init_fn(snapped, model_state, seed)
     state = run_phase(ctx, stage, "finetune", state, step_fn, cfg.finetune_epochs)
@@ -194,7 +197,8 @@ def _tune_and_pack(
     model_state = recalibrate(ctx, stage.name, snapped["model"], model_state)
     acc_pre = ctx.accuracy(snapped["model"], model_state)
     val_pre = ctx.val_accuracy(snapped["model"], model_state)
-    tree, model_state, assignments = finetune(ctx, stage.name, snapped, model_state, specs)
+    lr = ctx.config.finetune_lr_for(stage.method)
+    tree, model_state, assignments = finetune(ctx, stage.name, snapped, model_state, specs, lr)
     acc_post = ctx.accuracy(tree["model"], model_state)
     val_post = ctx.val_accuracy(tree["model"], model_state)
     for path, hist in (fields.get("histograms") or {}).items():
