@@ -27,7 +27,7 @@ from typing import Any
 
 from experiments import run_table
 from qareg_jax import provenance, report, train
-from qareg_jax.pipeline.workdir import WorkdirError, check_pretrained_source, check_resumable
+from qareg_jax.pipeline.workdir import WorkdirError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "experiments" / "configs"
@@ -198,18 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     config = load(args.model, args.tiny)
     name = f"paper_{args.model}" + ("_tiny" if args.tiny else "")
     workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
-    try:  # cheap checks before any data is read
-        if args.resume:
-            check_resumable(workdir)
-        if args.pretrained_from:
-            for source in args.pretrained_from:
-                check_pretrained_source(source, config)
-    except WorkdirError as e:
-        hint = (
-            " (--tiny pretrains its own tiny model)" if args.tiny and args.pretrained_from else ""
-        )
-        parser.error(f"{e}{hint}")
-
     start, commit = time.perf_counter(), provenance.git_commit()
     try:
         results = train.train_and_evaluate(
@@ -219,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             pretrained_from=args.pretrained_from,
         )
-    except WorkdirError as e:
-        parser.error(str(e))
+    except WorkdirError as e:  # raised before any data is read or any training
+        hint = (
+            " (--tiny pretrains its own tiny model)" if args.tiny and args.pretrained_from else ""
+        )
+        parser.error(f"{e}{hint}")
     dest = pathlib.Path(args.results) / name
     table, record = run_table.write_results(config, workdir, results, dest, start, commit)
     shorten = None if args.tiny else shorten_factor(config_path(args.model))
