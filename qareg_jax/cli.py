@@ -160,7 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--data-seed", type=int, metavar="SEED", help="seed of the validation split (default 0)"
     )
-    run.add_argument("--lambda", dest="lam", type=float, help="lambda of every regularizer")
+    run.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        help="lambda of every regularizer, in the unit-penalty scale (per weight, in squared "
+        "level spacings; README 'Choosing lambda'); default: each regularizer's own (0.1-10)",
+    )
     run.add_argument("--lam-warmup", type=float, help="fraction of the phase ramping lambda up")
     run.add_argument(
         "--epochs",

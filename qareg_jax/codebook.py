@@ -42,7 +42,10 @@ INTERVALS = ("minmax", "percentile", "std")
 INITS = ("grid", "quantile", "kmeans")
 REDUCTIONS = ("mean", "sum")
 # Per-layer penalty divisors fixed at attach time (QuantSpec.normalize).
-NORMALIZE = ("variance", "spacing")
+NORMALIZE = ("unit", "variance", "spacing")
+# "unit": the penalty halfway between two adjacent levels after the division, the value
+# of (distance / spacing)^2 there, so nearest's unit penalty is (distance / spacing)^2.
+UNIT_BARRIER = 0.25
 # Norm statistics and scales, and biases, are never quantized by the default rule.
 _NEVER = re.compile(r"(^|/)(batch_stats|bias|scale|mean|var)(/|$)")
 
@@ -59,7 +62,12 @@ class QuantSpec:
     Attributes:
       k: number of levels (>= 2).
       regularizer: a registered name (``regularizers.names()``).
-      lam: lambda >= 0, a float or a schedule ``step -> float`` (e.g. an optax schedule).
+      lam: lambda >= 0, a float or a schedule ``step -> float`` (e.g. an optax schedule);
+        None (default): the regularizer's registry ``default_lam``. With the default
+        ``reduction="sum"`` and ``normalize="unit"`` it is the same scale for every
+        regularizer and layer: the penalty of a layer is the sum over its weights of
+        their cost in squared level spacings (a weight halfway between two levels
+        costs 0.25), so lambda 1 weighs one such weight as a 0.25 rise of the task loss.
       interval: how ``[lo, hi]`` is chosen when attached: "minmax" (the leaf's
         min and max), "percentile" (``[p, 100 - p]`` percentiles, ``p =
         interval_param``, default 1.0) or "std" (``mean +- s * std``, ``s =
@@ -69,31 +77,37 @@ class QuantSpec:
       init: representatives' start for dynamic regularizers: "grid" (K points on
         ``[lo, hi]`` including the ends), "quantile" (quantiles ``(j + 1/2) / K``
         of the weights) or "kmeans" (1-D k-means of the weights).
-      reduction: "mean" (default, lambda independent of layer size) or "sum".
+      reduction: "sum" (default: the pull on each weight is independent of its layer's
+        size) or "mean" (over the layer's weights: a large layer's weights are pulled
+        less).
       tau: softmin temperature; default ``(spacing / 4)^2`` with ``spacing =
         (max c - min c) / (K - 1)`` of the initial representatives (``(hi - lo) /
         (K - 1)`` for static specs), filled in by ``attach``.
       sigma: wells width; default ``spacing / 2``, filled in by ``attach``.
       wells_mode: "max" or "mean" (see ``regularizers.wells``).
-      normalize: divide the layer's reduced penalty by a constant of the layer so one
-        lambda fits every layer: "variance" (of its weights) or "spacing" (squared mean
-        spacing of its levels), both at attach time; None: no division.
+      normalize: divide the layer's reduced penalty by a constant of the layer, fixed at
+        attach time, so one lambda fits every layer: "unit" (the penalty is measured in
+        squared level spacings whatever the regularizer: divided by its mean value
+        halfway between adjacent starting levels, over ``UNIT_BARRIER`` = 0.25, the value
+        of ``(distance / spacing)^2`` there), "variance" (of its weights) or "spacing"
+        (squared mean spacing of its levels, meant for the squared-distance penalties);
+        None: no division. Default "unit".
       norm: that divisor (> 0), filled in by ``attach`` when ``normalize`` is set.
     """
 
     k: int = 4
     regularizer: str = "nearest"
-    lam: float | Schedule = 1.0
+    lam: float | Schedule | None = None
     interval: str = "minmax"
     interval_param: float | None = None
     lo: float | None = None
     hi: float | None = None
     init: str = "kmeans"
-    reduction: str = "mean"
+    reduction: str = "sum"
     tau: float | None = None
     sigma: float | None = None
     wells_mode: str = "max"
-    normalize: str | None = None
+    normalize: str | None = "unit"
     norm: float | None = None
 
     def __post_init__(self) -> None:
@@ -105,7 +119,8 @@ class QuantSpec:
         check_choice("wells_mode", self.wells_mode, ("max", "mean"))
         if self.normalize is not None:
             check_choice("normalize", self.normalize, NORMALIZE)
-        check_lam(self.lam)
+        if self.lam is not None:  # None: the registry's default_lam, read in lam_at
+            check_lam(self.lam)
         if (self.lo is None) != (self.hi is None):
             raise ValueError("lo and hi must be given together (or neither)")
         if self.lo is not None:
@@ -142,6 +157,8 @@ class QuantSpec:
         NaN and a NaN detector stops the run rather than training on with a wrong
         lambda. ``check_schedules`` catches it before training.
         """
+        if self.lam is None:
+            return registry.get(self.regularizer).default_lam
         if not callable(self.lam):
             return self.lam
         if step is None:
@@ -178,7 +195,7 @@ def check_schedules(specs: Mapping[str, QuantSpec], steps: int) -> None:
       ValueError: naming the leaf and the first bad step (``validation.check_schedule``).
     """
     for path, spec in specs.items():
-        check_schedule(spec.lam, steps, name=f"lam of {path!r}")
+        check_schedule(spec.lam_at(0) if spec.lam is None else spec.lam, steps, f"lam of {path!r}")
 
 
 def resolve_paths(params: Any, paths: Sequence[str] | None) -> list[str]:
@@ -419,29 +436,65 @@ def attach(
             # pulled to the middle: 10% accuracy on digits at K=2).
             if c.max() > c.min():
                 spacing = float(c.max() - c.min()) / (spec.k - 1)
-        resolved[path] = dataclasses.replace(
+        spec = dataclasses.replace(
             spec,
             lo=lo,
             hi=hi,
             tau=spec.tau if spec.tau is not None else (spacing / 4) ** 2,
             sigma=spec.sigma if spec.sigma is not None else spacing / 2,
-            norm=_norm(spec, host, spacing, path),
+        )
+        resolved[path] = dataclasses.replace(
+            spec, norm=_norm(spec, host, spacing, path, reps.get(path))
         )
     return {"model": params, "reps": reps}, resolved
 
 
-def _norm(spec: QuantSpec, host: np.ndarray, spacing: float, path: str) -> float | None:
-    """``spec.norm`` or, for ``spec.normalize``, the weights' variance or the squared mean
-    spacing of the initial levels (``spacing``)."""
+def _norm(
+    spec: QuantSpec, host: np.ndarray, spacing: float, path: str, reps: Any = None
+) -> float | None:
+    """``spec.norm`` or, for ``spec.normalize``, the divisor it names (see ``QuantSpec``):
+    the unit barrier, the weights' variance or the squared mean spacing of the initial
+    levels (``spacing``). ``spec`` has its interval, tau and sigma resolved."""
     if spec.norm is not None or spec.normalize is None:
         return spec.norm
-    value = float(host.var()) if spec.normalize == "variance" else float(spacing) ** 2
+    if spec.normalize == "unit":
+        value = _unit_barrier(spec, reps)
+    elif spec.normalize == "variance":
+        value = float(host.var())
+    else:
+        value = float(spacing) ** 2
     if not (np.isfinite(value) and value > 0):
         raise ValueError(
             f"normalize={spec.normalize!r} of leaf {path!r} divides by {value}; give norm "
             "explicitly (e.g. overrides={path: dict(norm=...)}) or normalize=None"
         )
     return value
+
+
+def _unit_barrier(spec: QuantSpec, reps: Any) -> float:
+    """``unit_norm`` of the starting levels as a Python float (fixed at attach time)."""
+    return float(unit_norm(spec, None if reps is None else jnp.asarray(reps)))
+
+
+def unit_norm(spec: QuantSpec, reps: jax.Array | None = None) -> jax.Array:
+    """The divisor of ``normalize="unit"``: the mean element-wise penalty at the midpoints
+    of adjacent levels (``reps`` (K,), or the static minima of ``spec``'s interval) over
+    ``UNIT_BARRIER``; a float32 scalar, without gradient. Generic in the regularizer, so
+    a registered one gets the same scale. ``attach`` fixes it from the starting levels;
+    ``penalty`` calls it on the current levels for a spec that was not attached."""
+    entry = registry.get(spec.regularizer)
+    if spec.dynamic:
+        if reps is None:
+            raise ValueError(f"regularizer {spec.regularizer!r} needs representatives")
+        c = jnp.sort(jax.lax.stop_gradient(reps).astype(jnp.float32))
+        rep_arg = c
+    else:
+        if spec.lo is None:
+            raise ValueError("spec has no interval; resolve it with attach()")
+        c = jnp.asarray(static_levels(spec.regularizer, spec.k, spec.lo, spec.hi), jnp.float32)
+        rep_arg = None
+    heights = entry.elementwise((c[:-1] + c[1:]) / 2, rep_arg, spec).astype(jnp.float32)
+    return jnp.mean(heights) / UNIT_BARRIER
 
 
 def levels(train_params: Mapping[str, Any], spec: QuantSpec, path: str) -> jax.Array:

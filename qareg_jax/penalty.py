@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .codebook import QuantSpec, check_tree, lam_guard, levels
+from .codebook import QuantSpec, check_tree, lam_guard, levels, unit_norm
 from .regularizers import nearest, registry
 
 
@@ -33,7 +33,8 @@ def reduced(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) -> jax
 
     Uses the entry's ``total`` form when it has one (cheaper to differentiate),
     else sums the element-wise penalty in float32. Divided by ``spec.norm`` when
-    ``spec.normalize`` is set.
+    ``spec.normalize`` is set (for "unit" without a norm, a spec that was not attached:
+    by ``unit_norm`` of the current levels).
     """
     entry = registry.get(spec.regularizer)
     if entry.total is not None and (reps is not None or not entry.dynamic):
@@ -43,11 +44,13 @@ def reduced(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) -> jax
     value = total / w.size if spec.reduction == "mean" else total
     if spec.normalize is None:
         return value
-    if spec.norm is None:
+    if spec.norm is not None:
+        return value / jnp.float32(spec.norm)
+    if spec.normalize != "unit":
         raise ValueError(
             f"spec has normalize={spec.normalize!r} but no norm; resolve it with attach()"
         )
-    return value / jnp.float32(spec.norm)
+    return value / unit_norm(spec, reps)
 
 
 def layer_penalties(
@@ -96,7 +99,7 @@ def penalty_stats(
             "penalty": reduced(w, spec, train_params["reps"].get(path)),
             "lambda": jnp.asarray(spec.lam_at(step), jnp.float32) + lam_guard(spec.lam_at(step))
             if callable(spec.lam)
-            else jnp.asarray(spec.lam, jnp.float32),
+            else jnp.asarray(spec.lam_at(step), jnp.float32),
             "distance": jnp.mean(d),
         }
     return out

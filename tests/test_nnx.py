@@ -134,7 +134,7 @@ def test_nnx_functional_loop_trains_snaps_finetunes_and_packs(digits, attached, 
     for i in range(40):
         tp, opt_state, value = step(tp, opt_state, i)
         losses.append(float(value))
-    assert losses[-1] < losses[0]
+    assert losses[-1] < losses[20]  # lambda is at its final value from step 20
     assert isinstance(tp["model"], nnx.State)
 
     snapped, _ = snap(tp, specs)

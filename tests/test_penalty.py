@@ -20,15 +20,11 @@ BUILTIN = ("sine", "cosine", "nearest", "softmin", "product", "wells")
 def test_builtin_registry_entries():
     assert R.REGULARIZERS[: len(BUILTIN)] == BUILTIN
     assert set(R.STATIC) == {"sine", "cosine"} and set(R.DYNAMIC) >= set(BUILTIN[2:])
-    lams = {name: R.get(name).default_lam for name in BUILTIN}
-    assert lams == {
-        "nearest": 1e5,
-        "softmin": 1e5,
-        "product": 1e4,
-        "sine": 300.0,
-        "cosine": 100.0,
-        "wells": 300.0,
-    }
+    for name in BUILTIN:  # a spec without lambda takes its entry's (unit-scale) default
+        lam = R.get(name).default_lam
+        assert 0 < lam < np.inf and q.QuantSpec(regularizer=name).lam_at() == lam
+        changed = dataclasses.replace(q.QuantSpec(regularizer="nearest"), regularizer=name)
+        assert changed.lam_at() == lam  # resolved when read, so replace() keeps it right
     wells = R.get("wells")
     assert wells.cost_of(q.QuantSpec(regularizer="wells", wells_mode="max")) == "O(N log K)"
     assert wells.cost_of(q.QuantSpec(regularizer="wells", wells_mode="mean")) == "O(N K)"
@@ -36,8 +32,9 @@ def test_builtin_registry_entries():
 
 def _resolved(name, k, mode="max"):
     return q.QuantSpec(
-        k=k, regularizer=name, lo=-0.2, hi=0.25, tau=1e-3, sigma=0.03, wells_mode=mode
-    )
+        k=k, regularizer=name, lo=-0.2, hi=0.25, tau=1e-3, sigma=0.03, wells_mode=mode,
+        reduction="mean", normalize=None,
+    )  # fmt: skip
 
 
 @pytest.mark.filterwarnings("ignore:regularizer .* evaluates all")
@@ -83,6 +80,8 @@ def test_penalty_is_lambda_weighted_sum_of_layer_means_and_handles_any_pytree():
         lo=0.0,
         hi=1.0,
         lam=2.0,
+        reduction="mean",
+        normalize=None,
         overrides={"b/": dict(reduction="sum", lam=0.5, lo=-1.0)},
     )
     tp, specs = q.attach(tree, specs)
@@ -166,3 +165,47 @@ def test_exact_ties_assign_nearest_index_and_penalty(sign, k_pad):
     assert (np.delete(gr, owner) == 0).all()
     if upper:  # the two distances differ by rounding only
         assert abs(float(d2) - float(np.float32(b - w) ** 2)) <= 4 * np.spacing(d2)
+
+
+# ------------------------------------------------------------- one lambda scale
+
+
+def _unit_specs(name, k, w):
+    params = {"d": {"kernel": w}}
+    return q.attach(params, q.make_specs(params, k=k, regularizer=name))
+
+
+@pytest.mark.filterwarnings("ignore:regularizer .* evaluates all")
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("name", BUILTIN)
+def test_unit_penalty_costs_a_quarter_halfway_between_levels(name, k):
+    """The default penalty (sum, normalize="unit") of every regularizer is in squared level
+    spacings: a weight halfway between two adjacent starting levels costs 0.25 on average,
+    and a weight on a level about 0."""
+    w = jnp.asarray(np.random.default_rng(k).normal(0, 0.05, (32, 16)), jnp.float32)
+    tp, specs = _unit_specs(name, k, w)
+    spec = specs["d/kernel"]
+    assert (spec.reduction, spec.normalize) == ("sum", "unit")
+    c = np.sort(np.asarray(q.codebook.levels(tp, spec, "d/kernel"), np.float64))
+    reps = tp["reps"].get("d/kernel")
+    mids = jnp.asarray((c[:-1] + c[1:]) / 2, jnp.float32)
+    np.testing.assert_allclose(float(reduced(mids, spec, reps)) / (k - 1), 0.25, rtol=1e-4)
+    on = float(reduced(jnp.asarray(c, jnp.float32), spec, reps)) / k
+    assert abs(on) < 0.01
+
+
+@pytest.mark.filterwarnings("ignore:regularizer .* evaluates all")
+@pytest.mark.parametrize("name", BUILTIN)
+def test_unit_penalty_is_independent_of_the_weights_scale(name):
+    """Scaling a layer's weights (and so its levels) by 100 leaves its unit penalty alone:
+    one lambda fits layers of any scale."""
+    w = jnp.asarray(np.random.default_rng(0).normal(0, 0.05, (32, 16)), jnp.float32)
+    small = q.layer_penalties(*_unit_specs(name, 4, w))["d/kernel"]
+    large = q.layer_penalties(*_unit_specs(name, 4, 100 * w))["d/kernel"]
+    np.testing.assert_allclose(large, small, rtol=2e-3)
+    raw = dict(reduction="mean", normalize=None)  # the raw form scales with the weights
+    params, big = {"d": {"kernel": w}}, {"d": {"kernel": 100 * w}}
+    a = q.layer_penalties(*q.attach(params, q.make_specs(params, k=4, regularizer=name, **raw)))
+    b = q.layer_penalties(*q.attach(big, q.make_specs(big, k=4, regularizer=name, **raw)))
+    if name not in ("sine", "cosine", "wells"):  # dimensionless already
+        assert float(b["d/kernel"]) > 100 * float(a["d/kernel"])

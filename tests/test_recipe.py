@@ -215,7 +215,7 @@ def test_hybrid_stage_names():
 @pytest.mark.parametrize("reg", ["nearest", "softmin", "sine"])
 def test_normalized_penalty_is_divided_by_variance_or_squared_spacing(small_cnn, attached, reg):
     params = small_cnn[1]["params"]
-    tree, plain = attached(params, k=3, regularizer=reg, lam=1.0, init="quantile")
+    tree, plain = attached(params, k=3, regularizer=reg, lam=1.0, init="quantile", normalize=None)
     for how in ("variance", "spacing"):
         tree_n, specs = attached(
             params, k=3, regularizer=reg, lam=1.0, init="quantile", normalize=how
@@ -249,7 +249,9 @@ def test_penalty_normalize_reaches_the_specs(small_cnn):
     stage = pipeline.Stage("reg-nearest-k2", "regularizer", "nearest", 2, False)
     specs = stages._reg_specs(_ctx(penalty_normalize="spacing"), params, stage, 10)
     assert {s.normalize for s in specs.values()} == {"spacing"}
-    plain = stages._reg_specs(_ctx(), params, stage, 10)
+    default = stages._reg_specs(_ctx(), params, stage, 10)
+    assert {s.normalize for s in default.values()} == {"unit"}
+    plain = stages._reg_specs(_ctx(penalty_normalize=None), params, stage, 10)
     assert {s.normalize for s in plain.values()} == {None}
 
 
@@ -309,11 +311,10 @@ def test_bad_recipe_values_name_the_field(changes, error, field):
         pipeline.Config(**changes)
 
 
-def test_defaults_are_off():
+def test_defaults_are_off_but_the_unit_penalty():
     cfg = pipeline.Config()
-    assert (cfg.lam_schedule, cfg.reps_lr, cfg.penalty_normalize, cfg.anneal) == (
-        "ramp", None, None, None,
-    )  # fmt: skip
+    assert (cfg.lam_schedule, cfg.reps_lr, cfg.anneal) == ("ramp", None, None)
+    assert (cfg.penalty_normalize, cfg.reduction) == ("unit", "sum")  # one lambda scale
     assert (cfg.edge_layers_k, cfg.ste_last, cfg.ste_keep_lam) == (None, 0.0, False)
 
 

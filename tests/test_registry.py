@@ -47,7 +47,9 @@ def test_a_toy_regularizer_trains_and_snaps(toy, digits):
     x, y = jnp.asarray(digits[0]), jnp.asarray(digits[1])
     model = Mlp()
     params = model.init(jax.random.key(0), x[:1])
-    specs = q.make_specs(params, k=4, regularizer="toy", lam=30.0, init="quantile")
+    specs = q.make_specs(
+        params, k=4, regularizer="toy", lam=30.0, init="quantile", reduction="mean", normalize=None
+    )
     assert "toy" in R.REGULARIZERS and "toy" in R.DYNAMIC
     assert all(spec.dynamic and not spec.all_reps for spec in specs.values())
     tp, specs = q.attach(params, specs)

@@ -399,6 +399,8 @@ def _registry_spec(name, k, wells_mode="max"):
         tau=(spacing / 4) ** 2,
         sigma=spacing / 2,
         wells_mode=wells_mode,
+        reduction="mean",  # the raw formula's scale: the bounds below are absolute
+        normalize=None,
     )
 
 

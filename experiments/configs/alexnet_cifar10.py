@@ -6,12 +6,15 @@ The paper's training hyper-parameters are not public (docs/references.md section
 these are ours. Adam with cosine decay for the full-precision and the regularized
 phases: Adam's step is bounded by the learning rate, so a strong lambda cannot throw the
 weights off as with SGD. Quantized fine-tuning with Adam 1e-4: sHAM's SGD 1e-3 moves a
-representative by the sum of its weights' gradients, millions of them here. Lambda
-defaults to each regularizer's registry default, ramped up over the first half of the
-regularized phase.
+representative by the sum of its weights' gradients, millions of them here. Lambda: the
+scale the paper table started with (``legacy_lambda.py``: each regularizer's registry
+lambda of that time, mean over the layer, raw weight units), ramped up over the first
+half of the regularized phase.
 
     python experiments/run_table.py experiments/configs/alexnet_cifar10.py
 """
+
+import legacy_lambda
 
 from qareg_jax.train import Config
 
@@ -36,6 +39,7 @@ def get_config() -> Config:
         finetune_lr=1e-4,
         finetune_optimizer="adam",
         baselines=("kmeans", "uniform", "pws", "ecsq", "binary"),
+        **legacy_lambda.LEGACY,
         log_every=100,
         checkpoint_every=1000,
     )

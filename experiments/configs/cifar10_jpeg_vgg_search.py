@@ -8,6 +8,7 @@ decay), then fine-tunes 1 epoch:
 """
 
 import cifar10_jpeg_vgg
+import legacy_lambda
 
 from qareg_jax.train import Config
 
@@ -30,8 +31,9 @@ def get_config() -> Config:
 
 def get_variants() -> dict[str, dict]:
     return {
-        # The registry's lambda (1e5, mean over the layer), ramped over the first half.
-        "old": {},
+        # The registry's lambda of that time (1e5, mean over the layer), ramped over the
+        # first half.
+        "old": legacy_lambda.LEGACY,
         "scale-free": dict(SCALE_FREE, lam=1.0),
         "scale-free-hybrid": dict(SCALE_FREE, lam=1.0, ste_last=0.3),
         "qat": dict(regularizers=(), qat=("ste", "dkm"), baselines=("kmeans",)),

@@ -28,11 +28,11 @@ OPTIMIZERS = ("adam", "sgd")
 # Lambda over the regularized phase (optim.lam_schedule).
 LAM_SCHEDULES = ("ramp", "exp")
 # Per-layer penalty normalisations (codebook.QuantSpec.normalize).
-PENALTY_NORMALIZE = ("variance", "spacing")
+PENALTY_NORMALIZE = ("unit", "variance", "spacing")
 # The regularizers Config.anneal changes, and the QuantSpec field it shrinks.
 ANNEALED = {"softmin": "tau", "wells": "sigma"}
 # Lambda per regularizer when Config.lam does not name it: each registry entry's
-# default_lam (chosen on the digits default; see qareg_jax.regularizers.registry).
+# default_lam, in the unit-penalty scale (see qareg_jax.regularizers.registry).
 DEFAULT_LAM: dict[str, float] = {name: registry.get(name).default_lam for name in registry.names()}
 
 
@@ -72,7 +72,8 @@ class Config:
         from the same random initialisation as pretraining (False).
       reg_epochs, reg_lr: regularized phase (cosine-decayed learning rate).
       lam: lambda for every regularizer, or a ``{regularizer: lambda}`` dict (missing
-        names take ``DEFAULT_LAM``).
+        names take ``DEFAULT_LAM``); in the scale set by ``reduction`` and
+        ``penalty_normalize`` (default: the unit penalty, docs/recipe.md).
       lam_warmup: fraction of the regularized phase over which lambda ramps linearly up
         from 0 (0: constant lambda); used by ``lam_schedule="ramp"``.
       lam_schedule: "ramp" (linear over ``lam_warmup``, then constant) or "exp" (geometric
@@ -82,8 +83,10 @@ class Config:
       reps_lr: peak learning rate of the representatives (regularized, hybrid and STE
         stages; same optimizer and cosine decay as the weights); None: ``reg_lr``.
       penalty_normalize: divide each layer's penalty by a constant of the layer fixed at
-        attach time so one lambda fits every layer: "variance" (of its weights) or
-        "spacing" (squared mean spacing of its initial levels); None: no division.
+        attach time so one lambda fits every layer: "unit" (default: in squared level
+        spacings whatever the regularizer, ``codebook.QuantSpec.normalize``), "variance"
+        (of its weights) or "spacing" (squared mean spacing of its initial levels); None:
+        no division (raw weight units: lambda then depends on the weights' scale).
       anneal: the factor by which softmin's tau / wells' sigma shrink, geometrically, over
         the regularizer's part of the phase (other regularizers: no effect); None: fixed.
       edge_layers_k: K of the first and last selected layers (natural order of their paths:
@@ -150,7 +153,7 @@ class Config:
     lam_schedule: str = "ramp"
     lam_exp_start: float = 1e-3
     reps_lr: float | None = None
-    penalty_normalize: str | None = None
+    penalty_normalize: str | None = "unit"
     anneal: float | None = None
     edge_layers_k: int | None = None
     ste_last: float = 0.0
@@ -158,7 +161,7 @@ class Config:
     interval: str = "minmax"
     interval_param: float | None = None
     init: str = "kmeans"
-    reduction: str = "mean"
+    reduction: str = "sum"
     tau: float | None = None
     sigma: float | None = None
     include: str | None = None

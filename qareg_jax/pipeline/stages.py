@@ -255,7 +255,6 @@ def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str,
         exp_start=cfg.lam_exp_start,
         until=None if switch is None or cfg.ste_keep_lam else switch,
     )
-    extra = {"normalize": cfg.penalty_normalize} if cfg.penalty_normalize else {}
     specs = make_specs(
         params,
         include=cfg.include,
@@ -268,9 +267,9 @@ def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str,
         interval_param=cfg.interval_param,
         init=cfg.init,
         reduction=cfg.reduction,
+        normalize=cfg.penalty_normalize,
         tau=cfg.tau,
         sigma=cfg.sigma,
-        **extra,
     )
     check_schedules(specs, total)  # a schedule gone NaN or negative mid-run: refuse now
     return specs

@@ -211,7 +211,7 @@ register(
         ),
         dynamic=True,
         cost="O(N K)",
-        default_lam=1e5,
+        default_lam=1.0,
         params=("tau",),
     )
 )
@@ -222,6 +222,6 @@ register(
         total=lambda w, reps, spec: all_reps_total(w, reps, "product").astype(jnp.float32),
         dynamic=True,
         cost="O(N K)",
-        default_lam=1e4,
+        default_lam=0.1,
     )
 )

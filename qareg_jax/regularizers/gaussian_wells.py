@@ -67,7 +67,7 @@ register(
         total=_total,
         dynamic=True,
         cost=lambda spec: "O(N log K)" if spec.wells_mode == "max" else "O(N K)",
-        default_lam=300.0,
+        default_lam=1.0,
         params=("sigma", "wells_mode"),
     )
 )

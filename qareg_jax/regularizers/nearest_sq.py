@@ -197,6 +197,6 @@ register(
         total=lambda w, reps, spec: nearest_total(w, reps).astype(jnp.float32),
         dynamic=True,
         cost="O(N log K)",
-        default_lam=1e5,
+        default_lam=1.0,
     )
 )

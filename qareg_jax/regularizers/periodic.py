@@ -143,7 +143,7 @@ register(
         elementwise=_sine_form,
         dynamic=False,
         cost="O(N)",
-        default_lam=300.0,
+        default_lam=0.1,
         levels=sine_levels,
     )
 )
@@ -153,7 +153,7 @@ register(
         elementwise=_cosine_form,
         dynamic=False,
         cost="O(N)",
-        default_lam=100.0,
+        default_lam=10.0,
         levels=cosine_levels,
     )
 )

@@ -5,7 +5,7 @@ regularizer is one module defining its forms plus one :func:`register` call::
 
     register(Regularizer(
         name="abs", elementwise=lambda w, reps, spec: ..., dynamic=True,
-        cost="O(N log K)", default_lam=1e3,
+        cost="O(N log K)", default_lam=1.0,
     ))
 
 after which ``make_specs(params, regularizer="abs")``, ``attach`` and ``penalty`` use it.
@@ -43,7 +43,10 @@ class Regularizer:
       dynamic: whether the levels are trainable representatives (``reps``).
       cost: time per weight and step, one of ``COSTS``, or ``spec -> cost`` when it
         depends on the spec (wells' mode). ``QuantSpec`` warns on "O(N K)" at large K.
-      default_lam: lambda of the default training pipeline.
+      default_lam: lambda when a spec or config gives none, in the scale of the default
+        unit penalty (``QuantSpec`` ``reduction="sum"``, ``normalize="unit"``: squared
+        level spacings summed over the weights); the built-in values were chosen on the
+        digits validation split (``experiments/configs/digits_lambda_scale.py``).
       params: the ``QuantSpec`` fields the forms read (e.g. ``("tau",)``).
     """
 
