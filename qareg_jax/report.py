@@ -17,8 +17,8 @@ Accuracies are on the test split; with a validation split (``val_fraction > 0``)
 table adds the validation accuracies and marks every accuracy column "(test)" or "(val)".
 Rows of budget stages (``Config.budget``: one K per layer, ``k`` None) show "budget" as
 their K; the table then adds the budget and the packed file's real size in bytes. They
-have no single bit width, so the accuracy-vs-bits plot leaves them out; their training
-curves are in ``training_budget.png``.
+have no single bit width, so the accuracy-vs-bits plot leaves them out (and is not drawn
+for a run of budget rows only); their training curves are in ``training_budget.png``.
 
 Figures are drawn with matplotlib's object API on Agg canvases: no pyplot, no global
 backend switch, safe in threads and headless machines.
@@ -288,7 +288,7 @@ def plot_training(
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"regularized training, K={_fmt('k', k)}")
+    fig.suptitle(f"regularized training, {'budget (K per layer)' if k is None else f'K={k}'}")
     return _save(fig, path)
 
 
@@ -345,7 +345,8 @@ def write_report(workdir: str | os.PathLike) -> dict[str, Any]:
         write_csv(rows, path / "table.csv")
     plots = path / "plots"
     plots.mkdir(exist_ok=True)
-    files.append(plot_accuracy_vs_bits(rows, plots / "accuracy_vs_bits.png"))
+    if any(r["k"] is not None for r in rows):  # budget rows alone have no bit widths
+        files.append(plot_accuracy_vs_bits(rows, plots / "accuracy_vs_bits.png"))
     trained = [r for r in rows if r.get("kind") in ("regularizer", "qat")]
     ks = {r["k"] for r in trained}
     for k in sorted(ks - {None}) + ([None] if None in ks else []):

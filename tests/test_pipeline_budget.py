@@ -68,6 +68,8 @@ def test_packed_file_fits_the_budget_at_the_planned_k_per_layer(budget_run):
     assert "| budget B | file B |" in table
     assert re.search(r"\| small \| digits \| kmeans \| budget \| .*\| [\d,]+ \| [\d,]+ \|", table)
     assert f"| {plan.budget_bytes:,} | {plan.total_bytes:,} |" in table
+    files = {p.name for p in report.write_report(workdir)["files"]}
+    assert files == {"table.md", "table.csv"}  # no bit widths to plot, no training
 
 
 def test_resume_of_a_finished_run_reads_the_plan_back(budget_run):
@@ -222,3 +224,26 @@ def test_report_of_budget_and_uniform_rows():
     assert "| 800 | 1,000 | 900 |" in table
     assert report.markdown_table(rows[:1]).count("budget") == 0
     report.accuracy_vs_bits_figure(rows)  # budget rows have no bit width: left out
+
+
+@pytest.mark.slow
+def test_every_seed_plans_on_its_own_model(tmp_path):
+    said: list[str] = []
+    config = BUDGET.replace(seeds=(0, 1))
+    results = pipeline.train_and_evaluate(config, tmp_path / "run", progress=False, say=said.append)
+    plans = results["budget_plans"]
+    assert set(plans) == {"0", "1"}
+    for seed, record in plans.items():
+        stored = json.loads(
+            (tmp_path / "run" / "budget" / f"seed-{seed}" / "plan.json").read_text()
+        )
+        assert stored == record
+    assert plans["0"]["sensitivity"] != plans["1"]["sensitivity"]  # two pretrained models
+    assert sum(s.startswith("seed-1/budget '16x' = ") for s in said) == 1
+    rows = {r["stage"]: r for r in results["rows"]}
+    assert set(rows) == {"seed-0/ptq-kmeans-budget", "seed-1/ptq-kmeans-budget"}
+    for seed in ("0", "1"):
+        row = rows[f"seed-{seed}/ptq-kmeans-budget"]
+        assert row["layer_ks"] == plans[seed]["plan"]["ks"]
+        assert row["file_bytes"] == plans[seed]["plan"]["total_bytes"] <= row["budget_bytes"]
+    assert "| small | digits | kmeans | budget | 2 |" in (tmp_path / "run" / "table.md").read_text()
