@@ -166,6 +166,10 @@ def test_budget_below_the_smallest_model_is_refused_before_any_work(tmp_path, sm
         (dict(budget_batches=0), "budget_batches must be a positive int, got 0"),
         (dict(budget=None), "ks is empty: give at least one number of levels K, or a budget"),
         (dict(baselines=("binary",)), "nothing to run at the budget: the 'binary' baseline"),
+        (
+            dict(pretrain_epochs=0, baselines=(), regularizers=("nearest",), from_pretrained=False),
+            "pretrain_epochs is 0 but the baselines, from_pretrained or budget need a pretrained",
+        ),
     ],
 )
 def test_bad_budget_fields_name_the_field_and_the_accepted_forms(changes, message):

@@ -75,8 +75,8 @@ class Config:
         K per layer that ``budget.plan_bits`` chooses to fit it, in stages named
         ``<...>-budget`` (rows with ``k`` None, shown as "budget"), after those of
         ``ks``. The plan is made once per seed from the full-precision model
-        (``pipeline.budget_plan``); ``edge_layers_k`` pins the edge layers' K in it.
-        None: no budget stages.
+        (``pipeline.budget_plan``; so ``pretrain_epochs`` > 0); ``edge_layers_k`` pins
+        the edge layers' K in it. None: no budget stages.
       budget_ks: the K values the budget planner may give a layer.
       budget_batches: the sensitivity (loss increase when one layer alone is
         k-means-quantized at K) is measured on this many batches of ``eval_batch_size``
@@ -256,9 +256,13 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if self.pretrain_epochs == 0 and (self.baselines or self.from_pretrained):
+        # The budget plan's sensitivities are measured on the pretrained model.
+        if self.pretrain_epochs == 0 and (
+            self.baselines or self.from_pretrained or self.budget is not None
+        ):
             raise ValueError(
-                "pretrain_epochs is 0 but the baselines or from_pretrained need a pretrained model"
+                "pretrain_epochs is 0 but the baselines, from_pretrained or budget need a "
+                "pretrained model"
             )
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None:
