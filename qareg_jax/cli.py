@@ -3,6 +3,7 @@
     qareg demo [--fast] [--workdir DIR] [--overwrite]
     qareg run --model small --dataset digits --regularizer nearest sine --k 2 4 \\
         [--baseline kmeans uniform] [--qat ste dkm] [--seeds 0 1 2] [--val-fraction F] \\
+        [--budget 1MB | --budget 16x] [--budget-ks 2 4 8 16 32] \\
         [--lambda X] [--epochs N] [--config FILE.py] \\
         [--workdir DIR] [--data-dir DIR] [--resume | --overwrite]
     qareg report WORKDIR
@@ -62,8 +63,11 @@ phases, in order (the plan with the steps of each is printed before training sta
   finetune   after snapping to K levels, every method (also each --baseline, which is
              post-training quantization of the pretrained model): --finetune-epochs epochs
   --baseline none and --qat none leave those methods out; --regularizer none leaves only
-  the baselines. A time estimate follows the first timed pretraining steps; Ctrl-C stops
-  after the current step (or checkpoint) and --resume continues.
+  the baselines. --budget adds a run of every method at one K per layer, planned after
+  pretraining to fit the packed file in the budget (rows with K "budget"; the plan is
+  printed first); --k none keeps only those. A time estimate follows the first timed
+  pretraining steps; Ctrl-C stops after the current step (or checkpoint) and --resume
+  continues.
 """
 
 
@@ -116,7 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help=f"one or more of {', '.join(R.REGULARIZERS)}, or none (no regularized phase)",
     )
-    run.add_argument("--k", nargs="+", help="numbers of levels, e.g. --k 2 4 8")
+    run.add_argument(
+        "--k",
+        nargs="+",
+        help="numbers of levels, e.g. --k 2 4 8; none: only the --budget runs",
+    )
+    run.add_argument(
+        "--budget",
+        metavar="SIZE",
+        help="also run every method at one K per layer chosen so the packed file fits SIZE: "
+        "bytes (250000, 500kB, 1MB, 1.5MiB; kB/MB = 1000s, KiB/MiB = 1024s) or a compression "
+        "ratio against float32 (16x)",
+    )
+    run.add_argument(
+        "--budget-ks",
+        nargs="+",
+        metavar="K",
+        help="the K values the budget planner may give a layer (default 2 4 8 16 32)",
+    )
     run.add_argument(
         "--baseline",
         nargs="+",
@@ -247,7 +268,11 @@ def config_from_args(args: argparse.Namespace) -> pipeline.Config:
     if args.qat is not None:
         changes["qat"] = tuple(q for q in _list(args.qat) if q != "none")
     if args.k is not None:
-        changes["ks"] = _ints(args.k)
+        changes["ks"] = () if _list(args.k) == ["none"] else _ints(args.k)
+    if args.budget is not None:
+        changes["budget"] = args.budget
+    if args.budget_ks is not None:
+        changes["budget_ks"] = _ints(args.budget_ks, "--budget-ks")
     if args.seeds is not None:
         changes["seeds"] = _ints(args.seeds, "--seeds", "integers")
     if args.from_scratch:

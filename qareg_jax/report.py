@@ -15,6 +15,10 @@ K; with several seeds mean +- std over the seeds and their number, the per-seed 
 
 Accuracies are on the test split; with a validation split (``val_fraction > 0``) the
 table adds the validation accuracies and marks every accuracy column "(test)" or "(val)".
+Rows of budget stages (``Config.budget``: one K per layer, ``k`` None) show "budget" as
+their K; the table then adds the budget and the packed file's real size in bytes. They
+have no single bit width, so the accuracy-vs-bits plot leaves them out (and is not drawn
+for a run of budget rows only); their training curves are in ``training_budget.png``.
 
 Figures are drawn with matplotlib's object API on Agg canvases: no pyplot, no global
 backend switch, safe in threads and headless machines.
@@ -59,17 +63,20 @@ VAL_COLUMNS = (
     ("acc_val_pre", "acc pre-tuning % (val)"),
     ("acc_val_post", "acc post-tuning % (val)"),
 )
+# With budget rows: the budget and the packed file's size, after the packed bytes.
+BUDGET_COLUMNS = (("budget_bytes", "budget B"), ("file_bytes", "file B"))
 # Aggregated over seeds: means and stds of these (the text columns come from the first).
 NUMERIC = tuple(key for key, _ in COLUMNS + VAL_COLUMNS if key not in _TEXT and key != "k") + (
     "original_bytes",
     "file_bytes",
     "step_s",
+    "budget_bytes",
 )
 
 
 def _fmt(key: str, value: Any, std: Any = None) -> str:
     if value is None:
-        return "-"
+        return "budget" if key == "k" else "-"
     if key.startswith("acc"):
         return f"{100 * value:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
     if key.endswith("bytes"):
@@ -108,10 +115,15 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    """The table's columns: with validation accuracies, each accuracy names its split."""
+    """The table's columns: with validation accuracies, each accuracy names its split; with
+    budget rows, the budget and file sizes follow the packed bytes."""
+    cols = list(COLUMNS)
+    if any(row.get("budget_bytes") is not None for row in rows):
+        at = [k for k, _ in cols].index("packed_bytes") + 1
+        cols = cols[:at] + list(BUDGET_COLUMNS) + cols[at:]
     if not any(row.get("acc_val_pre") is not None for row in rows):
-        return list(COLUMNS)
-    cols = [(k, f"{t} (test)" if k.startswith("acc") else t) for k, t in COLUMNS]
+        return cols
+    cols = [(k, f"{t} (test)" if k.startswith("acc") else t) for k, t in cols]
     at = [k for k, _ in cols].index("acc_post") + 1
     return cols[:at] + list(VAL_COLUMNS) + cols[at:]
 
@@ -199,7 +211,7 @@ def accuracy_vs_bits_figure(rows: Sequence[dict[str, Any]]) -> Figure:
     """The figure of :func:`plot_accuracy_vs_bits` (x ticks: the integer bit widths run)."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    aggs = aggregate(rows)
+    aggs = [a for a in aggregate(rows) if a["k"] is not None]  # budget rows: no single K
     methods = list(dict.fromkeys(agg["method"] for agg in aggs))
     look = method_styles(methods)
     styles = {"baseline": "--", "qat": "-."}
@@ -217,7 +229,7 @@ def accuracy_vs_bits_figure(rows: Sequence[dict[str, Any]]) -> Figure:
             ax.errorbar(
                 bits, mean, std, fmt=style, color=color, marker=marker, capsize=3, label=method
             )
-        if rows:
+        if aggs:
             fp = 100 * aggs[0]["acc_fp_mean"]
             ax.axhline(fp, color="k", ls=":", lw=1, label="full precision")
         # Bit widths are integers; with one K matplotlib's default ticks would be fractions.
@@ -245,10 +257,10 @@ def _read_metrics(path: pathlib.Path, phase: str) -> list[dict[str, Any]]:
 
 
 def plot_training(
-    workdir: pathlib.Path, rows: Sequence[dict[str, Any]], k: int, path: pathlib.Path
+    workdir: pathlib.Path, rows: Sequence[dict[str, Any]], k: int | None, path: pathlib.Path
 ) -> pathlib.Path:
-    """Regularized phase at ``k``: task loss, regularizer and mean distance to the levels
-    (QAT phases: their task loss), the first seed's runs."""
+    """Regularized phase at ``k`` (None: the budget stages): task loss, regularizer and mean
+    distance to the levels (QAT phases: their task loss), the first seed's runs."""
     fig = Figure(figsize=(13, 4), layout="constrained")
     axes = fig.subplots(1, 3)
     first_seed = rows[0].get("seed") if rows else None
@@ -276,7 +288,7 @@ def plot_training(
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"regularized training, K={k}")
+    fig.suptitle(f"regularized training, {'budget (K per layer)' if k is None else f'K={k}'}")
     return _save(fig, path)
 
 
@@ -303,7 +315,7 @@ def plot_histograms(stage_row: dict[str, Any], path: pathlib.Path) -> pathlib.Pa
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
     fig.suptitle(
-        f"{stage_row['method']}, K={stage_row['k']}: weights before/after regularizing; "
+        f"{stage_row['method']}, K={_fmt('k', stage_row['k'])}: weights before/after regularizing; "
         "levels before (dashed) and after (red)",
         fontsize=9,
     )
@@ -333,10 +345,13 @@ def write_report(workdir: str | os.PathLike) -> dict[str, Any]:
         write_csv(rows, path / "table.csv")
     plots = path / "plots"
     plots.mkdir(exist_ok=True)
-    files.append(plot_accuracy_vs_bits(rows, plots / "accuracy_vs_bits.png"))
+    if any(r["k"] is not None for r in rows):  # budget rows alone have no bit widths
+        files.append(plot_accuracy_vs_bits(rows, plots / "accuracy_vs_bits.png"))
     trained = [r for r in rows if r.get("kind") in ("regularizer", "qat")]
-    for k in sorted({r["k"] for r in trained}):
-        files.append(plot_training(path, rows, k, plots / f"training_k{k}.png"))
+    ks = {r["k"] for r in trained}
+    for k in sorted(ks - {None}) + ([None] if None in ks else []):
+        name = "training_budget.png" if k is None else f"training_k{k}.png"
+        files.append(plot_training(path, rows, k, plots / name))
     for row in trained:
         full = json.loads((path / "stages" / f"{row['stage']}.json").read_text())
         if full.get("histograms"):

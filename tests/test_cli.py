@@ -76,6 +76,16 @@ def _images(root: pathlib.Path, sizes: dict) -> None:
             "at least 15x15 pixels, got 8x8",
         ),
         (["--config", "missing.py"], "config file 'missing.py' does not exist"),
+        (["--budget", "1XB"], "cannot parse budget '1XB': give bytes ('250000', '500kB', '1MB'"),
+        (
+            ["--budget", "16x", "--budget-ks", "2", "x"],
+            "--budget-ks takes integers (numbers of levels), got 2 x",
+        ),
+        (["--k", "none"], "ks is empty: give at least one number of levels K, or a budget"),
+        (
+            ["--budget", "1kB"],  # checked against the model's size before any training
+            "budget '1kB' (1,000 bytes) is below the smallest packed small model",
+        ),
     ],
 )
 def test_bad_names_and_values_exit_nonzero_with_a_message(tmp_path, capsys, args, message):
@@ -205,6 +215,23 @@ def test_run_flags_for_qat_seeds_and_validation():
     assert (config.ste_recluster_every, config.dkm_tau_frac, config.dkm_iters) == (50, 0.5, 2)
     none = cli.config_from_args(cli.build_parser().parse_args(["run", "--qat", "none"]))
     assert none.qat == () and none.seeds is None and none.seed_list == (0,)
+
+
+def test_run_flags_for_a_budget(capsys):
+    def config(*argv):
+        return cli.config_from_args(cli.build_parser().parse_args(["run", *argv]))
+
+    assert (config().budget, config().budget_ks) == (None, (2, 4, 8, 16, 32))
+    both = config("--budget", "16x", "--budget-ks", "2,4", "8")
+    assert (both.budget, both.budget_ks, both.ks) == ("16x", (2, 4, 8), (2, 4))
+    only = config("--budget", "1.5MiB", "--k", "none")
+    assert (only.budget, only.ks) == ("1.5MiB", ())
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--budget SIZE also run every method at one K per layer" in out
+    assert "(250000, 500kB, 1MB, 1.5MiB; kB/MB = 1000s, KiB/MiB = 1024s)" in out
+    assert "ratio against float32 (16x)" in out and "--k none keeps only those" in out
 
 
 def _demo_process(workdir: pathlib.Path) -> subprocess.Popen:

@@ -51,3 +51,12 @@ def test_nnx_snippet_runs_and_keeps_the_train_tree():
     for path in specs:
         assert np.unique(np.asarray(model_leaves[path])).size <= 4
         assert np.unique(np.asarray(train_leaves[path])).size > 4, f"{path} was overwritten"
+
+
+def test_budget_pipeline_snippet_lists_the_budget_stages():
+    ns: dict = {}
+    block = _python_block("### A budget in the pipeline and the CLI")
+    exec(compile(block, str(USAGE), "exec"), ns)  # noqa: S102
+    expected = ["reg-nearest-k2", "ptq-kmeans-k2", "reg-nearest-budget", "ptq-kmeans-budget"]
+    assert ns["stages"] == expected
+    assert f"# {expected}" in block  # the comment shows what the code gives

@@ -15,16 +15,21 @@ For one model and dataset it runs:
    a learning rate for the representatives, per-layer penalty normalisation, tau/sigma
    annealing, more levels for the edge layers, and the hybrid (the penalty, then STE at
    the end of the same phase: ``ste_last``);
-4. all of it once per seed of ``config.seeds`` (tables: mean +- std over seeds), with an
+4. with ``config.budget`` (e.g. "1MB", "16x"), every method once more at one K per layer
+   chosen after pretraining to fit the packed file in the budget (``budget_plan``; stages
+   ``<...>-budget``, rows with K "budget");
+5. all of it once per seed of ``config.seeds`` (tables: mean +- std over seeds), with an
    optional validation split (``config.val_fraction``) reported beside the test accuracy.
 
 Modules: ``config`` (the schema), ``optim`` (optimizer recipes), ``steps`` (the training
 core: ``TrainState``, ``task_loss``, ``make_train_step``, ``make_eval_fn``), ``loop``
 (one phase with checkpoints, metrics, NaN detection, resume), ``stages`` (the stage
-kinds and their typed ``StageResult``), ``workdir`` (the run-directory policy) and
+kinds and their typed ``StageResult``), ``budget_plan`` (the budget stages' K per
+layer), ``workdir`` (the run-directory policy) and
 ``run`` (``train_and_evaluate``).
 """
 
+from . import budget_plan
 from .config import (
     ANNEALED,
     BASELINES,
@@ -96,6 +101,7 @@ __all__ = [
     "TrainingInterrupted",
     "WorkdirError",
     "anneal_schedule",
+    "budget_plan",
     "annealed_penalty",
     "checkpoint_manager",
     "device_name",

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import data
 from .. import regularizers as R
+from ..budget import DEFAULT_KS, parse_budget
 from ..codebook import INITS, INTERVALS
 from ..models import MODELS
 from ..nearest_level import check_index_dtype
@@ -65,7 +66,22 @@ class Config:
       weight_decay: decoupled weight decay on the model's kernels (not on representatives).
       pretrain_epochs, pretrain_lr: full-precision phase (cosine-decayed learning rate).
       regularizers: the quantization-aware penalties to run (``regularizers.REGULARIZERS``).
-      ks: numbers of levels.
+      ks: numbers of levels, one uniform-K stage of every method per entry; may be empty
+        when ``budget`` is set (then only the budget's stages run).
+      budget: the packed model's size limit (the whole ``compress.save`` file), as bytes
+        (an int, or a str: "250000", "500kB", "1MB", "1.5MiB") or a compression ratio
+        against the float32 model ("16x"); see ``budget.parse_budget``. When set, every
+        method (regularizers, baselines except "binary", STE, DKM) also runs once at the
+        K per layer that ``budget.plan_bits`` chooses to fit it, in stages named
+        ``<...>-budget`` (rows with ``k`` None, shown as "budget"), after those of
+        ``ks``. The plan is made once per seed from the full-precision model
+        (``pipeline.budget_plan``; so ``pretrain_epochs`` > 0); ``edge_layers_k`` pins
+        the edge layers' K in it. None: no budget stages.
+      budget_ks: the K values the budget planner may give a layer.
+      budget_batches: the sensitivity (loss increase when one layer alone is
+        k-means-quantized at K) is measured on this many batches of ``eval_batch_size``
+        examples (a fixed random subset per seed) of the validation split when
+        ``val_fraction > 0``, else of the training split (unaugmented).
       freeze_reps: run each dynamic regularizer once per value: ``(False, True)`` adds the
         frozen-representatives ablation (reps keep their initial values while regularizing).
       from_pretrained: start the regularized runs from the pretrained weights (True) or
@@ -144,6 +160,9 @@ class Config:
     pretrain_lr: float = 3e-3
     regularizers: tuple[str, ...] = ("nearest", "softmin", "sine")
     ks: tuple[int, ...] = (2, 4)
+    budget: str | int | None = None
+    budget_ks: tuple[int, ...] = DEFAULT_KS
+    budget_batches: int = 4
     freeze_reps: tuple[bool, ...] = (False,)
     from_pretrained: bool = True
     reg_epochs: int = 10
@@ -182,7 +201,7 @@ class Config:
 
     def __post_init__(self) -> None:
         # Lists (from JSON or the CLI) become tuples so configs compare and hash by value.
-        for name in ("regularizers", "ks", "freeze_reps", "baselines", "qat"):
+        for name in ("regularizers", "ks", "freeze_reps", "baselines", "qat", "budget_ks"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if isinstance(self.seeds, list):
             object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -199,6 +218,7 @@ class Config:
         self._validate_lambda()
         self._validate_qat_and_seeds()
         self._validate_recipe()
+        self._validate_budget()
 
     def _validate_methods(self) -> None:
         check_choice("model", self.model, tuple(MODELS))
@@ -216,12 +236,9 @@ class Config:
             check_choice("qat", name, QAT_METHODS)
         if not self.regularizers and not self.baselines and not self.qat:
             raise ValueError("nothing to run: give at least one regularizer, baseline or qat")
-        if not self.ks:
-            raise ValueError("ks is empty: give at least one number of levels K")
-        if len(set(self.ks)) != len(self.ks):
-            raise ValueError(f"ks has duplicates: {list(self.ks)}")
-        for k in self.ks:
-            _check_k(k, self.index_dtype)
+        if not self.ks and self.budget is None:
+            raise ValueError("ks is empty: give at least one number of levels K, or a budget")
+        _check_ks("ks", self.ks, self.index_dtype)
         if not self.freeze_reps or not all(isinstance(f, bool) for f in self.freeze_reps):
             raise ValueError(
                 f"freeze_reps must be a non-empty tuple of bools, got {self.freeze_reps}"
@@ -242,9 +259,13 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if self.pretrain_epochs == 0 and (self.baselines or self.from_pretrained):
+        # The budget plan's sensitivities are measured on the pretrained model.
+        if self.pretrain_epochs == 0 and (
+            self.baselines or self.from_pretrained or self.budget is not None
+        ):
             raise ValueError(
-                "pretrain_epochs is 0 but the baselines or from_pretrained need a pretrained model"
+                "pretrain_epochs is 0 but the baselines, from_pretrained or budget need a "
+                "pretrained model"
             )
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None:
@@ -326,6 +347,27 @@ class Config:
         if self.ste_keep_lam and not f:
             raise ValueError("ste_keep_lam=True needs ste_last > 0 (there is no STE part)")
 
+    def _validate_budget(self) -> None:
+        if self.budget is not None:
+            # The ratio form ("16x") needs the model's size, known only once it is built
+            # (train_and_evaluate checks the budget against it before any training): here
+            # only the syntax and sign are checked, against a size no model reaches.
+            parse_budget(self.budget, original_bytes=2**62)
+        if not self.budget_ks:
+            raise ValueError("budget_ks is empty: give the K values the budget planner may use")
+        _check_ks("budget_ks", self.budget_ks, self.index_dtype)
+        _positive_int("budget_batches", self.budget_batches)
+        if (
+            not self.ks
+            and not self.regularizers
+            and not self.qat
+            and set(self.baselines) <= {"binary"}
+        ):
+            raise ValueError(
+                "nothing to run at the budget: the 'binary' baseline runs at K=2 only; add "
+                "a K to ks or another method"
+            )
+
     @property
     def seed_list(self) -> tuple[int, ...]:
         """The seeds the pipeline runs: ``seeds``, or ``(seed,)``."""
@@ -362,9 +404,17 @@ def _int_at_least(name: str, value: object, low: int) -> None:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def _check_k(k: object, index_dtype: str | None) -> None:
+def _check_ks(name: str, ks: tuple[object, ...], index_dtype: str | None) -> None:
+    """Distinct Ks, each valid for ``index_dtype``."""
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"{name} has duplicates: {list(ks)}")
+    for k in ks:
+        _check_k(k, index_dtype, "K" if name == "ks" else f"each K in {name}")
+
+
+def _check_k(k: object, index_dtype: str | None, name: str = "K") -> None:
     """K and, when given, an unsigned index dtype that holds ``K - 1``."""
-    check_index_dtype(check_k(k, "K"), index_dtype, unsigned=True)
+    check_index_dtype(check_k(k, name), index_dtype, unsigned=True)
 
 
 def load_config(path: str | os.PathLike) -> Config:

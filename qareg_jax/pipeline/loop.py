@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from .. import data
+from ..budget import Plan
 from ..codebook import QuantSpec
 from ..penalty import penalty_stats
 from .config import Config
@@ -105,6 +106,9 @@ class Context:
         in this process (None: too few steps to time; see :func:`run_phase`).
       on_timed: called with ``(stage_id, phase, seconds per step)`` at the first timed
         interval of every phase trained in this process (the run's time estimate).
+      plan: this seed's K per layer for the budget stages (``Config.budget``; set after
+        pretraining by ``budget_plan.budget_plan``, file paths ``"params/..."``); None
+        without a budget.
     """
 
     config: Config
@@ -119,6 +123,7 @@ class Context:
     subdir: str = ""
     step_times: dict[tuple[str, str], float | None] = dataclasses.field(default_factory=dict)
     on_timed: Callable[[str, str, float], None] | None = None
+    plan: Plan | None = None
 
     def stage_id(self, stage: str) -> str:
         """``stage`` under this seed's subdirectory, e.g. ``"seed-1/reg-nearest-k4"``.

@@ -77,6 +77,10 @@ class StageResult:
         or too short to time); step_rel: ``step_s`` over the pretraining's (plain) one.
       acc_val_fp, acc_val_pre, acc_val_post: the accuracies on the validation split (None
         without one).
+      budget_bytes: a budget stage's budget (``Config.budget`` in bytes; ``file_bytes`` is
+        the real packed file, never more); None in other stages.
+      layer_ks: a budget stage's K per layer, ``{"params/conv1/kernel": K}`` (the packed
+        file's paths, as in ``budget/plan.json``); None in other stages.
     """
 
     model: str
@@ -88,7 +92,7 @@ class StageResult:
     kind: str
     regularizer: str | None
     freeze_reps: bool | None
-    k: int
+    k: int | None
     lam: float | None
     acc_reg: float | None
     acc_pre: float
@@ -108,6 +112,8 @@ class StageResult:
     acc_val_fp: float | None = None
     acc_val_pre: float | None = None
     acc_val_post: float | None = None
+    budget_bytes: int | None = None
+    layer_ks: dict[str, int] | None = None
 
     def to_json(self, *, histograms: bool = True) -> dict[str, Any]:
         """The JSON row (field order = column order of ``table.csv``)."""
@@ -125,18 +131,22 @@ class StageResult:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One planned stage: its name, its ``STAGE_KINDS`` key, method, K and options."""
+    """One planned stage: its name, its ``STAGE_KINDS`` key, method, K and options.
+
+    ``k`` None: a budget stage, at the budget plan's K per layer (``Context.plan``).
+    """
 
     name: str
     kind: str
     method: str
-    k: int
+    k: int | None
     freeze_reps: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class StageKind:
-    """A kind of method: ``plan(config, k)`` lists its stages at K, ``run`` runs one."""
+    """A kind of method: ``plan(config, k)`` lists its stages at K (None: at the budget's
+    K per layer, or none if the kind cannot), ``run`` runs one."""
 
-    plan: Callable[[Config, int], list[Stage]]
+    plan: Callable[[Config, int | None], list[Stage]]
     run: Callable[[Context, Pretrained, Stage], StageResult]

@@ -8,17 +8,19 @@ Workdir layout::
                                 penalty / lambda / mean distance to the levels
     stages/<stage>.json         result row (+ weight histograms for regularized runs)
     models/<stage>.qareg        the final quantized model (compress.save)
+    budget/plan.json            with Config.budget: the K per layer of the budget stages,
+                                their sensitivities and sizes (budget_plan.make_plan)
     results.json, table.md      all rows (written at the end)
 
 With several ``config.seeds`` every seed runs the whole pipeline (its own pretrained
 model) and its stages live one folder deeper, e.g. ``checkpoints/seed-1/<stage>/<phase>``,
-``stages/seed-1/<stage>.json``; the row's ``stage`` is then ``"seed-1/<stage>"``. With one
-seed the layout is as above.
+``stages/seed-1/<stage>.json``, ``budget/seed-1/plan.json``; the row's ``stage`` is then
+``"seed-1/<stage>"``. With one seed the layout is as above.
 
 Rerunning with ``resume=True`` skips finished stages and continues an interrupted phase
 from its last checkpoint: the data order is a function of (seed, phase, epoch) and the
 dropout key of (seed, phase, step), so the resumed run computes exactly what the
-uninterrupted one would have.
+uninterrupted one would have. The budget plan is read back, not measured again.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from tqdm.auto import tqdm
 from .. import data, report
 from ..models import check_input_size, get_model
 from ..provenance import device_name
+from . import budget_plan
 from .config import Config
 from .loop import Context, check_interrupt
 from .stages import Pretrained, Stage, StageResult, planned_stages, pretrain, run_stage
+from .steps import init_variables
 from .workdir import (
     WorkdirError,
     check_pretrained_source,
@@ -188,6 +192,11 @@ def plan(config: Config, ds: data.Dataset, copied: Sequence[int] = ()) -> tuple[
         f"; {spe} steps per epoch ({len(ds.train_labels):,} examples, batch "
         f"{config.batch_size}); {steps:,} optimizer steps in all"
     )
+    if config.budget is not None:
+        lines.append(
+            f"  (*-budget stages: K per layer from {list(config.budget_ks)} for budget "
+            f"{config.budget!r}, planned after pretraining)"
+        )
     if seeds > 1:
         lines.append(f"  (every stage once per seed: {', '.join(map(str, config.seed_list))})")
     return "\n".join([head, *lines]), steps
@@ -240,11 +249,32 @@ def _pretrained(ctx: Context, stages_dir: pathlib.Path) -> Pretrained:
     return fp
 
 
-def _run_seed(ctx: Context, stages_dir: pathlib.Path) -> tuple[Pretrained, list[dict[str, Any]]]:
-    """Pretraining and every planned stage of ``ctx.config`` (one seed); ``(fp, rows)``."""
+def _check_budget(config: Config, model: Any, ds: data.Dataset, compiled: dict) -> None:
+    """Refuse (ValueError) a budget below the smallest packed model, before any training.
+
+    The sizes need the model's shapes: its initialisation for the first seed, kept in
+    ``compiled`` where ``Context.initial_variables`` finds it (no second compilation).
+    """
+    if config.budget is None:
+        return
+    seed = config.seed_list[0]
+    variables = compiled.setdefault(("init", seed), init_variables(model, ds.image_shape, seed))
+    budget_plan.check_budget(config, budget_plan.layer_bytes(config, variables))
+
+
+def _run_seed(
+    ctx: Context, stages_dir: pathlib.Path, say: Callable[[str], None]
+) -> tuple[Pretrained, list[dict[str, Any]], dict[str, Any] | None]:
+    """Pretraining, the budget plan (``say`` prints it) and every planned stage of
+    ``ctx.config`` (one seed); ``(fp, rows, the plan's plan.json record or None)``."""
     where = f"{ctx.subdir}/" if ctx.subdir else ""
     fp = _pretrained(ctx, stages_dir)
     ctx.say(f"{where}pretrain: full-precision accuracy {fp.acc_fp:.4f}")
+    record = None
+    if ctx.config.budget is not None:
+        plan, record, stored = budget_plan.budget_plan(ctx, fp)
+        ctx = dataclasses.replace(ctx, plan=plan)
+        say(budget_plan.describe(plan, record, stored, where))
     rows = []
     for stage in planned_stages(ctx.config):
         check_interrupt()  # between stages too: PTQ stages may not train
@@ -259,7 +289,7 @@ def _run_seed(ctx: Context, stages_dir: pathlib.Path) -> tuple[Pretrained, list[
             f"{result.stage}: pre-tuning {result.acc_pre:.4f}, post-tuning {result.acc_post:.4f}"
             f", 1/psi {result.ratio:.1f} ({result.wall_s:.1f} s)"
         )
-    return fp, rows
+    return fp, rows, record
 
 
 def train_and_evaluate(
@@ -296,13 +326,15 @@ def train_and_evaluate(
 
     Returns:
       ``{"rows": [StageResult.to_json()...], "pretrain": {...}, "config", "device", "date",
-      "wall_s", "seeds"}`` (+ ``"pretrain_by_seed"`` with several seeds), also written to
+      "wall_s", "seeds"}`` (+ ``"pretrain_by_seed"`` with several seeds, ``"budget_plans"``
+      ``{seed: budget/plan.json record}`` with a budget), also written to
       ``results.json`` (histograms go to ``stages/*.json`` only) and ``table.md`` (mean
       +- std over seeds with several); ``"pretrained_from"`` names the source run.
 
     Raises:
       WorkdirError: ``resume`` without a run in ``workdir`` (before loading data), a
         workdir holding another run, or a ``pretrained_from`` that cannot serve.
+      ValueError: ``config.budget`` below the smallest packed model (before any training).
     """
     t0 = time.perf_counter()
     if resume:
@@ -325,6 +357,8 @@ def train_and_evaluate(
             f"--model {config.model} does not fit --dataset {config.dataset}: {e}; choose a "
             "model for small images (small) or a dataset with larger images"
         ) from None
+    compiled: dict[Any, Any] = {}
+    _check_budget(config, model, first, compiled)
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     if say is None:
         say = tqdm.write if progress else lambda message: None
@@ -341,7 +375,7 @@ def train_and_evaluate(
     device = device_name()
     stages_dir = path / "stages"
     stages_dir.mkdir(exist_ok=True)
-    counter, compiled, rows, pretrains = [0], {}, [], {}
+    counter, rows, pretrains, plans = [0], [], {}, {}
     for cfg in configs:
         ds = first if cfg is configs[0] else seed_data(full, cfg)
         subdir = f"seed-{cfg.seed}" if len(configs) > 1 else ""
@@ -349,7 +383,7 @@ def train_and_evaluate(
             cfg, path, model, ds, device, progress, stop_after,
             counter=counter, compiled=compiled, subdir=subdir, on_timed=on_timed,
         )  # fmt: skip
-        fp, seed_rows = _run_seed(ctx, stages_dir)
+        fp, seed_rows, plans[str(cfg.seed)] = _run_seed(ctx, stages_dir, say)
         pretrains[str(cfg.seed)] = fp.to_json()
         rows += seed_rows
     results = {
@@ -365,6 +399,8 @@ def train_and_evaluate(
         results["pretrained_from"] = [str(s) for s in sources]
     if len(configs) > 1:
         results["pretrain_by_seed"] = pretrains
+    if config.budget is not None:
+        results["budget_plans"] = plans
     (path / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (path / "table.md").write_text(report.markdown_table(rows) + "\n")
     return results

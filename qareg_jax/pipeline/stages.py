@@ -7,6 +7,11 @@ quantization-aware training baselines). A new kind of method
 (e.g. quantization-aware training) is one ``plan(config, k) -> [Stage]`` function, one
 ``run(ctx, fp, stage) -> StageResult`` function and one ``STAGE_KINDS`` entry; its
 ``run`` reuses :func:`finetune` and :func:`pack` and returns a :class:`StageResult`.
+
+With ``config.budget`` every kind's ``plan`` is also called with K None, after the Ks of
+``config.ks``: those stages (named ``<...>-budget``, e.g. "reg-nearest-budget") run at the
+budget plan's K per layer (``ctx.plan``, see ``budget_plan``); :func:`layer_ks` and
+:func:`k_overrides` give every runner its per-layer K either way.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ..finetune import assignments_by_path, finetune_specs, quantized_finetune
 from ..paths import named_leaves
 from ..qat import ste
 from ..snap import check_snappable, snap
+from .budget_plan import planned_ks
 from .config import ANNEALED, Config
 from .loop import Context, batches_from, phase_seed, run_phase, variables
 from .optim import anneal_schedule, lam_schedule, make_optimizer, optimizer
@@ -143,6 +149,8 @@ def _result(
     median step time of its training ``phase`` (None: it has none)."""
     cfg = ctx.config
     step_s = ctx.step_times.get((ctx.stage_id(stage.name), phase)) if phase else None
+    if stage.k is None:  # a budget stage: its budget and the K of every layer
+        fields.update(budget_bytes=ctx.plan.budget_bytes, layer_ks=dict(ctx.plan.ks))
     return StageResult(
         model=cfg.model,
         dataset=cfg.dataset_label or cfg.dataset,
@@ -216,6 +224,41 @@ def _start(ctx: Context, fp: Pretrained) -> tuple[Any, dict[str, Any]]:
     return start["params"], {k: v for k, v in start.items() if k != "params"}
 
 
+# ------------------------------------------------------------------------- K per layer
+
+
+def k_tag(k: int | None) -> str:
+    """The K part of a stage name: ``"k4"``, or ``"budget"`` for a budget stage."""
+    return "budget" if k is None else f"k{k}"
+
+
+def layer_ks(ctx: Context, params: Any, stage: Stage, *, edges: bool = True) -> dict[str, int]:
+    """``{path: K}`` of the stage's quantized leaves of ``params``: the budget plan's for a
+    budget stage (``stage.k`` None), else ``stage.k`` on every selected leaf with
+    ``edge_layers_k`` on the edge layers (unless ``edges`` is False)."""
+    if stage.k is None:
+        return planned_ks(ctx.plan)
+    cfg = ctx.config
+    ks = dict.fromkeys(_paths(cfg, params, stage.k), stage.k)
+    if edges and cfg.edge_layers_k is not None:
+        ks.update(dict.fromkeys(edge_paths(list(ks)), cfg.edge_layers_k))
+    return ks
+
+
+def k_overrides(ctx: Context, params: Any, stage: Stage) -> dict[str, dict[str, int]] | None:
+    """``make_specs`` overrides giving each layer its K (with ``k=base_k(...)``): every
+    layer's planned K in a budget stage, else the edge layers' (None: no option)."""
+    if stage.k is None:
+        return {p: {"k": k} for p, k in planned_ks(ctx.plan).items()}
+    return edge_overrides(ctx.config, params)
+
+
+def base_k(ctx: Context, stage: Stage) -> int:
+    """The ``k`` passed to ``make_specs`` beside :func:`k_overrides`: ``stage.k``, or in a
+    budget stage the plan's smallest (every layer is overridden; any valid K would do)."""
+    return stage.k if stage.k is not None else min(planned_ks(ctx.plan).values())
+
+
 # --------------------------------------------------------------------------- regularizer
 
 
@@ -226,14 +269,14 @@ def method_name(regularizer: str, freeze_reps: bool, ste_last: float = 0.0) -> s
     return f"{name} + ste{ste_last:g}" if ste_last else name
 
 
-def stage_name(regularizer: str, k: int, freeze_reps: bool, ste_last: float = 0.0) -> str:
-    """Directory-safe stage name, e.g. ``"reg-nearest-k4"``, ``"reg-nearest-frozen-k4"`` or
-    (the hybrid) ``"reg-nearest-ste0.2-k4"``."""
+def stage_name(regularizer: str, k: int | None, freeze_reps: bool, ste_last: float = 0.0) -> str:
+    """Directory-safe stage name, e.g. ``"reg-nearest-k4"``, ``"reg-nearest-frozen-k4"``,
+    (the hybrid) ``"reg-nearest-ste0.2-k4"`` or (k None) ``"reg-nearest-budget"``."""
     hybrid = f"-ste{ste_last:g}" if ste_last else ""
-    return f"reg-{regularizer}{'-frozen' if freeze_reps else ''}{hybrid}-k{k}"
+    return f"reg-{regularizer}{'-frozen' if freeze_reps else ''}{hybrid}-{k_tag(k)}"
 
 
-def plan_regularized(config: Config, k: int) -> list[Stage]:
+def plan_regularized(config: Config, k: int | None) -> list[Stage]:
     """Per regularizer and ``freeze_reps`` value (static penalties have no reps: once);
     hybrids (``config.ste_last > 0``) instead of plain runs."""
     return [
@@ -259,8 +302,8 @@ def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str,
         params,
         include=cfg.include,
         exclude=cfg.exclude,
-        overrides=edge_overrides(cfg, params),
-        k=stage.k,
+        overrides=k_overrides(ctx, params, stage),
+        k=base_k(ctx, stage),
         regularizer=stage.method,
         lam=lam,
         interval=cfg.interval,
@@ -347,10 +390,10 @@ def _histograms(
 # ----------------------------------------------------------------------------------- ptq
 
 
-def plan_ptq(config: Config, k: int) -> list[Stage]:
-    """Per baseline quantizer ("binary" at K=2 only)."""
+def plan_ptq(config: Config, k: int | None) -> list[Stage]:
+    """Per baseline quantizer ("binary" at K=2 only, so never at a budget)."""
     return [
-        Stage(f"ptq-{method}-k{k}", "ptq", method, k)
+        Stage(f"ptq-{method}-{k_tag(k)}", "ptq", method, k)
         for method in config.baselines
         if method != "binary" or k == 2
     ]
@@ -360,13 +403,11 @@ def ptq_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
     """Post-training quantization of the pretrained model (pre-tuning), then the same
     quantized fine-tuning as the regularized runs with the codebooks as representatives.
     ``edge_layers_k`` levels for the edge layers, except "binary" (2 levels on every layer)."""
-    cfg, t0, k = ctx.config, time.perf_counter(), stage.k
+    cfg, t0 = ctx.config, time.perf_counter()
     params = fp.variables["params"]
     model_state = {k_: v for k_, v in fp.variables.items() if k_ != "params"}
-    paths = list(make_specs(params, include=cfg.include, exclude=cfg.exclude, k=k))
-    ks = dict.fromkeys(paths, k)
-    if cfg.edge_layers_k is not None and stage.method != "binary":  # binary: K=2 only
-        ks.update(dict.fromkeys(edge_paths(paths), cfg.edge_layers_k))
+    ks = layer_ks(ctx, params, stage, edges=stage.method != "binary")  # binary: K=2 only
+    paths = list(ks)
     kw = {"seed": cfg.seed} if stage.method == "pws" else {}
     qparams, quantized = quantizers.quantize_tree(params, paths, ks, stage.method, **kw)
     # The baseline's codebooks become representatives: the same fine-tuning transform.
@@ -384,14 +425,14 @@ def ptq_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
 # ----------------------------------------------------------------------------------- qat
 
 
-def plan_ste(config: Config, k: int) -> list[Stage]:
+def plan_ste(config: Config, k: int | None) -> list[Stage]:
     """One straight-through QAT stage per K when ``config.qat`` names "ste"."""
-    return [Stage(f"qat-ste-k{k}", "ste", "ste", k)] if "ste" in config.qat else []
+    return [Stage(f"qat-ste-{k_tag(k)}", "ste", "ste", k)] if "ste" in config.qat else []
 
 
-def plan_dkm(config: Config, k: int) -> list[Stage]:
+def plan_dkm(config: Config, k: int | None) -> list[Stage]:
     """One DKM stage per K when ``config.qat`` names "dkm"."""
-    return [Stage(f"qat-dkm-k{k}", "dkm", "dkm", k)] if "dkm" in config.qat else []
+    return [Stage(f"qat-dkm-{k_tag(k)}", "dkm", "dkm", k)] if "dkm" in config.qat else []
 
 
 def _paths(cfg: Config, params: Any, k: int) -> list[str]:
@@ -414,17 +455,19 @@ def train_ste(
     """The STE phase: ``(tree {"model": latent weights, "reps": levels}, model_state,
     specs, the start's _named weights)``; ``reg_epochs`` at ``reg_lr`` (same schedule as
     the regularized phase; ``reps_lr`` for the levels), levels re-fit every
-    ``ste_recluster_every`` steps; ``edge_layers_k`` levels for the edge layers."""
+    ``ste_recluster_every`` steps; ``edge_layers_k`` levels for the edge layers (a budget
+    stage: the plan's K per layer)."""
     cfg, name = ctx.config, stage.name
     params, model_state = _start(ctx, fp)
     total = cfg.reg_epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
-    overrides = edge_overrides(cfg, params)
+    overrides = k_overrides(ctx, params, stage)
     if overrides is None:
         tree, specs = ste.init(params, _paths(cfg, params, stage.k), k=stage.k)  # k-means levels
     else:
         start = make_specs(
-            params, include=cfg.include, exclude=cfg.exclude, overrides=overrides, k=stage.k
-        )
+            params, include=cfg.include, exclude=cfg.exclude, overrides=overrides,
+            k=base_k(ctx, stage),
+        )  # fmt: skip
         tree, specs = ste.init(params, start)
     before = _named(tree, specs)
     tx = make_optimizer(cfg, cfg.reg_lr, total, reps_lr=cfg.reps_lr, name=cfg.reg_optimizer)
@@ -479,14 +522,12 @@ def dkm_loss(model: Any, taus: Mapping[str, float], iters: int) -> LossFn:
 def dkm_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
     """DKM (blocked, O(N) memory) for the regularized phase's steps and schedule;
     pre-tuning = ``dkm_snap``, then the same fine-tuning and packing; ``edge_layers_k``
-    centroids for the edge layers."""
-    cfg, t0, name, k = ctx.config, time.perf_counter(), stage.name, stage.k
+    centroids for the edge layers (a budget stage: the plan's K per layer)."""
+    cfg, t0, name = ctx.config, time.perf_counter(), stage.name
     params, model_state = _start(ctx, fp)
     total = cfg.reg_epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
-    paths = _paths(cfg, params, k)
-    ks = dict.fromkeys(paths, k)
-    if cfg.edge_layers_k is not None:
-        ks.update(dict.fromkeys(edge_paths(paths), cfg.edge_layers_k))
+    ks = layer_ks(ctx, params, stage)
+    paths = list(ks)
     cents = dkm.dkm_init(params, paths, ks, init="kmeans")
     specs = {p: QuantSpec(k=ks[p], regularizer="nearest", lam=0.0) for p in cents}
     before = _named({"model": params, "reps": cents}, specs)
@@ -522,10 +563,10 @@ STAGE_KINDS: dict[str, StageKind] = {
 
 
 def planned_stages(config: Config) -> list[Stage]:
-    """The stages after "pretrain", in run order: per K, every kind's stages."""
-    return [
-        stage for k in config.ks for kind in STAGE_KINDS.values() for stage in kind.plan(config, k)
-    ]
+    """The stages after "pretrain", in run order: per K of ``config.ks``, then (K None) at
+    ``config.budget`` when set, every kind's stages."""
+    ks: list[int | None] = [*config.ks, *([None] if config.budget is not None else [])]
+    return [stage for k in ks for kind in STAGE_KINDS.values() for stage in kind.plan(config, k)]
 
 
 def run_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
