@@ -95,7 +95,16 @@ def build_problem(seed: int, global_batch: int) -> dict[str, Any]:
     # Initialised on the host's first local device and fetched: every process gets
     # the same numbers from the same key (no cross-process traffic needed).
     variables = jax.device_get(model.init(jax.random.PRNGKey(seed), data["x"][:1]))
-    specs = q.make_specs(variables, k=4, lam=optax.linear_schedule(0.0, 0.5, 4))
+    # The raw penalty scale (mean over the layer, weight units), because the steps below
+    # are plain SGD at lr 0.1: under the default unit scale the pull on a weight grows as
+    # lambda * distance / spacing^2 and SGD overshoots (README, "Choosing lambda").
+    specs = q.make_specs(
+        variables,
+        k=4,
+        lam=optax.linear_schedule(0.0, 0.5, 4),
+        reduction="mean",
+        normalize=None,
+    )
     train_params, specs = q.attach(variables, specs)
     return {"model": model, "train_params": train_params, "specs": specs, "data": data}
 
