@@ -35,6 +35,7 @@ import numpy as np
 from .nearest_level import assign
 from .paths import leaves_naming, named_leaves
 from .regularizers import registry, static_levels
+from .regularizers.common import from_groups, to_groups
 from .validation import (
     check_choice,
     check_group_size,
@@ -240,20 +241,6 @@ def groups_for(group_size: int | None, shape: Sequence[int], path: str = "") -> 
             f"{channels} (1: one codebook per channel), or None for one per leaf"
         )
     return channels // group_size
-
-
-def to_groups(x: Any, groups: int) -> Any:
-    """``x`` (..., C) as ``(G, N / G)`` rows: row g holds the weights of output channels
-    ``g * C / G .. (g + 1) * C / G - 1`` (numpy or JAX; a transpose unless G = 1)."""
-    rows = x.reshape(-1, groups, x.shape[-1] // groups).swapaxes(0, 1)
-    return rows.reshape(groups, -1)
-
-
-def from_groups(rows: Any, shape: Sequence[int]) -> Any:
-    """The inverse of :func:`to_groups`: ``(G, N / G)`` rows back to ``shape``."""
-    groups = rows.shape[0]
-    x = rows.reshape(groups, -1, shape[-1] // groups).swapaxes(0, 1)
-    return x.reshape(shape)
 
 
 def _group_of_channel(levels: Any, channels: int) -> Any:

@@ -7,8 +7,10 @@ static Python data: close over them (``jax.jit(lambda tp: penalty(tp, specs))``)
 A grouped spec (``QuantSpec.group_size``) applies the per-tensor form to each group
 with its own ``(K,)`` reps (or its own ``lo``/``hi``), ``jax.vmap``-ped over the
 ``(G, N / G)`` rows of :func:`codebook.to_groups`: the same O(N) memory and no
-Python loop over groups. ``R_l`` is then the sum over groups divided by N (mean)
-or not (sum), as for one codebook.
+Python loop over groups. A registered ``grouped_total`` form (``nearest``) replaces
+the vmap: the rows are a transpose of the kernel, which costs more than the penalty
+itself at one codebook per channel. ``R_l`` is then the sum over groups divided by
+N (mean) or not (sum), as for one codebook.
 """
 
 from __future__ import annotations
@@ -90,7 +92,10 @@ def reduced(w: jax.Array, spec: QuantSpec, reps: jax.Array | None = None) -> jax
         entry = registry.get(spec.regularizer)
         if entry.dynamic and reps is None:
             raise ValueError(f"regularizer {spec.regularizer!r} needs representatives")
-        total = jnp.sum(per_group(_total, w, spec, reps))
+        if entry.grouped_total is not None:  # in the kernel's layout, no transpose
+            total = jnp.sum(entry.grouped_total(w, reps, spec))
+        else:
+            total = jnp.sum(per_group(_total, w, spec, reps))
     else:
         total = _total(w, spec, reps)
     value = total / w.size if spec.reduction == "mean" else total
