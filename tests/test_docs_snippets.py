@@ -51,3 +51,14 @@ def test_nnx_snippet_runs_and_keeps_the_train_tree():
     for path in specs:
         assert np.unique(np.asarray(model_leaves[path])).size <= 4
         assert np.unique(np.asarray(train_leaves[path])).size > 4, f"{path} was overwritten"
+
+
+def test_grouped_snippet_runs():
+    ns: dict = {}
+    exec(compile(_python_block("## Grouped codebooks"), str(USAGE), "exec"), ns)  # noqa: S102
+    tp, specs, snapped = ns["tp"], ns["specs"], ns["snapped"]
+    assert tp["reps"]["params/fc1/kernel"].shape == (64, 4)
+    for path in specs:
+        w = np.asarray(named_leaves(snapped["model"])[path])
+        for g in range(w.shape[-1]):  # group_size=1: each channel holds <= 4 values
+            assert np.unique(w[..., g]).size <= 4
