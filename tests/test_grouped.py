@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from qareg_jax import codebook as q
 from qareg_jax import compress as c
 from qareg_jax import quantizers
+from qareg_jax.finetune import assignments_by_path, regularize_then_finetune
 from qareg_jax.penalty import elementwise, penalty, penalty_stats, reduced
 from qareg_jax.qat import ste
 from qareg_jax.regularizers import grouped_nearest_total, nearest_total
@@ -291,6 +292,27 @@ def test_quantized_finetune_keeps_weights_on_their_groups_levels():
         on = q.take_levels(tree["reps"][path], assignments[path])
         np.testing.assert_array_equal(bits(w), bits(on))
         assert not np.array_equal(np.asarray(tree["reps"][path]), np.asarray(snapped["reps"][path]))
+
+
+def test_regularize_then_finetune_grouped_ends_on_levels():
+    params = _params(9)
+    tp, specs = q.attach(params, q.make_specs(params, include=["fc/kernel"], k=3, group_size=2))
+    tx = regularize_then_finetune(optax.sgd(1e-2), optax.sgd(1e-2), specs, snap_at=2)
+    state = tx.init(tp)
+
+    def loss(t):
+        return jnp.sum(jnp.sin(t["model"]["params"]["fc"]["kernel"])) + penalty(t, specs)
+
+    @jax.jit
+    def step(t, state):
+        updates, state = tx.update(jax.grad(loss)(t), state, t)
+        return optax.apply_updates(t, updates), state
+
+    for _ in range(6):
+        tp, state = step(tp, state)
+    a = assignments_by_path(state)[PATH]
+    w = tp["model"]["params"]["fc"]["kernel"]
+    np.testing.assert_array_equal(bits(w), bits(q.take_levels(tp["reps"][PATH], a)))
 
 
 def test_finetune_rep_gradient_is_per_group_sum():
