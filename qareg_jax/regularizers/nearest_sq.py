@@ -41,8 +41,8 @@ _VARIADIC_MAX_K = 2
 _GROUP_ROWS = 8
 # Up to this K (the compare chain of with_nearest, whose levels may be arrays),
 # grouped_nearest_total uses threshold sums; above it, nearest_total vmapped over
-# groups (at K = 16 and 32 the threshold sums took 2.7x / 4.9x the per-tensor time,
-# the vmap 7.0x / 5.5x, with 3x the memory).
+# groups (at K = 16 and 32 the threshold sums took 2.7-3.3x / 4.9x the per-tensor
+# time, the vmap 7.0x / 5.5x, with 3x the memory).
 _GROUPED_THRESHOLD_MAX_K = 32
 # Up to this K, nearest_total's per-representative sums come from threshold sums
 # (_threshold_stats; CPU time on a 4096 x 4096 kernel at K = 3 / 4 / 8: 20 / 25 /
@@ -264,8 +264,8 @@ def grouped_nearest_total(w: Array, reps: Array) -> Array:
       over row blocks, no transpose: 2K - 2 compares per weight, where the per-tensor
       form switches to scatter-adds above K = 4); above, :func:`nearest_total`
       vmapped over the ``(G, N / G)`` rows. No ``N x K`` array either way. At 4096
-      groups on a (1024, 4096) kernel: 0.7x / 2.7x / 4.9x the per-tensor time at
-      K = 4 / 16 / 32 (vmapped: 7.0x / 5.5x at K = 16 / 32; benchmarks/README.md).
+      groups on a (1024, 4096) kernel: 0.8x / 3.3x the per-tensor time at K = 4 / 16
+      (vmapped: 7.0x at K = 16; benchmarks/README.md, "Grouped nearest penalty").
     """
     w = check_float_array(w, "w")
     reps = check_float_array(reps, "reps")
