@@ -523,11 +523,15 @@ def attach(
 
     Each spec gets concrete ``lo``/``hi`` (and ``tau``/``sigma``) from its leaf;
     dynamic specs get representatives initialised by ``spec.init``. ``params`` is
-    not modified.
+    not modified. A grouped spec (``group_size``) gets them per group, for all
+    groups at once: ``(G, K)`` reps, ``lo``/``hi`` tuples of G floats (see
+    ``QuantSpec``).
 
     Raises:
       ValueError: a spec names a missing leaf, a leaf holds NaN/inf, is constant (no
-        interval) or has fewer weights than its ``k``, or the specs are empty.
+        interval) or has fewer weights than its ``k``, or the specs are empty; for a
+        grouped spec, ``group_size`` does not divide the leaf's last axis, a group is
+        constant or has fewer weights than ``k``.
       TypeError: a selected leaf is not floating point.
     """
     if not specs:
