@@ -243,10 +243,9 @@ def groups_for(group_size: int | None, shape: Sequence[int], path: str = "") -> 
     return channels // group_size
 
 
-def _group_of_channel(levels: Any, channels: int) -> Any:
-    """``(channels,)`` group index of each output channel for ``(G, K)`` levels."""
-    xp = np if isinstance(levels, np.ndarray) else jnp
-    return xp.arange(channels) // (channels // levels.shape[0])
+def _group_of_channel(groups: int, channels: int, xp: Any = jnp) -> Any:
+    """``(channels,)`` group index of each output channel (``xp``: numpy or jax.numpy)."""
+    return xp.arange(channels) // (channels // groups)
 
 
 def take_levels(levels: Any, a: Any) -> Any:
@@ -254,7 +253,8 @@ def take_levels(levels: Any, a: Any) -> Any:
     ``levels[group of the weight's channel, a]`` (a gather, no transpose). Shape of ``a``."""
     if levels.ndim == 1:
         return levels[a]
-    return levels[_group_of_channel(levels, a.shape[-1]), a]
+    xp = np if isinstance(levels, np.ndarray) else jnp
+    return levels[_group_of_channel(levels.shape[0], a.shape[-1], xp), a]
 
 
 def level_sums(values: jax.Array, a: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -264,8 +264,7 @@ def level_sums(values: jax.Array, a: jax.Array, shape: tuple[int, ...]) -> jax.A
     out = jnp.zeros(shape, values.dtype)
     if len(shape) == 1:
         return out.at[a].add(values)
-    group = jnp.arange(a.shape[-1]) // (a.shape[-1] // shape[0])
-    return out.at[group, a].add(values)
+    return out.at[_group_of_channel(shape[0], a.shape[-1]), a].add(values)
 
 
 def assign_levels(w: jax.Array, levels: jax.Array, *, index_dtype: Any = None) -> jax.Array:
