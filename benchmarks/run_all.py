@@ -46,6 +46,7 @@ HEADLINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dkm_memory": (("impl", "n", "k"), ("peak_bytes", "time_s")),
     "scaling": (("devices", "global_batch"), ("step_ms", "weak_scaling_efficiency")),
     "method_cost": (("method", "k"), ("time_ratio", "memory_ratio")),
+    "grouped_penalty": (("case", "groups"), ("median_ms", "time_ratio", "memory_ratio")),
 }
 # Further runs of a script with other arguments: run name -> (script, arguments).
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -9,6 +9,14 @@ dicts); leaves are named by their '/'-joined key path (see ``paths.py``).
 Dynamic regularizers get a ``(K,)`` representatives vector in ``"reps"``, with
 the weight's dtype, updated by the same optax step as the weights. Static
 regularizers (sine, cosine) have fixed levels and no entry.
+
+Grouped codebooks (``QuantSpec.group_size``): one codebook per group of
+``group_size`` consecutive output channels (the LAST axis of a flax kernel: Dense
+``(in, out)``, Conv ``(h, w, in, out)``), so a leaf with ``out`` channels has
+``G = out / group_size`` groups and reps of shape ``(G, K)``; static specs get
+per-group ``lo``/``hi`` tuples of length G. :func:`to_groups` views a leaf as
+``(G, N / G)`` rows (row g: the weights of group g), :func:`assign_levels` and
+:func:`take_levels` map weights to their own group's levels.
 """
 
 from __future__ import annotations
@@ -24,10 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .nearest_level import assign
 from .paths import leaves_naming, named_leaves
 from .regularizers import registry, static_levels
+from .regularizers.common import from_groups, to_groups
 from .validation import (
     check_choice,
+    check_group_size,
     check_interval,
     check_k,
     check_k_fits,
@@ -93,6 +104,14 @@ class QuantSpec:
         (squared mean spacing of its levels, meant for the squared-distance penalties);
         None: no division. Default "unit".
       norm: that divisor (> 0), filled in by ``attach`` when ``normalize`` is set.
+      group_size: None (default): one codebook for the whole leaf. An int C >= 1: one
+        codebook per C consecutive output channels (the leaf's last axis; C = 1: per
+        channel), which C must divide: reps of shape ``(G, K)``, ``G = channels / C``.
+        A number of channels rather than of groups, so one spec fits layers of any
+        width (``make_specs(params, group_size=1)``). ``lo``/``hi`` are then per group
+        (tuples of G floats after ``attach``; a scalar given applies to every group);
+        ``tau``, ``sigma`` and ``norm`` stay one number per leaf, from the mean over
+        groups of the per-group level spacing (``norm="variance"``: the whole leaf's).
     """
 
     k: int = 4
@@ -109,6 +128,7 @@ class QuantSpec:
     wells_mode: str = "max"
     normalize: str | None = "unit"
     norm: float | None = None
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         check_k(self.k)
@@ -123,8 +143,10 @@ class QuantSpec:
             check_lam(self.lam)
         if (self.lo is None) != (self.hi is None):
             raise ValueError("lo and hi must be given together (or neither)")
+        if self.group_size is not None:
+            check_group_size(self.group_size)
         if self.lo is not None:
-            check_interval(self.lo, self.hi)
+            _check_bounds(self.lo, self.hi, self.group_size)
         for name in ("tau", "sigma", "interval_param", "norm"):
             if getattr(self, name) is not None:
                 check_positive(getattr(self, name), name)
@@ -183,6 +205,119 @@ def lam_guard(lam: Any) -> Any:
     """
     lam = jnp.asarray(lam, jnp.float32)
     return jnp.where((lam >= 0) & jnp.isfinite(lam), 0.0, jnp.nan).astype(jnp.float32)
+
+
+def _check_bounds(lo: Any, hi: Any, group_size: int | None) -> None:
+    """Scalar bounds: ``check_interval``; per-group ones (sequences, grouped specs only):
+    equal lengths, finite, ``lo < hi`` in every group."""
+    if np.ndim(lo) == 0 and np.ndim(hi) == 0:
+        check_interval(lo, hi)
+        return
+    if group_size is None:
+        raise ValueError(
+            "lo and hi must be numbers; per-group sequences need group_size (grouped codebooks)"
+        )
+    lo_, hi_ = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    if lo_.ndim != 1 or lo_.shape != hi_.shape or not lo_.size:
+        raise ValueError(
+            f"per-group lo and hi must be two equal-length 1-D sequences, got "
+            f"shapes {lo_.shape} and {hi_.shape}"
+        )
+    bad = np.flatnonzero(~(np.isfinite(lo_) & np.isfinite(hi_) & (lo_ < hi_)))
+    if bad.size:
+        g = int(bad[0])
+        raise ValueError(
+            f"per-group interval must satisfy finite lo < hi in every group; group {g} has "
+            f"lo={lo_[g]}, hi={hi_[g]} ({bad.size} bad groups)"
+        )
+
+
+# ------------------------------------------------------------------ grouped codebooks
+
+
+def num_groups(spec: QuantSpec, shape: Sequence[int], path: str = "") -> int | None:
+    """G, the number of codebooks of a leaf of ``shape`` under ``spec``; None per tensor.
+
+    Raises:
+      ValueError: ``spec.group_size`` does not divide the last axis (output channels).
+    """
+    return groups_for(spec.group_size, shape, path)
+
+
+def groups_for(group_size: int | None, shape: Sequence[int], path: str = "") -> int | None:
+    """G = output channels / ``group_size`` for a leaf of ``shape``; None when ``group_size``
+    is None. Raises ValueError (naming ``path``) when it does not divide the last axis."""
+    if group_size is None:
+        return None
+    group_size = check_group_size(group_size)
+    channels = int(shape[-1]) if len(shape) else 1
+    if not len(shape) or channels % group_size:
+        raise ValueError(
+            f"group_size={group_size} must divide the {channels} output channels (last "
+            f"axis) of leaf {path!r} of shape {tuple(shape)}; allowed: a divisor of "
+            f"{channels} (1: one codebook per channel), or None for one per leaf"
+        )
+    return channels // group_size
+
+
+def _group_of_channel(groups: int, channels: int, xp: Any = jnp) -> Any:
+    """``(channels,)`` group index of each output channel (``xp``: numpy or jax.numpy)."""
+    return xp.arange(channels) // (channels // groups)
+
+
+def take_levels(levels: Any, a: Any) -> Any:
+    """The level of each index: ``levels[a]`` for ``(K,)`` levels; for ``(G, K)`` levels,
+    ``levels[group of the weight's channel, a]`` (a gather, no transpose). Shape of ``a``."""
+    if levels.ndim == 1:
+        return levels[a]
+    xp = np if isinstance(levels, np.ndarray) else jnp
+    return levels[_group_of_channel(levels.shape[0], a.shape[-1], xp), a]
+
+
+def level_sums(values: jax.Array, a: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Per-level sums of ``values`` over the weights with index ``a``: shape ``shape``
+    ((K,) or (G, K), each weight counted in its own group), a scatter-add on the
+    arrays' own shapes (no ravel: a sharded kernel is not gathered)."""
+    out = jnp.zeros(shape, values.dtype)
+    if len(shape) == 1:
+        return out.at[a].add(values)
+    return out.at[_group_of_channel(shape[0], a.shape[-1]), a].add(values)
+
+
+def assign_levels(w: jax.Array, levels: jax.Array, *, index_dtype: Any = None) -> jax.Array:
+    """``nearest_level.assign`` with ``(K,)`` levels, or each weight against its own
+    group's levels for ``(G, K)`` ones (vmapped over the groups). Shape of ``w``."""
+    if levels.ndim == 1:
+        return assign(w, levels, index_dtype=index_dtype)
+    rows = jax.vmap(lambda r, c: assign(r, c, index_dtype=index_dtype))(
+        to_groups(w, levels.shape[0]), levels
+    )
+    return from_groups(rows, w.shape)
+
+
+def group_bounds(spec: QuantSpec, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` of a grouped spec as ``(G,)`` float64 arrays (scalars broadcast)."""
+    if spec.lo is None:
+        raise ValueError("spec has no interval; resolve it with attach()")
+    lo, hi = np.asarray(spec.lo, np.float64), np.asarray(spec.hi, np.float64)
+    if lo.ndim and lo.size != groups:
+        raise ValueError(f"spec has {lo.size} per-group bounds for a leaf of {groups} groups")
+    return np.broadcast_to(lo, (groups,)), np.broadcast_to(hi, (groups,))
+
+
+def check_k_fits_groups(spec: QuantSpec, shape: Sequence[int], path: str) -> int | None:
+    """``num_groups`` after checking that ``spec.k`` levels fit the leaf, or each group."""
+    n = int(np.prod(shape))
+    groups = num_groups(spec, shape, path)
+    if groups is None:
+        check_k_fits(spec.k, n, path)
+    elif spec.k > n // groups:
+        raise ValueError(
+            f"k={spec.k} levels per group for leaf {path!r}: each of its {groups} groups "
+            f"(group_size={spec.group_size}) has only {n // groups} weights; k must be <= "
+            "that (raise group_size or lower k)"
+        )
+    return groups
 
 
 def check_schedules(specs: Mapping[str, QuantSpec], steps: int) -> None:
@@ -347,7 +482,7 @@ def make_specs(
             if spec is not None and override_matches(key, path):
                 spec = None if change is None else dataclasses.replace(spec, **change)
         if spec is not None:
-            check_k_fits(spec.k, int(np.size(leaves[path])), path)
+            check_k_fits_groups(spec, np.shape(leaves[path]), path)
             specs[path] = spec
     if not specs:
         raise ValueError("overrides skipped every selected leaf; nothing is left to quantize")
@@ -404,11 +539,15 @@ def attach(
 
     Each spec gets concrete ``lo``/``hi`` (and ``tau``/``sigma``) from its leaf;
     dynamic specs get representatives initialised by ``spec.init``. ``params`` is
-    not modified.
+    not modified. A grouped spec (``group_size``) gets them per group, for all
+    groups at once: ``(G, K)`` reps, ``lo``/``hi`` tuples of G floats (see
+    ``QuantSpec``).
 
     Raises:
       ValueError: a spec names a missing leaf, a leaf holds NaN/inf, is constant (no
-        interval) or has fewer weights than its ``k``, or the specs are empty.
+        interval) or has fewer weights than its ``k``, or the specs are empty; for a
+        grouped spec, ``group_size`` does not divide the leaf's last axis, a group is
+        constant or has fewer weights than ``k``.
       TypeError: a selected leaf is not floating point.
     """
     if not specs:
@@ -424,7 +563,11 @@ def attach(
         host = np.asarray(jax.device_get(leaf), np.float64)
         if not np.isfinite(host).all():
             raise ValueError(f"leaf {path!r} holds NaN or inf values; cannot attach")
-        check_k_fits(spec.k, host.size, path)
+        if check_k_fits_groups(spec, host.shape, path) is not None:
+            resolved[path], c = _attach_groups(host, spec, path)
+            if c is not None:
+                reps[path] = jnp.asarray(c, dtype)
+            continue
         lo, hi = resolve_interval(host, spec, path)
         spacing = (hi - lo) / (spec.k - 1)
         if spec.dynamic:
@@ -447,6 +590,70 @@ def attach(
             spec, norm=_norm(spec, host, spacing, path, reps.get(path))
         )
     return {"model": params, "reps": reps}, resolved
+
+
+def _group_intervals(rows: np.ndarray, spec: QuantSpec, path: str) -> tuple[np.ndarray, ...]:
+    """Per-group ``(lo, hi)`` (G,) of ``rows`` (G, n) under ``spec``, as
+    :func:`resolve_interval` per row (vectorised)."""
+    if spec.lo is not None:
+        return group_bounds(spec, len(rows))
+    if spec.interval == "minmax":
+        lo, hi = rows.min(axis=1), rows.max(axis=1)
+    elif spec.interval == "percentile":
+        p = 1.0 if spec.interval_param is None else spec.interval_param
+        if not 0 < p < 50:
+            raise ValueError(f"interval_param (percentile) must be in (0, 50), got {p}")
+        lo, hi = np.percentile(rows, [p, 100 - p], axis=1)
+    else:
+        s = 3.0 if spec.interval_param is None else spec.interval_param
+        mu, sd = rows.mean(axis=1), rows.std(axis=1)
+        lo = np.maximum(mu - s * sd, rows.min(axis=1))
+        hi = np.minimum(mu + s * sd, rows.max(axis=1))
+    bad = np.flatnonzero(~(lo < hi))
+    if bad.size:
+        raise ValueError(
+            f"the {spec.interval!r} interval of group {int(bad[0])} of leaf {path!r} is empty "
+            f"({bad.size} of {len(rows)} groups are constant, e.g. a dead channel); give lo/hi "
+            "explicitly or a larger group_size"
+        )
+    return lo, hi
+
+
+def _attach_groups(
+    host: np.ndarray, spec: QuantSpec, path: str
+) -> tuple[QuantSpec, np.ndarray | None]:
+    """The resolved grouped spec of one leaf and its ``(G, K)`` starting reps (None if static).
+
+    Intervals and starts are per group, computed for all groups at once (k-means:
+    ``quantizers.kmeans_1d_rows``). ``tau``/``sigma``/``norm="spacing"`` use the mean
+    over groups of each group's level spacing.
+    """
+    rows = to_groups(host, num_groups(spec, host.shape, path))
+    lo, hi = _group_intervals(rows, spec, path)
+    spacing = (hi - lo) / (spec.k - 1)
+    c = None
+    if spec.dynamic:
+        if spec.init == "grid":
+            c = lo[:, None] + (hi - lo)[:, None] * np.linspace(0.0, 1.0, spec.k)
+        elif spec.init == "quantile":
+            c = np.quantile(rows, (np.arange(spec.k) + 0.5) / spec.k, axis=1).T
+        else:
+            from .quantizers import kmeans_1d_rows  # host-side, one-off
+
+            c = kmeans_1d_rows(rows, spec.k)
+        # As per tensor: widths follow the reps' own spread where a group has one.
+        spread = (c.max(axis=1) - c.min(axis=1)) / (spec.k - 1)
+        spacing = np.where(spread > 0, spread, spacing)
+    mean_spacing = float(np.mean(spacing))
+    resolved = dataclasses.replace(
+        spec,
+        lo=tuple(float(v) for v in lo),
+        hi=tuple(float(v) for v in hi),
+        tau=spec.tau if spec.tau is not None else (mean_spacing / 4) ** 2,
+        sigma=spec.sigma if spec.sigma is not None else mean_spacing / 2,
+    )
+    resolved = dataclasses.replace(resolved, norm=_norm(resolved, host, mean_spacing, path, c))
+    return resolved, c
 
 
 def _norm(
@@ -483,9 +690,11 @@ def unit_norm(spec: QuantSpec, reps: jax.Array | None = None) -> jax.Array:
     a registered one gets the same scale. ``attach`` fixes it from the starting levels;
     ``penalty`` calls it on the current levels for a spec that was not attached."""
     entry = registry.get(spec.regularizer)
+    if spec.dynamic and reps is None:
+        raise ValueError(f"regularizer {spec.regularizer!r} needs representatives")
+    if spec.group_size is not None:
+        return jnp.mean(_grouped_unit_heights(spec, reps)) / UNIT_BARRIER
     if spec.dynamic:
-        if reps is None:
-            raise ValueError(f"regularizer {spec.regularizer!r} needs representatives")
         c = jnp.sort(jax.lax.stop_gradient(reps).astype(jnp.float32))
         rep_arg = c
     else:
@@ -497,13 +706,44 @@ def unit_norm(spec: QuantSpec, reps: jax.Array | None = None) -> jax.Array:
     return jnp.mean(heights) / UNIT_BARRIER
 
 
+def _grouped_unit_heights(spec: QuantSpec, reps: jax.Array | None) -> jax.Array:
+    """``(G, K - 1)`` element-wise penalties at the midpoints of each group's adjacent
+    levels (one norm per layer: ``unit_norm`` takes their mean)."""
+    entry = registry.get(spec.regularizer)
+    flat = dataclasses.replace(spec, group_size=None, lo=None, hi=None)
+    if spec.dynamic:
+        c = jnp.sort(jax.lax.stop_gradient(reps).astype(jnp.float32), axis=-1)
+        mids = (c[:, :-1] + c[:, 1:]) / 2
+        return jax.vmap(lambda m, r: entry.elementwise(m, r, flat))(mids, c).astype(jnp.float32)
+    if spec.lo is None:
+        raise ValueError("spec has no interval; resolve it with attach()")
+    lo, hi = (np.atleast_1d(np.asarray(b, np.float64)) for b in (spec.lo, spec.hi))
+    c = entry.levels(spec.k, lo[:, None], hi[:, None])
+    mids = jnp.asarray((c[:, :-1] + c[:, 1:]) / 2, jnp.float32)
+    lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
+    heights = jax.vmap(
+        lambda m, a, b: entry.elementwise(m, None, dataclasses.replace(flat, lo=a, hi=b))
+    )(mids, lo, hi)
+    return heights.astype(jnp.float32)
+
+
 def levels(train_params: Mapping[str, Any], spec: QuantSpec, path: str) -> jax.Array:
-    """The ``(K,)`` quantization levels of leaf ``path``: its reps, or the static minima."""
+    """The ``(K,)`` (grouped: ``(G, K)``) quantization levels of leaf ``path``: its reps,
+    or the static minima."""
     if spec.dynamic:
         return train_params["reps"][path]
     if spec.lo is None:
         raise ValueError(f"spec for {path!r} has no interval; resolve it with attach()")
+    if spec.group_size is not None:
+        leaf = named_leaves(train_params["model"])[path]
+        return jnp.asarray(grouped_static_levels(spec, np.shape(leaf), path))
     return jnp.asarray(static_levels(spec.regularizer, spec.k, spec.lo, spec.hi))
+
+
+def grouped_static_levels(spec: QuantSpec, shape: Sequence[int], path: str = "") -> np.ndarray:
+    """``(G, K)`` float64 minima of a grouped static spec on a leaf of ``shape``."""
+    lo, hi = group_bounds(spec, num_groups(spec, shape, path))
+    return registry.get(spec.regularizer).levels(spec.k, lo[:, None], hi[:, None])
 
 
 def check_tree(train_params: Any, specs: Mapping[str, QuantSpec]) -> dict[str, Any]:
@@ -511,7 +751,8 @@ def check_tree(train_params: Any, specs: Mapping[str, QuantSpec]) -> dict[str, A
 
     Other top-level keys (e.g. learnable range-regularizer parameters) are allowed.
     Raises ValueError naming the first mismatch: not a dict with "model" and "reps",
-    a spec without its leaf, a dynamic spec without reps of shape ``(k,)``, or
+    a spec without its leaf, a dynamic spec without reps of shape ``(k,)`` (grouped:
+    ``(G, k)``), a ``group_size`` that does not divide the leaf's output channels, or
     reps for a path that has no dynamic spec.
     """
     if not isinstance(train_params, Mapping) or not {"model", "reps"} <= set(train_params):
@@ -526,16 +767,20 @@ def check_tree(train_params: Any, specs: Mapping[str, QuantSpec]) -> dict[str, A
     for path, spec in specs.items():
         if path not in leaves:
             raise ValueError(f"specs name a leaf that the model does not have: {path!r}")
+        groups = num_groups(spec, np.shape(leaves[path]), path)
+        want = (spec.k,) if groups is None else (groups, spec.k)
         if spec.dynamic:
             if path not in reps:
                 raise ValueError(f"reps tree does not match specs: no representatives for {path!r}")
-            if tuple(reps[path].shape) != (spec.k,):
+            if tuple(reps[path].shape) != want:
                 raise ValueError(
                     f"reps tree does not match specs: reps[{path!r}] has shape "
-                    f"{tuple(reps[path].shape)}, expected ({spec.k},)"
+                    f"{tuple(reps[path].shape)}, expected {want}"
                 )
         elif spec.lo is None:
             raise ValueError(f"spec for {path!r} has no interval; resolve it with attach()")
+        elif groups is not None:
+            group_bounds(spec, groups)
     extra = [p for p in reps if p not in specs or not specs[p].dynamic]
     if extra:
         raise ValueError(

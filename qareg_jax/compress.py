@@ -5,7 +5,11 @@ Files use the extension ``.qareg`` (``model.qareg``; the CLI and pipeline write
 
 A quantized layer is stored as its codebook (k values, float32 or float16) plus
 its indices packed at exactly ``ceil(log2 k)`` bits each; other leaves are stored
-raw. Everything works leaf by leaf (no tree-wide gather).
+raw. Everything works leaf by leaf (no tree-wide gather). A grouped layer
+(codebook of shape ``(G, k)``, one per group of consecutive output channels, see
+``QuantSpec.group_size``) stores its G codebooks one after the other (G * k values)
+and each weight's index into its own group's codebook; its metadata entry has
+``"groups": G`` (absent for one codebook, so those files are unchanged).
 
 File format (version 1, little-endian)::
 
@@ -37,6 +41,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from .codebook import take_levels
 from .nearest_level import index_dtype
 from .paths import named_leaves
 from .validation import check_k
@@ -246,6 +251,7 @@ class LayerSize:
     original_bits: int
     packed_bits: int
     huffman_bits: int
+    groups: int = 1  # codebooks of the leaf (grouped codebooks: G), all counted in the sizes
 
 
 @dataclass(frozen=True)
@@ -309,7 +315,7 @@ class SizeReport:
             row(
                 ly.path,
                 ly.n,
-                ly.k if ly.k else "-",
+                (ly.k if ly.groups == 1 else f"{ly.k} x {ly.groups}") if ly.k else "-",
                 ly.original_bits,
                 ly.packed_bits,
                 ly.huffman_bits,
@@ -344,8 +350,8 @@ def _host_pair(pair: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_quantized(
     leaves: Mapping[str, Any], quantized: Quantized, codebook_dtype: str
-) -> dict[str, int]:
-    """Validate ``quantized`` against the tree, one layer at a time; {path: k}."""
+) -> dict[str, tuple[int, int | None]]:
+    """Validate ``quantized`` against the tree, one layer at a time; {path: (k, G or None)}."""
     if codebook_dtype not in _CODEBOOK_DTYPES:
         raise ValueError(
             f"codebook_dtype must be one of {_CODEBOOK_DTYPES}, got {codebook_dtype!r}"
@@ -357,7 +363,13 @@ def _check_quantized(
     for path, pair in quantized.items():
         cb, a = _host_pair(pair)
         shape, dtype = _leaf_info(leaves[path])
-        if cb.ndim != 1 or cb.size < 2 or not jnp.issubdtype(cb.dtype, jnp.floating):
+        grouped = cb.ndim == 2 and len(shape) and cb.shape[0] and shape[-1] % cb.shape[0] == 0
+        if not (cb.ndim == 1 or grouped) or cb.shape[-1] < 2:
+            raise ValueError(
+                f"{path}: codebook must be a float (k,) array, or (G, k) with G dividing the "
+                f"leaf's last axis {shape[-1:]}, with k >= 2; got shape {cb.shape}"
+            )
+        if not jnp.issubdtype(cb.dtype, jnp.floating):
             raise ValueError(f"{path}: codebook must be a float (k,) array with k >= 2")
         with np.errstate(over="ignore"):  # overflow is reported just below
             stored = cb.astype(codebook_dtype)
@@ -367,11 +379,12 @@ def _check_quantized(
             raise ValueError(f"{path}: assignments shape {a.shape} != leaf shape {shape}")
         if not np.issubdtype(a.dtype, np.integer):
             raise TypeError(f"{path}: assignments must be integers, got {a.dtype}")
-        if a.size and (int(a.min()) < 0 or int(a.max()) >= cb.size):
-            raise ValueError(f"{path}: assignments must lie in [0, {cb.size})")
+        k = cb.shape[-1]
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= k):
+            raise ValueError(f"{path}: assignments must lie in [0, {k})")
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"{path}: only float leaves can be quantized, got {dtype}")
-        out[path] = cb.size
+        out[path] = (k, cb.shape[0] if cb.ndim == 2 else None)
     return out
 
 
@@ -381,7 +394,8 @@ def size_report(params: Any, quantized: Quantized, codebook_dtype: str = "float3
     Per quantized layer (N weights, K levels, c = codebook bits per level):
     packed = ceil(log2 K) * N + K * c; Huffman = sum(count_i * length_i) + K * c
     (the code-length table is not counted). Original = dtype bits * N. Unquantized
-    leaves count raw in all three.
+    leaves count raw in all three. A grouped layer (G codebooks) counts G * K * c
+    codebook bits; its Huffman code is one code over the group-local indices.
     """
     leaves = named_leaves(params)
     quant = _check_quantized(leaves, quantized, codebook_dtype)
@@ -394,10 +408,12 @@ def size_report(params: Any, quantized: Quantized, codebook_dtype: str = "float3
         if path not in quant:
             layers.append(LayerSize(path, n, None, orig, orig, orig))
             continue
-        k = quant[path]
+        k, groups = quant[path]
+        g = groups or 1
         counts = _counts(_host_pair(quantized[path])[1], k)
-        huff = int(np.dot(counts, huffman_code_lengths(counts))) + k * cb_bits
-        layers.append(LayerSize(path, n, k, orig, bits_per_index(k) * n + k * cb_bits, huff))
+        huff = int(np.dot(counts, huffman_code_lengths(counts))) + g * k * cb_bits
+        packed = bits_per_index(k) * n + g * k * cb_bits
+        layers.append(LayerSize(path, n, k, orig, packed, huff, g))
     return SizeReport(tuple(layers), codebook_dtype)
 
 
@@ -546,9 +562,12 @@ def save(
         n = int(np.prod(shape))
         entry: dict[str, Any] = {"path": name, "shape": list(shape), "dtype": dtype.name}
         if name in quant:
-            k = quant[name]
+            k, groups = quant[name]
             bits = bits_per_index(k)
-            entry.update(k=k, bits=bits, nbytes=k * cb_dtype.itemsize + -(-n * bits // 8))
+            cb_bytes = (groups or 1) * k * cb_dtype.itemsize
+            entry.update(k=k, bits=bits, nbytes=cb_bytes + -(-n * bits // 8))
+            if groups is not None:
+                entry["groups"] = groups
         else:
             entry["nbytes"] = n * dtype.itemsize
         entries.append(entry)
@@ -579,7 +598,7 @@ def save(
                 name = entry["path"]
                 if name in quant:
                     cb, a = _host_pair(quantized[name])
-                    section = [cb.astype(cb_dtype).tobytes(), pack_indices(a, cb.size).data]
+                    section = [cb.astype(cb_dtype).tobytes(), pack_indices(a, cb.shape[-1]).data]
                 else:
                     section = [
                         np.ascontiguousarray(np.asarray(leaves[name]))
@@ -643,8 +662,8 @@ def load(
     ``params`` is a nested dict of numpy arrays keyed by the '/'-path components
     (a linen params dict round-trips to an equal dict); a quantized leaf is
     ``codebook[assignments]`` in the leaf's original dtype, bit-exact.
-    ``quantized`` maps each quantized path to ``(codebook float32 (k,),
-    assignments leaf.shape index_dtype(k))``. The whole file is checksummed before
+    ``quantized`` maps each quantized path to ``(codebook float32 (k,) (grouped:
+    (G, k)), assignments leaf.shape index_dtype(k))``. The whole file is checksummed before
     anything is decoded: a truncated or corrupted file raises ``ValueError``.
     """
     _check_little_endian()
@@ -672,11 +691,12 @@ def load(
             buf = f.read(int(e["nbytes"]))
             if "k" in e:
                 k = int(e["k"])
-                cb_bytes = k * cb_dtype.itemsize
-                codebook = np.frombuffer(buf[:cb_bytes], cb_dtype)
+                cb_shape = (k,) if "groups" not in e else (int(e["groups"]), k)
+                cb_bytes = int(np.prod(cb_shape)) * cb_dtype.itemsize
+                codebook = np.frombuffer(buf[:cb_bytes], cb_dtype).reshape(cb_shape)
                 n = int(np.prod(shape))
                 a = unpack_indices(np.frombuffer(buf[cb_bytes:], np.uint8), k, n).reshape(shape)
-                value = codebook.astype(dtype)[a]  # cast k values, not n
+                value = take_levels(codebook.astype(dtype), a)  # cast k values, not n
                 quantized[e["path"]] = (codebook.astype(np.float32), a)
             else:
                 value = np.frombuffer(buf, dtype).reshape(shape).copy()

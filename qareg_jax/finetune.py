@@ -40,7 +40,14 @@ import numpy as np
 import optax
 
 from . import regularizers as R
-from .codebook import QuantSpec, check_tree
+from .codebook import (
+    QuantSpec,
+    assign_levels,
+    check_tree,
+    grouped_static_levels,
+    level_sums,
+    take_levels,
+)
 from .nearest_level import assign
 from .paths import map_named, named_leaves, replace_leaves
 
@@ -75,7 +82,8 @@ def finetune_specs(specs: Mapping[str, QuantSpec]) -> dict[str, QuantSpec]:
 def leaves_and_levels(
     train_params: Any, specs: Mapping[str, QuantSpec], *, need_reps: bool
 ) -> tuple[dict[str, Any], dict[str, Array]]:
-    """Validate; return the model's named leaves and the ``(K,)`` levels of each selected leaf.
+    """Validate; return the model's named leaves and the ``(K,)`` levels of each selected leaf
+    (``(G, K)`` for a grouped spec).
 
     A static leaf uses its reps when the tree has them (a snapped tree), else
     its static levels in the weight's dtype; ``need_reps`` makes the latter an error.
@@ -105,6 +113,8 @@ def leaves_and_levels(
                 f"no representatives for the static ({spec.regularizer}) leaf {path!r}: "
                 "call snap() first and fine-tune the tree it returns"
             )
+        elif spec.group_size is not None:
+            c = jnp.asarray(grouped_static_levels(spec, w.shape, path), w.dtype)
         else:
             c = jnp.asarray(R.static_levels(spec.regularizer, spec.k, spec.lo, spec.hi), w.dtype)
         levels[path] = c
@@ -235,7 +245,7 @@ def quantized_finetune(
     def init_fn(params: Any) -> QuantizedFinetuneState:
         leaves, levels = leaves_and_levels(params, specs, need_reps=True)
         assignments = {
-            path: assign(leaves[path], levels[path], index_dtype=index_dtypes[path])
+            path: assign_levels(leaves[path], levels[path], index_dtype=index_dtypes[path])
             for path in specs
         }
         return QuantizedFinetuneState(
@@ -263,14 +273,15 @@ def quantized_finetune(
         assignments = named_leaves(state.assignments)
         grads = named_leaves(updates["model"])
         rep_grads = dict(updates["reps"])
-        for path, spec in specs.items():
+        for path in specs:
             g, a = grads[path], assignments[path].astype(jnp.int32)
             cd = jnp.promote_types(g.dtype, jnp.float32)
             # Scatter-add with N-d indices: no ravel, so a kernel sharded over a mesh
-            # axis is not gathered onto every device.
-            total = jnp.zeros(spec.k, cd).at[a].add(g.astype(cd))
+            # axis is not gathered onto every device. A grouped leaf sums per group.
+            shape = levels[path].shape
+            total = level_sums(g.astype(cd), a, shape)
             if rep_grad == "mean":
-                count = jnp.zeros(spec.k, cd).at[a].add(jnp.ones(a.shape, cd))
+                count = level_sums(jnp.ones(a.shape, cd), a, shape)
                 total = total / jnp.maximum(count, 1)
             r = rep_grads[path]
             rep_grads[path] = (r.astype(cd) + total).astype(r.dtype)
@@ -304,10 +315,10 @@ def quantized_finetune(
         for path in specs:
             w, c, u_c = leaves[path], levels[path], inner_updates["reps"][path]
             a = assignments[path]
-            off = jnp.any(_bits(w) != _bits(c[a]))
+            off = jnp.any(_bits(w) != _bits(take_levels(c, a)))
             t = jnp.where(off, c, jnp.asarray(c + u_c).astype(c.dtype))
             rep_updates[path] = t - c
-            weight_updates[path] = t[a] - w
+            weight_updates[path] = take_levels(t, a) - w
 
         out = {key: zero_fixed(key, tree) for key, tree in inner_updates.items()}
         out["model"] = replace_leaves(out["model"], weight_updates)
@@ -473,7 +484,7 @@ def regularize_then_finetune(
         moves, on_levels = {}, {}
         for path in specs:
             w, c = leaves[path], levels[path]
-            target = c[assign(w, c, index_dtype=index_dtypes[path])]
+            target = take_levels(c, assign_levels(w, c, index_dtype=index_dtypes[path]))
             move = target - w
             # w + (target - w) misses target by an ulp for some weights (|target| < |w| / 2
             # loses bits in the subtraction); those go to zero instead (w + -w == 0
@@ -488,7 +499,8 @@ def regularize_then_finetune(
         """Second snapping update: ``c[a] - w``, exact now that ``w`` is ``c[a]`` or zero."""
         leaves, levels = leaves_and_levels(params, specs, need_reps=True)
         assignments = named_leaves(ft_state.assignments)
-        return zero_but_selected(params, {p: levels[p][assignments[p]] - leaves[p] for p in specs})
+        moves = {p: take_levels(levels[p], assignments[p]) - leaves[p] for p in specs}
+        return zero_but_selected(params, moves)
 
     def update_fn(
         updates: Any,

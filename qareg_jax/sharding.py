@@ -108,6 +108,10 @@ def make_mesh(model: int | None = None, *, devices: Sequence[Any] | None = None)
     )
 
 
+# Grouped representatives (QuantSpec.group_size) in a train tree or optimizer state.
+_GROUPED_REPS = re.compile(r"(^|/)reps/")
+
+
 def _entry_axes(entry: Any) -> tuple[str, ...]:
     """Mesh axis names of one PartitionSpec entry (None, a name, or a tuple of names)."""
     if entry is None or entry is P.UNCONSTRAINED:
@@ -127,7 +131,8 @@ class Layout:
     paths of any tree (train tree, optimizer state, fine-tuning assignments), so
     one rule such as ``("fc1/kernel", P(None, "model"))`` places a weight, its
     optimizer moments and its assignments alike, while the ``(K,)``
-    representatives stored under the same path stay replicated. Batches are split
+    representatives stored under the same path stay replicated (so do grouped
+    ``(G, K)`` ones, rank-2 leaves under a ``reps/`` segment). Batches are split
     over ``"data"``.
 
     Attributes:
@@ -197,6 +202,10 @@ class Layout:
         Raises:
           ValueError: a matching rule splits a dimension that its mesh axes do not divide.
         """
+        if len(shape) == 2 and _GROUPED_REPS.search(path):
+            # (G, K) grouped representatives share their kernel's path: a kernel rule
+            # would split K. They are small (K per group); every device keeps them.
+            return P()
         for pattern, spec in self.rules:
             if len(spec) <= len(shape) and re.search(pattern, path):
                 for dim, entry in zip(shape, spec, strict=False):

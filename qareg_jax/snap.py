@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from .codebook import QuantSpec
+from .codebook import QuantSpec, assign_levels, take_levels
 from .finetune import (
     REP_GRADS,
     QuantizedFinetuneState,
@@ -58,6 +58,9 @@ def snap(
       ``snapped["reps"]`` holds ``(K,)`` representatives for every selected leaf in
       the weight's dtype: dynamic ones unchanged (user order kept), static ones
       their static levels (ascending). ``assignments[path]`` has the weight's shape.
+      A grouped spec (``group_size``): ``(G, K)`` representatives, each weight on
+      the nearest level of its own group (``codebook.take_levels``), its index into
+      that group's K levels.
 
     Raises:
       ValueError: the tree does not match the specs, ``index_dtype`` cannot hold
@@ -69,10 +72,11 @@ def snap(
     if check_finite:
         _check_finite(leaves, levels, specs)
     assignments = {
-        path: assign(leaves[path], levels[path], index_dtype=index_dtype) for path in specs
+        path: assign_levels(leaves[path], levels[path], index_dtype=index_dtype) for path in specs
     }
     model = replace_leaves(
-        train_params["model"], {path: levels[path][a] for path, a in assignments.items()}
+        train_params["model"],
+        {path: take_levels(levels[path], a) for path, a in assignments.items()},
     )
     return {**train_params, "model": model, "reps": levels}, assignments
 

@@ -222,6 +222,21 @@ def check_finite_leaves(leaves: Mapping[str, Any], what: str = "leaf") -> None:
             )
 
 
+def check_group_size(value: object, name: str = "group_size") -> int:
+    """``value`` as an int >= 1 (output channels per codebook of a grouped spec).
+
+    Raises:
+      TypeError: not an int (floats and bools included).
+      ValueError: ``value < 1``.
+    """
+    what = f"{name} must be None or an int >= 1 (output channels per codebook; 1: one per channel)"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what}, got {type(value).__name__} {value!r}")
+    if int(value) < 1:
+        raise ValueError(f"{what}, got {value!r}")
+    return int(value)
+
+
 def check_k_fits(k: int, n: int, path: str) -> None:
     """Raise unless ``k`` levels fit leaf ``path`` of ``n`` weights (``k <= n``).
 

@@ -60,3 +60,14 @@ def test_budget_pipeline_snippet_lists_the_budget_stages():
     expected = ["reg-nearest-k2", "ptq-kmeans-k2", "reg-nearest-budget", "ptq-kmeans-budget"]
     assert ns["stages"] == expected
     assert f"# {expected}" in block  # the comment shows what the code gives
+
+
+def test_grouped_snippet_runs():
+    ns: dict = {}
+    exec(compile(_python_block("## Grouped codebooks"), str(USAGE), "exec"), ns)  # noqa: S102
+    tp, specs, snapped = ns["tp"], ns["specs"], ns["snapped"]
+    assert tp["reps"]["params/fc1/kernel"].shape == (64, 4)
+    for path in specs:
+        w = np.asarray(named_leaves(snapped["model"])[path])
+        for g in range(w.shape[-1]):  # group_size=1: each channel holds <= 4 values
+            assert np.unique(w[..., g]).size <= 4

@@ -534,6 +534,20 @@ class TestOn8Devices:
         ref = jax.grad(f)(w)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(ref))))
 
+    def test_grouped_codebooks_train_sharded_like_one_device(self, problem, layouts):
+        # (G, K) reps share their kernel's path; a kernel rule must not split their K = 3.
+        task_loss, tp0, _, data = problem
+        specs = q.make_specs(tp0["model"], k=3, group_size=2, lam=0.5)
+        tp, specs = q.attach(tp0["model"], specs)
+        rules = [("fc1/kernel", P(None, "model"))]
+        tx = optax.sgd(0.1, momentum=0.9)
+        sharded = Layout(make_mesh(model=2), rules=rules, min_size=MIN_SIZE)
+        got = train(sharded, tx, specs, task_loss, tp, data, 3)
+        want = train(layouts["one"], tx, specs, task_loss, tp, data, 3)
+        assert_trees_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+        assert got[0]["reps"]["params/fc1/kernel"].shape == (32, 3)
+        assert_placed(got[0], sharded)
+
     def test_nnx_state_trains_sharded(self, problem, layouts):
         _, _, _, data = problem
         graphdef, params = nnx.split(NNXMLP(nnx.Rngs(0)), nnx.Param)

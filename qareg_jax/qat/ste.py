@@ -48,8 +48,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import regularizers as R
-from ..codebook import QuantSpec, attach, check_tree, resolve_paths
-from ..nearest_level import assign
+from ..codebook import (
+    QuantSpec,
+    assign_levels,
+    attach,
+    check_tree,
+    grouped_static_levels,
+    level_sums,
+    resolve_paths,
+    take_levels,
+    to_groups,
+)
 from ..paths import replace_leaves
 
 Array = jax.Array
@@ -61,16 +70,17 @@ __all__ = ["init", "quantize", "quantize_leaf", "recluster", "tree_levels"]
 
 
 def _quantize_fwd_impl(w: Array, levels: Array) -> tuple[Array, Array]:
-    """``(q, idx)``: ``q = levels[idx]`` in ``w``'s dtype, ``idx`` the nearest-level indices."""
-    idx = assign(w, levels)  # smallest unsigned dtype: uint8 for K <= 256
-    return levels.astype(w.dtype)[idx], idx
+    """``(q, idx)``: ``q = levels[idx]`` in ``w``'s dtype, ``idx`` the nearest-level indices
+    (grouped ``(G, K)`` levels: each weight's own group's)."""
+    idx = assign_levels(w, levels)  # smallest unsigned dtype: uint8 for K <= 256
+    return take_levels(levels.astype(w.dtype), idx), idx
 
 
 def _level_grad(g: Array, idx: Array, levels: Array) -> Array:
-    """``(K,)`` per-level sums of ``g`` over the weights assigned to each level."""
+    """``(K,)`` (or ``(G, K)``) per-level sums of ``g`` over the weights assigned to each level."""
     cd = jnp.promote_types(g.dtype, jnp.float32)  # bf16 sums of many terms drift
     # N-d indices, no ravel: a kernel sharded over a mesh is not gathered onto one device.
-    total = jnp.zeros(levels.shape, cd).at[idx].add(g.astype(cd))
+    total = level_sums(g.astype(cd), idx, levels.shape)
     return total.astype(levels.dtype)
 
 
@@ -102,7 +112,7 @@ def _switch_fwd(w: Array, levels: Array, active: Array) -> tuple[Array, tuple[An
     q, idx = jax.lax.cond(
         active,
         _quantize_fwd_impl,
-        lambda w, c: (w, jnp.zeros(w.shape, jax.eval_shape(assign, w, c).dtype)),
+        lambda w, c: (w, jnp.zeros(w.shape, jax.eval_shape(assign_levels, w, c).dtype)),
         w,
         levels,
     )
@@ -136,8 +146,9 @@ def quantize_leaf(w: Array, levels: Array, *, active: bool | Array = True) -> Ar
 
     Args:
       w: latent weights, any shape, floating dtype.
-      levels: ``(K,)`` levels (K >= 2, any order, floating); cast to ``w``'s dtype
-        for the forward pass.
+      levels: ``(K,)`` levels (K >= 2, any order, floating), or ``(G, K)``: one
+        codebook per group of ``w.shape[-1] / G`` consecutive output channels (last
+        axis); cast to ``w``'s dtype for the forward pass.
       active: a bool, or a traced scalar bool (then both branches are compiled and
         ``lax.cond`` picks one); when false the result is ``w`` and ``levels`` get
         a zero gradient.
@@ -152,12 +163,17 @@ def quantize_leaf(w: Array, levels: Array, *, active: bool | Array = True) -> Ar
 
     Raises:
       TypeError: ``w`` or ``levels`` is not floating point, or ``active`` is not a bool.
-      ValueError: ``levels`` is not of shape ``(K,)`` with K >= 2.
+      ValueError: ``levels`` is not of shape ``(K,)`` or ``(G, K)`` with K >= 2 and G
+        dividing ``w.shape[-1]``.
     """
     w = R.check_float(w, "w")
     levels = R.check_float(levels, "levels")
-    if levels.ndim != 1 or levels.shape[0] < 2:
-        raise ValueError(f"levels must have shape (K,) with K >= 2, got shape {levels.shape}")
+    grouped_ok = levels.ndim == 2 and w.ndim >= 1 and w.shape[-1] % levels.shape[0] == 0
+    if not (levels.ndim == 1 or grouped_ok) or levels.shape[-1] < 2:
+        raise ValueError(
+            f"levels must have shape (K,), or (G, K) with G dividing the {w.shape[-1:]} output "
+            f"channels of w, with K >= 2; got shape {levels.shape}"
+        )
     active = _check_active(active)
     if active is True:
         return _ste(w, levels)
@@ -182,7 +198,8 @@ def _check_specs(specs: Any, what: str = "specs") -> None:
 def tree_levels(
     train_params: Mapping[str, Any], specs: Mapping[str, QuantSpec]
 ) -> tuple[dict[str, Any], dict[str, Array]]:
-    """Validate the tree; return the model's named leaves and each selected leaf's ``(K,)`` levels.
+    """Validate the tree; return the model's named leaves and each selected leaf's ``(K,)``
+    levels (``(G, K)`` for a grouped spec).
 
     Levels are ``reps[path]`` when the tree has them (every dynamic spec, and a
     static one after ``snap``), else the static spec's fixed levels in the
@@ -220,6 +237,8 @@ def tree_levels(
                     f"dtype {w.dtype}; they must match (attach() creates reps in the weight's "
                     "dtype: cast them together)"
                 )
+        elif spec.group_size is not None:
+            c = jnp.asarray(grouped_static_levels(spec, w.shape, path), w.dtype)
         else:
             c = jnp.asarray(R.static_levels(spec.regularizer, spec.k, spec.lo, spec.hi), w.dtype)
         levels[path] = c
@@ -348,8 +367,10 @@ def recluster(
       ValueError / TypeError: see :func:`tree_levels`; a traced tree (called under jit);
       NaN or inf weights.
     """
-    from ..quantizers import kmeans_1d  # host-side
+    from ..quantizers import kmeans_1d, kmeans_1d_rows  # host-side
 
+    if warm_start and any(s.group_size is not None for s in specs.values()):
+        raise ValueError("recluster(warm_start=True) does not support group_size (grouped specs)")
     leaves, levels = tree_levels(train_params, specs)
     reps = train_params["reps"]
     new: dict[str, Any] = {}
@@ -364,10 +385,13 @@ def recluster(
         if warm_start:
             start = np.sort(np.asarray(jax.device_get(levels[path]), np.float64))
         try:
-            book = kmeans_1d(w, spec.k, init=start).codebook
+            if old.ndim == 2:  # grouped: one k-means per group, all groups at once
+                book = kmeans_1d_rows(to_groups(w, old.shape[0]), spec.k)
+            else:
+                book = kmeans_1d(w, spec.k, init=start).codebook
         except ValueError as e:
             raise ValueError(f'train_params["model"] {path!r}: {e}') from e
-        c = np.sort(np.asarray(book, np.float64)).astype(old.dtype)
+        c = np.sort(np.asarray(book, np.float64), axis=-1).astype(old.dtype)
         # Placed as before; a single-device leaf stays uncommitted: committing it would
         # change the jit cache key and recompile the train step after every recluster.
         multi = isinstance(old, jax.Array) and len(old.sharding.device_set) > 1

@@ -35,7 +35,7 @@ from .binary import binary_ls
 from .common import MAX_K, check_k, index_dtype
 from .cws import cws
 from .ecsq import ecsq
-from .kmeans_core import KMEANS_INITS, KMeansResult, kmeans_1d, kmeans_1d_weighted
+from .kmeans_core import KMEANS_INITS, KMeansResult, kmeans_1d, kmeans_1d_rows, kmeans_1d_weighted
 from .pws import pws
 from .tree import QUANTIZERS, quantize_tree
 from .uq import uq
@@ -53,6 +53,7 @@ __all__ = [
     "index_dtype",
     "inertia",
     "kmeans_1d",
+    "kmeans_1d_rows",
     "kmeans_1d_weighted",
     "pws",
     "quantize_tree",

@@ -351,3 +351,83 @@ def kmeans_1d_weighted(
     assignments = assign_checked(vals, codebook.astype(np.float64))
     diff = vals.astype(np.float64) - codebook.astype(np.float64)[assignments]
     return KMeansResult(codebook, assignments, float(np.sum(wts * diff * diff)), n_iter)
+
+
+# ------------------------------------------------------------------ many rows at once
+
+
+def _rows_count_le(xs: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``(G, m)`` counts of each sorted row of ``xs`` (G, n) that are <= ``t`` (G, m):
+    ``searchsorted(row, t, side="right")`` for every row at once, by bisection
+    (log2 n vectorised steps; numpy's searchsorted takes one row)."""
+    n = xs.shape[1]
+    rows = np.arange(xs.shape[0])[:, None]
+    lo, hi = np.zeros(t.shape, np.int64), np.full(t.shape, n, np.int64)
+    while np.any(lo < hi):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        below = t < xs[rows, np.minimum(mid, n - 1)]
+        hi = np.where(active & below, mid, hi)
+        lo = np.where(active & ~below, mid + 1, lo)
+    return lo
+
+
+def kmeans_1d_rows(x: Any, k: int, max_iter: int = 100) -> np.ndarray:
+    """Sorted 1-D k-means codebooks of every row of ``x`` (G, n): shape (G, k), float64.
+
+    One problem per row (a grouped codebook's group), solved for all rows together:
+    each numpy call covers every row, so G groups cost about one k-means of G * n
+    values rather than G Python-level calls of :func:`kmeans_1d`. Lloyd runs on
+    sorted rows with prefix sums (an iteration is O(G K log n)) from two starts, the
+    quantiles ``(j + 1/2) / k`` and the uniform grid on [min, max]; each row keeps the
+    start of lower SSE. A row stops at a fixed point or after ``max_iter``
+    iterations. A centroid whose cell empties keeps its place; a row with fewer than
+    k distinct values may repeat a level. Host-side, one-off (``attach``,
+    ``quantize_tree(..., group_size=...)``).
+
+    Raises:
+      TypeError / ValueError: as :func:`kmeans_1d` (``k``, non-float or non-finite
+        ``x``); ValueError when ``x`` is not 2-D or a row has fewer than k values.
+    """
+    k = check_k(k)
+    check_max_iter(max_iter)
+    arr = host_float(x, "x")
+    if arr.ndim != 2 or arr.shape[1] < k:
+        raise ValueError(f"x must have shape (G, n) with n >= k={k}, got shape {arr.shape}")
+    xs = np.sort(arr.astype(np.float64), axis=1)
+    mean = xs.mean(axis=1, keepdims=True)
+    xs = xs - mean  # centred rows: accurate prefix sums
+    n = xs.shape[1]
+    s1 = np.concatenate([np.zeros((len(xs), 1)), np.cumsum(xs, axis=1)], axis=1)
+    s2 = np.concatenate([np.zeros((len(xs), 1)), np.cumsum(xs * xs, axis=1)], axis=1)
+    rows = np.arange(len(xs))[:, None]
+    lo, hi = xs[:, :1], xs[:, -1:]
+    starts = (
+        xs[:, np.minimum(((np.arange(k) + 0.5) / k * n).astype(np.int64), n - 1)],
+        lo + (hi - lo) * np.linspace(0.0, 1.0, k),
+    )
+    best_c, best_sse = None, None
+    for c in starts:
+        c = c.copy()
+        edges = None
+        for _ in range(max_iter):
+            inner = _rows_count_le(xs, 0.5 * (c[:, :-1] + c[:, 1:]))
+            new = np.pad(inner, ((0, 0), (1, 0)))
+            new = np.concatenate([new, np.full((len(xs), 1), n)], axis=1)
+            if edges is not None and np.array_equal(new, edges):
+                break
+            edges = new
+            count = edges[:, 1:] - edges[:, :-1]
+            total = s1[rows, edges[:, 1:]] - s1[rows, edges[:, :-1]]
+            c = np.where(count > 0, total / np.maximum(count, 1), c)
+        count = edges[:, 1:] - edges[:, :-1]
+        t1 = s1[rows, edges[:, 1:]] - s1[rows, edges[:, :-1]]
+        t2 = s2[rows, edges[:, 1:]] - s2[rows, edges[:, :-1]]
+        sse = np.sum(np.maximum(t2 - 2 * c * t1 + c * c * count, 0.0), axis=1)
+        if best_c is None:
+            best_c, best_sse = c, sse
+        else:
+            better = sse < best_sse
+            best_c = np.where(better[:, None], c, best_c)
+            best_sse = np.where(better, sse, best_sse)
+    return np.sort(best_c + mean, axis=1)

@@ -10,12 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..codebook import assign_levels, groups_for, take_levels, to_groups
 from ..paths import named_leaves, replace_leaves
 from ..validation import check_k_fits
 from .binary import binary_ls
-from .common import check_k, host_float
+from .common import check_k, host_float, index_dtype
 from .cws import cws
 from .ecsq import ecsq
+from .kmeans_core import kmeans_1d_rows
 from .pws import PWS_SEED_MSG, pws
 from .uq import uq
 
@@ -43,6 +45,8 @@ def quantize_tree(
     paths: Sequence[str],
     k: int | Mapping[str, int],
     method: str | Callable[..., tuple[np.ndarray, np.ndarray]] = "kmeans",
+    *,
+    group_size: int | None = None,
     **kw: Any,
 ) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Quantize the leaves named in ``paths`` with one method, layer by layer.
@@ -56,6 +60,12 @@ def quantize_tree(
     Returns ``(quantized_params, {path: (codebook (k,), assignments leaf.shape)})``:
     quantized leaves are ``codebook[assignments]`` in the leaf's dtype (jax arrays
     for jax leaves), others are untouched.
+
+    ``group_size`` (methods "kmeans"/"cws" only): one codebook per ``group_size``
+    consecutive output channels (the leaf's last axis, as ``QuantSpec.group_size``):
+    codebooks of shape ``(G, k)`` from :func:`kmeans_1d_rows` (all groups of a leaf at
+    once), assignments the index into the weight's own group's codebook, as
+    ``snap.snap`` assigns them (``codebook.assign_levels``).
     """
     if isinstance(method, str):
         if method not in QUANTIZERS:
@@ -83,9 +93,18 @@ def quantize_tree(
         ks = dict.fromkeys(paths, check_k(k))
     if fn is pws and kw.get("seed") is None:
         raise ValueError(PWS_SEED_MSG)
+    if group_size is not None and fn is not cws:
+        raise ValueError(
+            f"group_size (grouped codebooks) supports method 'kmeans' or 'cws' only, got {method!r}"
+        )
+    groups = {}
     for p in paths:  # dtype / empty / finite / k <= size checks of every layer before any work
         host_float(leaves[p], f"leaf {p!r}")
-        check_k_fits(ks[p], int(np.size(leaves[p])), p)
+        groups[p] = groups_for(group_size, np.shape(leaves[p]), p)
+        per = int(np.size(leaves[p])) // (groups[p] or 1)
+        check_k_fits(ks[p], per, p if groups[p] is None else f"{p} (each of {groups[p]} groups)")
+    if group_size is not None:
+        return _quantize_groups(params, leaves, groups, ks, **kw)
 
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     new: dict[str, Any] = {}
@@ -95,5 +114,27 @@ def quantize_tree(
         out[p] = (codebook, assignments)
         leaf = leaves[p]
         snapped = codebook.astype(leaf.dtype)[assignments]
+        new[p] = jnp.asarray(snapped) if isinstance(leaf, jax.Array) else snapped
+    return replace_leaves(params, new), out
+
+
+def _quantize_groups(
+    params: Any,
+    leaves: Mapping[str, Any],
+    groups: Mapping[str, int],
+    ks: Mapping[str, int],
+    **kw: Any,
+) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """:func:`quantize_tree` with a k-means codebook (G, k) per group of each leaf."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    new: dict[str, Any] = {}
+    for p, g in groups.items():
+        leaf = leaves[p]
+        host = host_float(leaf, f"leaf {p!r}")
+        codebook = kmeans_1d_rows(to_groups(host, g), ks[p], **kw).astype(np.float32)
+        a = assign_levels(jnp.asarray(host), jnp.asarray(codebook), index_dtype=index_dtype(ks[p]))
+        assignments = np.asarray(a)
+        out[p] = (codebook, assignments)
+        snapped = take_levels(codebook.astype(leaf.dtype), assignments)
         new[p] = jnp.asarray(snapped) if isinstance(leaf, jax.Array) else snapped
     return replace_leaves(params, new), out

@@ -27,7 +27,7 @@ from ..validation import check_interval, check_k, check_positive
 # isort: off
 # Registration order is the order of REGULARIZERS: static first, then dynamic.
 from .periodic import cosine, sine
-from .nearest_sq import nearest, nearest_total
+from .nearest_sq import grouped_nearest_total, nearest, nearest_total
 from .all_reps import all_reps_total, product, softmin
 from .gaussian_wells import wells, wells_total
 
@@ -59,6 +59,7 @@ __all__ = [
     "check_positive",
     "cosine",
     "get",
+    "grouped_nearest_total",
     "names",
     "nearest",
     "nearest_index",

@@ -125,3 +125,17 @@ def as_blocks(x: Array, block: int = BLOCK) -> Array:
         x = x.reshape(1)
     nb = leading_blocks(x.shape, block)
     return x.reshape(nb, x.shape[0] // nb, *x.shape[1:])
+
+
+def to_groups(x, groups: int):
+    """``x`` (..., C) as ``(G, N / G)`` rows: row g holds the weights of output channels
+    ``g * C / G .. (g + 1) * C / G - 1`` (numpy or JAX; a transpose unless G = 1)."""
+    rows = x.reshape(-1, groups, x.shape[-1] // groups).swapaxes(0, 1)
+    return rows.reshape(groups, -1)
+
+
+def from_groups(rows, shape: tuple[int, ...]):
+    """The inverse of :func:`to_groups`: ``(G, N / G)`` rows back to ``shape``."""
+    groups = rows.shape[0]
+    x = rows.reshape(groups, -1, shape[-1] // groups).swapaxes(0, 1)
+    return x.reshape(shape)

@@ -40,6 +40,11 @@ class Regularizer:
       total: ``(w, reps, spec) -> float32 scalar``, the sum of ``elementwise`` computed
         more cheaply; None: ``penalty`` sums ``elementwise``.
       levels: ``(k, lo, hi) -> (k,) float64`` minima of a static entry; None if dynamic.
+        (Grouped specs call it with ``(G, 1)`` arrays ``lo``, ``hi``: ``(G, k)`` minima.)
+      grouped_total: ``(w, reps (G, K), spec) -> (G,) float32``, the ``total`` of each
+        group of a grouped spec computed in the kernel's own layout; None: ``penalty``
+        vmaps ``total`` (or ``elementwise``) over the ``(G, N / G)`` rows of
+        ``codebook.to_groups``, a transpose of the kernel.
       dynamic: whether the levels are trainable representatives (``reps``).
       cost: time per weight and step, one of ``COSTS``, or ``spec -> cost`` when it
         depends on the spec (wells' mode). ``QuantSpec`` warns on "O(N K)" at large K.
@@ -58,6 +63,7 @@ class Regularizer:
     total: Callable[[Array, Array | None, QuantSpec], Array] | None = None
     levels: Callable[[int, float, float], np.ndarray] | None = None
     params: tuple[str, ...] = ()
+    grouped_total: Callable[[Array, Array, QuantSpec], Array] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
