@@ -564,9 +564,9 @@ def attach(
         if not np.isfinite(host).all():
             raise ValueError(f"leaf {path!r} holds NaN or inf values; cannot attach")
         if check_k_fits_groups(spec, host.shape, path) is not None:
-            resolved[path], c = _attach_groups(host, spec, path)
+            resolved[path], c = _attach_groups(host, spec, path, dtype)
             if c is not None:
-                reps[path] = jnp.asarray(c, dtype)
+                reps[path] = c
             continue
         lo, hi = resolve_interval(host, spec, path)
         spacing = (hi - lo) / (spec.k - 1)
@@ -620,13 +620,16 @@ def _group_intervals(rows: np.ndarray, spec: QuantSpec, path: str) -> tuple[np.n
 
 
 def _attach_groups(
-    host: np.ndarray, spec: QuantSpec, path: str
-) -> tuple[QuantSpec, np.ndarray | None]:
-    """The resolved grouped spec of one leaf and its ``(G, K)`` starting reps (None if static).
+    host: np.ndarray, spec: QuantSpec, path: str, dtype: Any
+) -> tuple[QuantSpec, jax.Array | None]:
+    """The resolved grouped spec of one leaf and its ``(G, K)`` starting reps in ``dtype``
+    (the leaf's; None if static).
 
     Intervals and starts are per group, computed for all groups at once (k-means:
     ``quantizers.kmeans_1d_rows``). ``tau``/``sigma``/``norm="spacing"`` use the mean
-    over groups of each group's level spacing.
+    over groups of each group's level spacing; ``norm="unit"`` is measured on the reps
+    as stored (rounded to ``dtype``), as per tensor, so it equals the lazy ``unit_norm``
+    of a spec left unattached.
     """
     rows = to_groups(host, num_groups(spec, host.shape, path))
     lo, hi = _group_intervals(rows, spec, path)
@@ -652,8 +655,9 @@ def _attach_groups(
         tau=spec.tau if spec.tau is not None else (mean_spacing / 4) ** 2,
         sigma=spec.sigma if spec.sigma is not None else mean_spacing / 2,
     )
-    resolved = dataclasses.replace(resolved, norm=_norm(resolved, host, mean_spacing, path, c))
-    return resolved, c
+    stored = None if c is None else jnp.asarray(c, dtype)
+    resolved = dataclasses.replace(resolved, norm=_norm(resolved, host, mean_spacing, path, stored))
+    return resolved, stored
 
 
 def _norm(

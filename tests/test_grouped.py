@@ -212,6 +212,60 @@ def test_grouped_penalty_equals_loop_over_slices(regularizer, mode, reduction):
         chex.assert_trees_all_close(_slice(values, g, 4), want_g, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(("regularizer", "mode"), REGULARIZERS)
+def test_one_group_unit_penalty_equals_per_tensor(regularizer, mode, dtype):
+    # The default scale (reduction="sum", normalize="unit"), both specs attached: one group
+    # of every channel (G = 1) gets the per-tensor norm, measured on the reps as stored
+    # (bfloat16: rounded), and an unattached spec measures the same norm lazily. Quantile
+    # starts are the same per tensor and per group (k-means ones come from another solver).
+    params = jax.tree.map(lambda x: x.astype(dtype), _params())
+    kw = dict(include=["fc/kernel", "conv/kernel"], k=3, regularizer=regularizer, wells_mode=mode)
+    kw["init"] = "quantile"
+    whole = {"fc/kernel": dict(group_size=12), "conv/kernel": dict(group_size=8)}
+    tp, specs = q.attach(params, q.make_specs(params, **kw))
+    tp1, grouped = q.attach(params, q.make_specs(params, **kw, overrides=whole))
+    chex.assert_trees_all_equal(tp1["reps"], {p: r[None] for p, r in tp["reps"].items()})
+    for p, s in grouped.items():
+        assert (s.reduction, s.normalize, s.group_size) == ("sum", "unit", 12 if p == PATH else 8)
+        assert s.norm == pytest.approx(specs[p].norm, rel=1e-6)
+        assert float(q.unit_norm(s, tp1["reps"].get(p))) == pytest.approx(s.norm, rel=1e-6)
+    want = jax.value_and_grad(penalty)(tp, specs)
+    got = jax.value_and_grad(penalty)(tp1, grouped)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    lazy = {p: dataclasses.replace(s, norm=None) for p, s in grouped.items()}
+    np.testing.assert_allclose(penalty(tp1, lazy), want[0], rtol=1e-5)
+    if dtype == jnp.float32:
+        # Reps gradients are differences of sums up to ~200 (float32 cancellation: atol).
+        got = (got[1]["model"], {p: r[0] for p, r in got[1]["reps"].items()})
+        chex.assert_trees_all_close(got, (want[1]["model"], want[1]["reps"]), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(("regularizer", "mode"), REGULARIZERS)
+def test_grouped_unit_norm_puts_each_groups_midpoints_at_the_barrier(regularizer, mode):
+    # G = 3 groups with one spread, shifted apart: grid levels with the same spacing in
+    # every group. The layer's one norm then puts the mean element-wise penalty at each
+    # group's adjacent-level midpoints (per-tensor form, the group's own levels) at 0.25.
+    base = np.random.default_rng(10).normal(0, 0.1, (40, 4))
+    w = np.concatenate([base + shift for shift in (-0.5, 0.0, 0.75)], axis=-1)
+    params = {"params": {"fc": {"kernel": jnp.asarray(w, jnp.float32)}}}
+    kw = dict(k=3, group_size=4, regularizer=regularizer, wells_mode=mode, init="grid")
+    tp, specs = q.attach(params, q.make_specs(params, **kw))
+    spec = specs[PATH]
+    lv = np.asarray(q.levels(tp, spec, PATH), np.float64)
+    assert lv.shape == (3, 3)
+    np.testing.assert_allclose(np.diff(lv, axis=1), np.diff(lv[:1], axis=1).repeat(3, 0), 1e-5)
+    units = []
+    for g in range(3):
+        mids = jnp.asarray((lv[g, :-1] + lv[g, 1:]) / 2, jnp.float32)
+        reps = tp["reps"][PATH][g] if spec.dynamic else None
+        height = jnp.mean(elementwise(mids, _per_tensor_spec(spec, g), reps))
+        units.append(float(height) / spec.norm)
+    assert np.mean(units) == pytest.approx(q.UNIT_BARRIER, rel=1e-5)
+    np.testing.assert_allclose(units, q.UNIT_BARRIER, rtol=1e-4)
+    assert float(q.unit_norm(spec, tp["reps"].get(PATH))) == pytest.approx(spec.norm, rel=1e-6)
+
+
 @pytest.mark.parametrize("k", [2, 4, 5, 40])
 @pytest.mark.parametrize(("shape", "groups"), [((40, 12), 3), ((3, 3, 4, 8), 8), ((7, 6), 2)])
 def test_grouped_nearest_total_equals_per_group_totals(k, shape, groups):
@@ -380,6 +434,12 @@ class PenaltyJitTest(chex.TestCase):
         got = self.variant(jax.value_and_grad(lambda t: penalty(t, specs)))(tp)
         want = jax.jit(jax.value_and_grad(lambda t: penalty(t, specs)))(tp)
         chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-8)
+        # The unit scale of an unattached spec (norm None): unit_norm of the traced reps.
+        unit = {
+            p: dataclasses.replace(s, reduction="sum", normalize="unit") for p, s in specs.items()
+        }
+        got = self.variant(lambda t: penalty(t, unit))(tp)
+        np.testing.assert_allclose(got, jax.jit(lambda t: penalty(t, unit))(tp), rtol=1e-6)
 
 
 def test_layout_keeps_grouped_reps_replicated():
