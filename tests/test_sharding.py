@@ -537,7 +537,7 @@ class TestOn8Devices:
     def test_grouped_codebooks_train_sharded_like_one_device(self, problem, layouts):
         # (G, K) reps share their kernel's path; a kernel rule must not split their K = 3.
         task_loss, tp0, _, data = problem
-        specs = q.make_specs(tp0["model"], k=3, group_size=2, lam=0.5)
+        specs = q.make_specs(tp0["model"], k=3, group_size=2, lam=0.5, **RAW)
         tp, specs = q.attach(tp0["model"], specs)
         rules = [("fc1/kernel", P(None, "model"))]
         tx = optax.sgd(0.1, momentum=0.9)
