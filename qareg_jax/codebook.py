@@ -79,6 +79,8 @@ class QuantSpec:
         regularizer and layer: the penalty of a layer is the sum over its weights of
         their cost in squared level spacings (a weight halfway between two levels
         costs 0.25), so lambda 1 weighs one such weight as a 0.25 rise of the task loss.
+        The registry defaults (~1) are for regularizing a trained network; from a random
+        start use ~1e-3, or the weights stay pinned to their initial levels.
       interval: how ``[lo, hi]`` is chosen when attached: "minmax" (the leaf's
         min and max), "percentile" (``[p, 100 - p]`` percentiles, ``p =
         interval_param``, default 1.0) or "std" (``mean +- s * std``, ``s =

@@ -192,10 +192,15 @@ def test_time_estimate_is_printed_once():
     ]
 
 
-def test_help_says_what_each_phase_and_flag_covers(capsys):
+def _run_help(capsys) -> str:
+    """``qareg run --help`` with whitespace runs collapsed to one space."""
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["run", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_says_what_each_phase_and_flag_covers(capsys):
+    out = _run_help(capsys)
     assert "--epochs N epochs of pretraining and of each regularized / QAT phase" in out
     assert "--finetune-epochs N epochs of fine-tuning on the K levels" in out
     assert "post-training quantization baselines: kmeans" in out and ", or none" in out
@@ -226,9 +231,7 @@ def test_run_flags_for_a_budget(capsys):
     assert (both.budget, both.budget_ks, both.ks) == ("16x", (2, 4, 8), (2, 4))
     only = config("--budget", "1.5MiB", "--k", "none")
     assert (only.budget, only.ks) == ("1.5MiB", ())
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["run", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
+    out = _run_help(capsys)
     assert "--budget SIZE also run every method at one K per layer" in out
     assert "(250000, 500kB, 1MB, 1.5MiB; kB/MB = 1000s, KiB/MiB = 1024s)" in out
     assert "ratio against float32 (16x)" in out and "--k none keeps only those" in out
