@@ -372,7 +372,7 @@ def _rows_count_le(xs: np.ndarray, t: np.ndarray) -> np.ndarray:
     return lo
 
 
-def kmeans_1d_rows(x: Any, k: int, max_iter: int = 100) -> np.ndarray:
+def kmeans_1d_rows(x: Any, k: int, max_iter: int = 100, *, pin_zero: bool = False) -> np.ndarray:
     """Sorted 1-D k-means codebooks of every row of ``x`` (G, n): shape (G, k), float64.
 
     One problem per row (a grouped codebook's group), solved for all rows together:
@@ -384,6 +384,10 @@ def kmeans_1d_rows(x: Any, k: int, max_iter: int = 100) -> np.ndarray:
     iterations. A centroid whose cell empties keeps its place; a row with fewer than
     k distinct values may repeat a level. Host-side, one-off (``attach``,
     ``quantize_tree(..., group_size=...)``).
+
+    ``pin_zero``: one centroid per row is held at exactly 0.0 (the start's centroid
+    nearest 0 is moved there and stays; the others are Lloyd's), so the codebook
+    keeps a zero level for pruned or near-zero weights (``QuantSpec.pin_zero``).
 
     Raises:
       TypeError / ValueError: as :func:`kmeans_1d` (``k``, non-float or non-finite
@@ -406,9 +410,14 @@ def kmeans_1d_rows(x: Any, k: int, max_iter: int = 100) -> np.ndarray:
         xs[:, np.minimum(((np.arange(k) + 0.5) / k * n).astype(np.int64), n - 1)],
         lo + (hi - lo) * np.linspace(0.0, 1.0, k),
     )
+    zero = -mean  # 0.0 in the centred coordinates
     best_c, best_sse = None, None
     for c in starts:
         c = c.copy()
+        # Moving the centroid nearest 0 onto it keeps the row sorted, and Lloyd keeps it so.
+        pinned = np.argmin(np.abs(c - zero), axis=1)[:, None] if pin_zero else None
+        if pin_zero:
+            np.put_along_axis(c, pinned, zero, axis=1)
         edges = None
         for _ in range(max_iter):
             inner = _rows_count_le(xs, 0.5 * (c[:, :-1] + c[:, 1:]))
@@ -420,6 +429,8 @@ def kmeans_1d_rows(x: Any, k: int, max_iter: int = 100) -> np.ndarray:
             count = edges[:, 1:] - edges[:, :-1]
             total = s1[rows, edges[:, 1:]] - s1[rows, edges[:, :-1]]
             c = np.where(count > 0, total / np.maximum(count, 1), c)
+            if pin_zero:
+                np.put_along_axis(c, pinned, zero, axis=1)
         count = edges[:, 1:] - edges[:, :-1]
         t1 = s1[rows, edges[:, 1:]] - s1[rows, edges[:, :-1]]
         t2 = s2[rows, edges[:, 1:]] - s2[rows, edges[:, :-1]]
@@ -430,4 +441,7 @@ def kmeans_1d_rows(x: Any, k: int, max_iter: int = 100) -> np.ndarray:
             better = sse < best_sse
             best_c = np.where(better[:, None], c, best_c)
             best_sse = np.where(better, sse, best_sse)
-    return np.sort(best_c + mean, axis=1)
+    out = np.sort(best_c + mean, axis=1)
+    if pin_zero:  # -m + m is exactly 0.0; set it anyway, whatever the rounding of the sort
+        np.put_along_axis(out, np.argmin(np.abs(out), axis=1)[:, None], 0.0, axis=1)
+    return out

@@ -47,6 +47,7 @@ def quantize_tree(
     method: str | Callable[..., tuple[np.ndarray, np.ndarray]] = "kmeans",
     *,
     group_size: int | None = None,
+    pin_zero: bool = False,
     **kw: Any,
 ) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Quantize the leaves named in ``paths`` with one method, layer by layer.
@@ -66,6 +67,10 @@ def quantize_tree(
     codebooks of shape ``(G, k)`` from :func:`kmeans_1d_rows` (all groups of a leaf at
     once), assignments the index into the weight's own group's codebook, as
     ``snap.snap`` assigns them (``codebook.assign_levels``).
+
+    ``pin_zero`` (methods "kmeans"/"cws" only): one level of each codebook is exactly 0.0
+    and the others are k-means around it (``kmeans_1d_rows(..., pin_zero=True)``): after
+    magnitude pruning, the pruned weights keep their 0 (sHAM's order: prune, then share).
     """
     if isinstance(method, str):
         if method not in QUANTIZERS:
@@ -97,14 +102,18 @@ def quantize_tree(
         raise ValueError(
             f"group_size (grouped codebooks) supports method 'kmeans' or 'cws' only, got {method!r}"
         )
+    if not isinstance(pin_zero, bool):
+        raise TypeError(f"pin_zero must be True or False, got {pin_zero!r}")
+    if pin_zero and fn is not cws:
+        raise ValueError(f"pin_zero supports method 'kmeans' or 'cws' only, got {method!r}")
     groups = {}
     for p in paths:  # dtype / empty / finite / k <= size checks of every layer before any work
         host_float(leaves[p], f"leaf {p!r}")
         groups[p] = groups_for(group_size, np.shape(leaves[p]), p)
         per = int(np.size(leaves[p])) // (groups[p] or 1)
         check_k_fits(ks[p], per, p if groups[p] is None else f"{p} (each of {groups[p]} groups)")
-    if group_size is not None:
-        return _quantize_groups(params, leaves, groups, ks, **kw)
+    if group_size is not None or pin_zero:
+        return _quantize_groups(params, leaves, groups, ks, pin_zero=pin_zero, **kw)
 
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     new: dict[str, Any] = {}
@@ -123,15 +132,19 @@ def _quantize_groups(
     leaves: Mapping[str, Any],
     groups: Mapping[str, int],
     ks: Mapping[str, int],
+    pin_zero: bool = False,
     **kw: Any,
 ) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """:func:`quantize_tree` with a k-means codebook (G, k) per group of each leaf."""
+    """:func:`quantize_tree` with a k-means codebook (G, k) per group of each leaf (a
+    leaf without groups, ``g`` None: one (k,) codebook, for ``pin_zero``)."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     new: dict[str, Any] = {}
     for p, g in groups.items():
         leaf = leaves[p]
         host = host_float(leaf, f"leaf {p!r}")
-        codebook = kmeans_1d_rows(to_groups(host, g), ks[p], **kw).astype(np.float32)
+        rows = host.reshape(1, -1) if g is None else to_groups(host, g)
+        codebook = kmeans_1d_rows(rows, ks[p], pin_zero=pin_zero, **kw).astype(np.float32)
+        codebook = codebook[0] if g is None else codebook
         a = assign_levels(jnp.asarray(host), jnp.asarray(codebook), index_dtype=index_dtype(ks[p]))
         assignments = np.asarray(a)
         out[p] = (codebook, assignments)
