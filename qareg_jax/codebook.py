@@ -114,6 +114,12 @@ class QuantSpec:
         (tuples of G floats after ``attach``; a scalar given applies to every group);
         ``tau``, ``sigma`` and ``norm`` stay one number per leaf, from the mean over
         groups of the per-group level spacing (``norm="variance"``: the whole leaf's).
+      pin_zero: keep one level at exactly 0.0 (per codebook), for pruned and near-zero
+        weights. Dynamic specs: the starting level nearest 0 is moved to 0 (k-means:
+        refitted around it) and gets no gradient, in the penalty, STE and fine-tuning,
+        so it stays 0.0 through training, snapping and export. Static specs: the
+        interval is shifted (by less than half a level spacing) so that the level
+        nearest 0 is at 0. The other ``k - 1`` levels stay free.
     """
 
     k: int = 4
@@ -131,8 +137,15 @@ class QuantSpec:
     normalize: str | None = "unit"
     norm: float | None = None
     group_size: int | None = None
+    pin_zero: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pin_zero, bool):
+            raise TypeError(f"pin_zero must be True or False, got {self.pin_zero!r}")
+        if self.pin_zero and isinstance(self.k, int) and self.k < 2:
+            raise ValueError(
+                f"pin_zero=True needs k >= 2 (zero and at least one free level), got k={self.k}"
+            )
         check_k(self.k)
         check_choice("regularizer", self.regularizer, registry.names())
         check_choice("interval", self.interval, INTERVALS)
@@ -520,18 +533,60 @@ def resolve_interval(w: np.ndarray, spec: QuantSpec, path: str = "") -> tuple[fl
     return float(lo), float(hi)
 
 
-def init_representatives(w: Any, k: int, method: str, lo: float, hi: float) -> np.ndarray:
-    """``(k,)`` sorted float64 starting representatives for weights ``w``."""
+def init_representatives(
+    w: Any, k: int, method: str, lo: float, hi: float, *, pin_zero: bool = False
+) -> np.ndarray:
+    """``(k,)`` sorted float64 starting representatives for weights ``w``; with
+    ``pin_zero`` one of them is exactly 0.0 (see ``QuantSpec.pin_zero``)."""
     k = check_k(k)
     check_choice("init", method, INITS)
-    if method == "grid":
-        return np.linspace(lo, hi, k)
     flat = np.asarray(w, np.float64).ravel()
-    if method == "quantile":
-        return np.quantile(flat, (np.arange(k) + 0.5) / k)
-    from .quantizers import kmeans_1d  # host-side, one-off
+    if method == "kmeans" and pin_zero:
+        from .quantizers import kmeans_1d_rows  # host-side, one-off
 
-    return np.sort(np.asarray(kmeans_1d(flat, k)[0], np.float64))
+        return kmeans_1d_rows(flat[None], k, pin_zero=True)[0]
+    if method == "grid":
+        c = np.linspace(lo, hi, k)
+    elif method == "quantile":
+        c = np.quantile(flat, (np.arange(k) + 0.5) / k)
+    else:
+        from .quantizers import kmeans_1d  # host-side, one-off
+
+        c = np.sort(np.asarray(kmeans_1d(flat, k)[0], np.float64))
+    return with_zero(c) if pin_zero else c
+
+
+def with_zero(c: np.ndarray) -> np.ndarray:
+    """Sorted levels ``c`` (..., K) with each row's level nearest 0 set to exactly 0.0 (the
+    rows stay sorted). Host-side."""
+    c = np.array(c, np.float64)
+    np.put_along_axis(c, np.argmin(np.abs(c), axis=-1)[..., None], 0.0, axis=-1)
+    return c
+
+
+def zero_on_level(regularizer: str, k: int, lo: Any, hi: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi]`` (scalars or (G,) arrays) shifted so that the static ``regularizer``'s
+    level nearest 0 is at 0: its levels move by less than half a spacing (by their
+    lowest or highest one when 0 is outside them). Returns float64 ``(lo, hi)``."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    c = registry.get(regularizer).levels(k, lo[..., None], hi[..., None])
+    shift = np.take_along_axis(c, np.argmin(np.abs(c), axis=-1)[..., None], axis=-1)[..., 0]
+    return lo - shift, hi - shift
+
+
+def pin_levels(c: jax.Array) -> jax.Array:
+    """Levels ``c`` ((K,) or (G, K)) as a ``pin_zero`` spec trains them: each codebook's
+    level nearest 0 (its pinned level, stored as 0.0) is exactly 0.0 and gets no gradient,
+    so a gradient-based optimizer leaves it at 0."""
+    c = jnp.asarray(c)
+    return jnp.where(pin_mask(jax.lax.stop_gradient(c)), jnp.zeros((), c.dtype), c)
+
+
+def pin_mask(c: jax.Array) -> jax.Array:
+    """Boolean mask, shape of ``c``, of the pinned zero level of each codebook: the level
+    nearest 0 of each row of ``c`` ((K,) or (G, K))."""
+    c = jnp.asarray(c)
+    return jax.nn.one_hot(jnp.argmin(jnp.abs(c), axis=-1), c.shape[-1], dtype=jnp.bool_)
 
 
 def attach(
@@ -571,9 +626,11 @@ def attach(
                 reps[path] = c
             continue
         lo, hi = resolve_interval(host, spec, path)
+        if spec.pin_zero and not spec.dynamic:
+            lo, hi = (float(b) for b in zero_on_level(spec.regularizer, spec.k, lo, hi))
         spacing = (hi - lo) / (spec.k - 1)
         if spec.dynamic:
-            c = init_representatives(host, spec.k, spec.init, lo, hi)
+            c = init_representatives(host, spec.k, spec.init, lo, hi, pin_zero=spec.pin_zero)
             reps[path] = jnp.asarray(c, dtype)
             # Widths follow the reps' own spread: k-means/quantile starts sit much
             # closer than the interval's grid, and softmin wells sized from the
@@ -635,6 +692,8 @@ def _attach_groups(
     """
     rows = to_groups(host, num_groups(spec, host.shape, path))
     lo, hi = _group_intervals(rows, spec, path)
+    if spec.pin_zero and not spec.dynamic:
+        lo, hi = zero_on_level(spec.regularizer, spec.k, lo, hi)
     spacing = (hi - lo) / (spec.k - 1)
     c = None
     if spec.dynamic:
@@ -645,7 +704,9 @@ def _attach_groups(
         else:
             from .quantizers import kmeans_1d_rows  # host-side, one-off
 
-            c = kmeans_1d_rows(rows, spec.k)
+            c = kmeans_1d_rows(rows, spec.k, pin_zero=spec.pin_zero)
+        if spec.pin_zero:
+            c = with_zero(c)
         # As per tensor: widths follow the reps' own spread where a group has one.
         spread = (c.max(axis=1) - c.min(axis=1)) / (spec.k - 1)
         spacing = np.where(spread > 0, spread, spacing)
@@ -734,16 +795,25 @@ def _grouped_unit_heights(spec: QuantSpec, reps: jax.Array | None) -> jax.Array:
 
 
 def levels(train_params: Mapping[str, Any], spec: QuantSpec, path: str) -> jax.Array:
-    """The ``(K,)`` (grouped: ``(G, K)``) quantization levels of leaf ``path``: its reps,
-    or the static minima."""
+    """The ``(K,)`` (grouped: ``(G, K)``) quantization levels of leaf ``path``: its reps
+    (``pin_levels`` of them for a ``pin_zero`` spec), or the static minima."""
     if spec.dynamic:
-        return train_params["reps"][path]
+        c = train_params["reps"][path]
+        return pin_levels(c) if spec.pin_zero else c
+    leaf = named_leaves(train_params["model"])[path]
+    return jnp.asarray(spec_static_levels(spec, np.shape(leaf), path))
+
+
+def spec_static_levels(spec: QuantSpec, shape: Sequence[int], path: str = "") -> np.ndarray:
+    """The float64 minima of a resolved static spec for a leaf of ``shape``: (K,), or
+    (G, K) when grouped; a ``pin_zero`` spec's zero level is exactly 0.0."""
     if spec.lo is None:
         raise ValueError(f"spec for {path!r} has no interval; resolve it with attach()")
     if spec.group_size is not None:
-        leaf = named_leaves(train_params["model"])[path]
-        return jnp.asarray(grouped_static_levels(spec, np.shape(leaf), path))
-    return jnp.asarray(static_levels(spec.regularizer, spec.k, spec.lo, spec.hi))
+        c = grouped_static_levels(spec, shape, path)
+    else:
+        c = static_levels(spec.regularizer, spec.k, spec.lo, spec.hi)
+    return with_zero(c) if spec.pin_zero else c
 
 
 def grouped_static_levels(spec: QuantSpec, shape: Sequence[int], path: str = "") -> np.ndarray:

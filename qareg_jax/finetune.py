@@ -44,8 +44,10 @@ from .codebook import (
     QuantSpec,
     assign_levels,
     check_tree,
-    grouped_static_levels,
     level_sums,
+    pin_levels,
+    pin_mask,
+    spec_static_levels,
     take_levels,
 )
 from .nearest_level import assign
@@ -113,11 +115,9 @@ def leaves_and_levels(
                 f"no representatives for the static ({spec.regularizer}) leaf {path!r}: "
                 "call snap() first and fine-tune the tree it returns"
             )
-        elif spec.group_size is not None:
-            c = jnp.asarray(grouped_static_levels(spec, w.shape, path), w.dtype)
         else:
-            c = jnp.asarray(R.static_levels(spec.regularizer, spec.k, spec.lo, spec.hi), w.dtype)
-        levels[path] = c
+            c = jnp.asarray(spec_static_levels(spec, w.shape, path), w.dtype)
+        levels[path] = pin_levels(c) if spec.pin_zero else c
     return leaves, levels
 
 
@@ -284,7 +284,11 @@ def quantized_finetune(
                 count = level_sums(jnp.ones(a.shape, cd), a, shape)
                 total = total / jnp.maximum(count, 1)
             r = rep_grads[path]
-            rep_grads[path] = (r.astype(cd) + total).astype(r.dtype)
+            total = (r.astype(cd) + total).astype(r.dtype)
+            # A pinned zero level gets no gradient, so the inner optimizer leaves it at 0.
+            rep_grads[path] = (
+                jnp.where(pin_mask(levels[path]), 0, total) if specs[path].pin_zero else total
+            )
 
         def zero_fixed(key: str, tree: Any) -> Any:
             """Top-level entry ``key`` with its selected (and frozen) leaves zeroed."""
@@ -314,6 +318,8 @@ def quantized_finetune(
         rep_updates, weight_updates = {}, {}
         for path in specs:
             w, c, u_c = leaves[path], levels[path], inner_updates["reps"][path]
+            if specs[path].pin_zero:  # whatever the inner transform adds (e.g. noise)
+                u_c = jnp.where(pin_mask(c), 0, u_c)
             a = assignments[path]
             off = jnp.any(_bits(w) != _bits(take_levels(c, a)))
             t = jnp.where(off, c, jnp.asarray(c + u_c).astype(c.dtype))

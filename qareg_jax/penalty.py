@@ -117,8 +117,17 @@ def layer_penalties(
 ) -> dict[str, jax.Array]:
     """``{path: R_l}``: each layer's reduced penalty, before lambda (float32 scalars)."""
     leaves = check_tree(train_params, specs)
-    reps = train_params["reps"]
-    return {path: reduced(leaves[path], spec, reps.get(path)) for path, spec in specs.items()}
+    return {
+        path: reduced(leaves[path], spec, _reps(train_params, spec, path))
+        for path, spec in specs.items()
+    }
+
+
+def _reps(train_params: Mapping[str, Any], spec: QuantSpec, path: str) -> jax.Array | None:
+    """The leaf's reps as the penalty sees them (a pinned zero level: 0.0, no gradient)."""
+    if not spec.dynamic:
+        return None
+    return levels(train_params, spec, path)
 
 
 def penalty(
@@ -158,7 +167,7 @@ def penalty_stats(
         else:
             d = jnp.sqrt(nearest(w.astype(jnp.float32), c))
         out[path] = {
-            "penalty": reduced(w, spec, train_params["reps"].get(path)),
+            "penalty": reduced(w, spec, _reps(train_params, spec, path)),
             "lambda": jnp.asarray(spec.lam_at(step), jnp.float32) + lam_guard(spec.lam_at(step))
             if callable(spec.lam)
             else jnp.asarray(spec.lam_at(step), jnp.float32),

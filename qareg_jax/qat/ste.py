@@ -53,9 +53,10 @@ from ..codebook import (
     assign_levels,
     attach,
     check_tree,
-    grouped_static_levels,
     level_sums,
+    pin_levels,
     resolve_paths,
+    spec_static_levels,
     take_levels,
     to_groups,
 )
@@ -237,11 +238,9 @@ def tree_levels(
                     f"dtype {w.dtype}; they must match (attach() creates reps in the weight's "
                     "dtype: cast them together)"
                 )
-        elif spec.group_size is not None:
-            c = jnp.asarray(grouped_static_levels(spec, w.shape, path), w.dtype)
         else:
-            c = jnp.asarray(R.static_levels(spec.regularizer, spec.k, spec.lo, spec.hi), w.dtype)
-        levels[path] = c
+            c = jnp.asarray(spec_static_levels(spec, w.shape, path), w.dtype)
+        levels[path] = pin_levels(c) if spec.pin_zero else c
     return leaves, levels
 
 

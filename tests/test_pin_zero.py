@@ -1,0 +1,209 @@
+"""A pinned zero level (``QuantSpec.pin_zero``): exactly 0.0 from attach to export."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+
+from qareg_jax import codebook as q
+from qareg_jax import compress as c
+from qareg_jax import quantizers
+from qareg_jax.finetune import assignments_by_path
+from qareg_jax.penalty import penalty
+from qareg_jax.qat import ste
+from qareg_jax.regularizers import names
+from qareg_jax.snap import quantized_finetune, snap
+
+FC, CONV = "params/fc/kernel", "params/conv/kernel"
+
+
+def _params(seed: int = 0, shift: float = 0.02) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "params": {
+            "conv": {"kernel": jnp.asarray(rng.normal(shift, 0.1, (3, 3, 2, 8)), jnp.float32)},
+            "fc": {"kernel": jnp.asarray(rng.normal(shift, 0.1, (40, 12)), jnp.float32)},
+        }
+    }
+
+
+def _data(seed: int = 1) -> tuple[jax.Array, jax.Array]:
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.normal(size=(32, 40)), jnp.float32), jnp.asarray(
+        rng.normal(size=(32, 12)), jnp.float32
+    )
+
+
+def _loss(tp, lam_specs=None):
+    x, y = _data()
+    pred = x @ tp["model"]["params"]["fc"]["kernel"]
+    conv = jnp.sum(tp["model"]["params"]["conv"]["kernel"] ** 2)
+    task = jnp.mean((pred - y) ** 2) + 1e-2 * conv
+    return task if lam_specs is None else task + 1e-2 * penalty(tp, lam_specs)
+
+
+def _has_zero(levels) -> bool:
+    """Every codebook (row) holds an exact 0.0."""
+    return bool(np.all(np.any(np.asarray(levels) == 0.0, axis=-1)))
+
+
+@pytest.mark.parametrize("group_size", [None, 2])
+@pytest.mark.parametrize("regularizer", names())
+def test_zero_level_at_attach_for_every_regularizer(regularizer, group_size):
+    params = _params()
+    specs = q.make_specs(params, k=4, regularizer=regularizer, pin_zero=True, group_size=group_size)
+    tp, resolved = q.attach(params, specs)
+    for path, spec in resolved.items():
+        levels = np.asarray(q.levels(tp, spec, path))
+        assert _has_zero(levels)
+        assert np.all(np.diff(levels, axis=-1) >= 0)  # still sorted
+        if spec.dynamic:  # stored as 0.0 in the tree itself
+            assert _has_zero(tp["reps"][path])
+
+
+@pytest.mark.parametrize("group_size", [None, 2])
+@pytest.mark.parametrize("regularizer", ["nearest", "softmin", "wells", "product"])
+def test_zero_survives_training_snapping_finetuning_and_export(regularizer, group_size, tmp_path):
+    params = _params()
+    specs = q.make_specs(params, k=4, regularizer=regularizer, pin_zero=True, group_size=group_size)
+    tp, resolved = q.attach(params, specs)
+    opt = optax.adamw(1e-2, weight_decay=1e-3)
+    state = opt.init(tp)
+    grad = jax.jit(jax.grad(lambda t: _loss(t, resolved)))
+    for _ in range(30):
+        updates, state = opt.update(grad(tp), state, tp)
+        tp = optax.apply_updates(tp, updates)
+    start = q.attach(params, specs)[0]["reps"]
+    assert all(not np.array_equal(tp["reps"][p], start[p]) for p in specs)  # free levels trained
+    assert all(_has_zero(tp["reps"][p]) for p in specs)
+
+    snapped, _ = snap(tp, resolved)
+    assert all(_has_zero(snapped["reps"][p]) for p in specs)
+    tx = quantized_finetune(optax.adam(1e-2), resolved)
+    fstate = tx.init(snapped)
+    ft_grad = jax.jit(jax.grad(_loss))
+    for _ in range(10):
+        updates, fstate = tx.update(ft_grad(snapped), fstate, snapped)
+        snapped = optax.apply_updates(snapped, updates)
+    assignments = assignments_by_path(fstate)
+    quant = {}
+    for p in specs:
+        levels = np.asarray(snapped["reps"][p])
+        assert _has_zero(levels)
+        w = np.asarray(q.named_leaves(snapped["model"])[p])
+        zero_idx = np.argmin(np.abs(levels), axis=-1)
+        a = np.asarray(assignments[p])
+        on_zero = a == (zero_idx if zero_idx.ndim == 0 else q.take_levels(zero_idx[:, None], a * 0))
+        assert np.all(w[on_zero] == 0.0) and on_zero.any()
+        quant[p] = (levels, a)
+
+    info = c.save(tmp_path / "pz.qareg", snapped["model"], quant)
+    assert info.payload_bytes > 0
+    loaded, lq = c.load(tmp_path / "pz.qareg")
+    for p in specs:
+        assert _has_zero(lq[p][0])
+        chex.assert_trees_all_equal(
+            np.asarray(q.named_leaves(loaded)[p]), np.asarray(q.named_leaves(snapped["model"])[p])
+        )
+
+
+class PinnedGradientTest(parameterized.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_pinned_level_gets_no_gradient_the_others_do(self):
+        c0 = jnp.asarray([-0.3, 0.0, 0.2, 0.5], jnp.float32)
+        w = jnp.asarray([-0.25, 0.04, -0.03, 0.18, 0.6], jnp.float32)
+
+        def loss(c):
+            levels = q.pin_levels(c)
+            return jnp.sum((w - levels[q.assign_levels(w, jax.lax.stop_gradient(levels))]) ** 2)
+
+        g = self.variant(jax.grad(loss))(c0)
+        assert g[1] == 0.0 and np.all(np.asarray(g)[[0, 2, 3]] != 0.0)
+        chex.assert_tree_all_finite(g)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_ste_leaves_the_pinned_level_at_zero(self):
+        params = _params(3)
+        tp, specs = ste.init(params, q.make_specs(params, k=3, pin_zero=True))
+        grads = self.variant(jax.grad(lambda t: _loss({"model": ste.quantize(t, specs)})))(tp)
+        for p in specs:
+            g = np.asarray(grads["reps"][p])
+            assert g[np.argmin(np.abs(np.asarray(tp["reps"][p])))] == 0.0
+            assert np.any(g != 0.0)
+
+
+def test_pin_levels_forces_a_drifted_zero_back():
+    # A user transform that adds noise to every leaf cannot move the pinned level for
+    # the penalty or for snapping: both read the levels through pin_levels.
+    drifted = jnp.asarray([[-0.2, 1e-7, 0.3]], jnp.float32)
+    np.testing.assert_array_equal(q.pin_levels(drifted), drifted.at[0, 1].set(0.0))
+
+
+def test_static_interval_shift_is_below_half_a_spacing():
+    for regularizer in ("sine", "cosine"):
+        spec = q.QuantSpec(k=5, regularizer=regularizer, pin_zero=True)
+        params = _params(4, shift=0.05)
+        _, resolved = q.attach(params, {FC: spec})
+        w = np.asarray(params["params"]["fc"]["kernel"])
+        plain = q.attach(params, {FC: q.QuantSpec(k=5, regularizer=regularizer)})[1][FC]
+        spacing = (w.max() - w.min()) / (4 if regularizer == "sine" else 5)
+        assert abs(resolved[FC].lo - plain.lo) <= spacing / 2 + 1e-9
+        assert resolved[FC].hi - resolved[FC].lo == pytest.approx(plain.hi - plain.lo)
+
+
+def test_kmeans_rows_pin_zero_refits_the_free_levels():
+    rng = np.random.default_rng(5)
+    rows = rng.normal(0.4, 1.0, (6, 500))
+    pinned = quantizers.kmeans_1d_rows(rows, 4, pin_zero=True)
+    naive = q.with_zero(quantizers.kmeans_1d_rows(rows, 4))
+
+    def sse(cb):
+        d2 = (rows[:, :, None] - cb[:, None, :]) ** 2
+        return float(d2.min(axis=2).sum())
+
+    assert _has_zero(pinned) and np.all(np.diff(pinned, axis=1) > 0)
+    assert sse(pinned) < sse(naive)  # Lloyd around the pinned level beats moving one to 0
+    all_positive = quantizers.kmeans_1d_rows(np.abs(rows) + 1.0, 3, pin_zero=True)
+    np.testing.assert_array_equal(all_positive[:, 0], 0.0)
+
+
+@pytest.mark.parametrize("group_size", [None, 4])
+def test_quantize_tree_pin_zero_keeps_pruned_weights_at_zero(group_size):
+    params = _params(6)
+    w = np.asarray(params["params"]["fc"]["kernel"])
+    w = np.where(np.abs(w) > np.quantile(np.abs(w), 0.6), w, 0.0).astype(np.float32)
+    qp, quant = quantizers.quantize_tree(
+        {"fc": w}, ["fc"], 4, "kmeans", pin_zero=True, group_size=group_size
+    )
+    out = np.asarray(qp["fc"])
+    assert np.all(out[w == 0.0] == 0.0) and _has_zero(quant["fc"][0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(pin_zero=1), TypeError, "pin_zero must be True or False"),
+        (dict(pin_zero=True, k=1), ValueError, "pin_zero=True needs k >= 2"),
+    ],
+)
+def test_bad_pin_zero_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        q.QuantSpec(**kwargs)
+
+
+def test_quantize_tree_pin_zero_refuses_other_methods():
+    with pytest.raises(ValueError, match="pin_zero supports method 'kmeans' or 'cws' only"):
+        quantizers.quantize_tree({"w": np.ones((4, 4), np.float32)}, ["w"], 2, "uq", pin_zero=True)
+
+
+def test_default_is_unchanged_by_the_option():
+    params = _params(7)
+    tp, resolved = q.attach(params, q.make_specs(params, k=4))
+    tp2, resolved2 = q.attach(params, q.make_specs(params, k=4, pin_zero=False))
+    chex.assert_trees_all_equal(tp, tp2)
+    assert resolved == resolved2 and not any(_has_zero(r) for r in tp["reps"].values())
