@@ -10,11 +10,12 @@ per penalty family and the registry), ``penalty``, ``snap``, ``finetune``,
 ``nearest_level`` (the exact nearest-level search), ``quantizers`` (post-training
 baselines), ``qat`` (straight-through QAT), ``contrib`` (gradient-l1, R2, DKM),
 ``compress`` (packed export), ``budget`` (K per layer for a size budget),
+``pruning`` (magnitude pruning to combine with ``QuantSpec(pin_zero=True)``),
 ``pipeline`` (the training core and the experiment pipeline; imported on use, it
 pulls in orbax), ``sharding``.
 """
 
-from . import budget, compress, contrib, qat, quantizers, regularizers, sharding
+from . import budget, compress, contrib, pruning, qat, quantizers, regularizers, sharding
 from .codebook import (
     QuantSpec,
     attach,
@@ -79,6 +80,7 @@ __all__ = [
     "penalty",
     "penalty_stats",
     "product",
+    "pruning",
     "quantized_finetune",
     "qat",
     "quantizers",
