@@ -135,6 +135,19 @@ class Config:
       dkm_tau_frac: DKM temperature per layer, ``(dkm_tau_frac * mean spacing of the
         k-means start)**2`` (squared-weight units).
       dkm_iters: DKM k-means iterations per training step.
+      group_size: one codebook per group of this many output channels
+        (``QuantSpec.group_size``; 1: per channel) for the regularizers, STE and the
+        "kmeans" baseline; None: one per layer. Not with DKM, a budget or other baselines.
+      pin_zero: one level of every codebook held at exactly 0.0 (``QuantSpec.pin_zero``)
+        for the regularizers, STE and the "kmeans" baseline. Not with DKM or other
+        baselines.
+      prune_sparsity: magnitude-prune every selected layer to this fraction of zeros
+        (``pruning``): the regularized runs prune gradually during their phase (a cubic
+        ramp over its first ``prune_ramp``), the "kmeans" baseline one-shot before its
+        k-means (sHAM's order: prune, share, fine-tune). Needs ``pin_zero``; not with
+        STE, DKM or other baselines. None: no pruning.
+      prune_ramp: the fraction of the regularized phase over which the sparsity ramps up
+        (0: one-shot at the first step).
       index_dtype: dtype of the stored indices (e.g. "uint8"); None: the smallest per K.
       codebook_dtype: "float32" or "float16" codebooks in the packed model.
       log_every, checkpoint_every: steps between metric records / checkpoints.
@@ -194,6 +207,10 @@ class Config:
     ste_recluster_every: int | None = None
     dkm_tau_frac: float = 0.3
     dkm_iters: int = 3
+    group_size: int | None = None
+    pin_zero: bool = False
+    prune_sparsity: float | None = None
+    prune_ramp: float = 0.5
     index_dtype: str | None = None
     codebook_dtype: str = "float32"
     log_every: int = 20
@@ -219,6 +236,7 @@ class Config:
         self._validate_qat_and_seeds()
         self._validate_recipe()
         self._validate_budget()
+        self._validate_compression()
 
     def _validate_methods(self) -> None:
         check_choice("model", self.model, tuple(MODELS))
@@ -367,6 +385,49 @@ class Config:
                 "nothing to run at the budget: the 'binary' baseline runs at K=2 only; add "
                 "a K to ks or another method"
             )
+
+    def _validate_compression(self) -> None:
+        """group_size, pin_zero and pruning: only where every method of the run has them."""
+        if not isinstance(self.pin_zero, bool):
+            raise TypeError(f"pin_zero must be True or False, got {self.pin_zero!r}")
+        if self.group_size is not None:
+            _positive_int("group_size", self.group_size)
+        wanted = [
+            name
+            for name, on in (
+                ("group_size", self.group_size is not None),
+                ("pin_zero", self.pin_zero),
+                ("prune_sparsity", self.prune_sparsity is not None),
+            )
+            if on
+        ]
+        for name in wanted:
+            others = sorted(set(self.baselines) - {"kmeans"})
+            if others or "dkm" in self.qat:
+                raise ValueError(
+                    f"{name} is supported by the regularizers, STE and the 'kmeans' baseline; "
+                    f"remove {others + (['dkm'] if 'dkm' in self.qat else [])} from "
+                    "baselines / qat"
+                )
+        if self.group_size is not None and self.budget is not None:
+            raise ValueError("group_size with a budget is not supported: the planner is per layer")
+        f = self.prune_sparsity
+        if f is not None:
+            if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f < 1:
+                raise ValueError(f"prune_sparsity must be a number in (0, 1) or None, got {f!r}")
+            if not self.pin_zero:
+                raise ValueError(
+                    "prune_sparsity needs pin_zero=True: the pruned weights must snap to a "
+                    "zero level"
+                )
+            if self.qat:
+                raise ValueError(
+                    f"prune_sparsity is supported by the regularizers and the 'kmeans' "
+                    f"baseline; remove {list(self.qat)} from qat"
+                )
+        r = self.prune_ramp
+        if isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r <= 1:
+            raise ValueError(f"prune_ramp must be a number in [0, 1], got {r!r}")
 
     @property
     def seed_list(self) -> tuple[int, ...]:

@@ -38,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import data, report
+from ..codebook import make_specs
 from ..models import check_input_size, get_model
 from ..provenance import device_name
 from . import budget_plan
@@ -250,16 +251,23 @@ def _pretrained(ctx: Context, stages_dir: pathlib.Path) -> Pretrained:
 
 
 def _check_budget(config: Config, model: Any, ds: data.Dataset, compiled: dict) -> None:
-    """Refuse (ValueError) a budget below the smallest packed model, before any training.
+    """Refuse (ValueError) a budget below the smallest packed model, or a ``group_size``
+    that does not divide a selected layer's output channels, before any training.
 
     The sizes need the model's shapes: its initialisation for the first seed, kept in
     ``compiled`` where ``Context.initial_variables`` finds it (no second compilation).
     """
-    if config.budget is None:
+    if config.budget is None and config.group_size is None:
         return
     seed = config.seed_list[0]
     variables = compiled.setdefault(("init", seed), init_variables(model, ds.image_shape, seed))
-    budget_plan.check_budget(config, budget_plan.layer_bytes(config, variables))
+    if config.group_size is not None:  # G must divide every selected layer's channels
+        make_specs(
+            variables["params"], include=config.include, exclude=config.exclude,
+            k=max(config.ks, default=2), group_size=config.group_size,
+        )  # fmt: skip
+    if config.budget is not None:
+        budget_plan.check_budget(config, budget_plan.layer_bytes(config, variables))
 
 
 def _run_seed(

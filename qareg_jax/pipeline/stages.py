@@ -26,14 +26,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from .. import compress, data, quantizers
+from .. import compress, data, pruning, quantizers
 from .. import regularizers as R
 from ..batch_stats import recalibrate_batch_stats
 from ..codebook import QuantSpec, attach, check_schedules, levels, make_specs
 from ..contrib import dkm
 from ..finetune import assignments_by_path, finetune_specs, quantized_finetune
-from ..paths import named_leaves
+from ..paths import named_leaves, replace_leaves
 from ..qat import ste
 from ..snap import check_snappable, snap
 from .budget_plan import planned_ks
@@ -97,12 +98,16 @@ def finetune(
     with the summed gradients of their weights (``snap.quantized_finetune``).
     """
     cfg = ctx.config
-    # quantized_finetune reads only each spec's K: the same step serves every stage with
-    # the same K (one compilation), the stage enters through the dropout seed in the state.
-    ks = tuple(sorted({(p, s.k) for p, s in specs.items()}))
+    # quantized_finetune reads only each spec's K, groups and pinned zero: the same step
+    # serves every stage with the same ones (one compilation), the stage enters through
+    # the dropout seed in the state.
+    ks = tuple(sorted({(p, s.k, s.group_size, s.pin_zero) for p, s in specs.items()}))
     lr = cfg.finetune_lr if lr is None else lr
     if ("finetune", ks, lr) not in ctx.compiled:
-        plain = {p: QuantSpec(k=k, regularizer="nearest", lam=0.0) for p, k in ks}
+        plain = {
+            p: QuantSpec(k=k, regularizer="nearest", lam=0.0, group_size=g, pin_zero=z)
+            for p, k, g, z in ks
+        }
         base = optimizer(cfg.finetune_optimizer, lr)
         tx = quantized_finetune(base, plain, index_dtype=cfg.index_dtype)
         ctx.compiled["finetune", ks, lr] = (make_init_fn(tx), make_train_step(ctx.model, tx))
@@ -269,6 +274,11 @@ def method_name(regularizer: str, freeze_reps: bool, ste_last: float = 0.0) -> s
     return f"{name} + ste{ste_last:g}" if ste_last else name
 
 
+def _pruned(cfg: Config) -> str:
+    """The table's note on a pruned run ("" when not pruning)."""
+    return "" if cfg.prune_sparsity is None else f" + prune {cfg.prune_sparsity:.0%}"
+
+
 def stage_name(regularizer: str, k: int | None, freeze_reps: bool, ste_last: float = 0.0) -> str:
     """Directory-safe stage name, e.g. ``"reg-nearest-k4"``, ``"reg-nearest-frozen-k4"``,
     (the hybrid) ``"reg-nearest-ste0.2-k4"`` or (k None) ``"reg-nearest-budget"``."""
@@ -313,6 +323,8 @@ def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str,
         normalize=cfg.penalty_normalize,
         tau=cfg.tau,
         sigma=cfg.sigma,
+        group_size=cfg.group_size,
+        pin_zero=cfg.pin_zero,
     )
     check_schedules(specs, total)  # a schedule gone NaN or negative mid-run: refuse now
     return specs
@@ -334,6 +346,11 @@ def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult
         cfg, cfg.reg_lr, total, freeze_reps=bool(stage.freeze_reps), reps_lr=cfg.reps_lr,
         name=cfg.reg_optimizer,
     )  # fmt: skip
+    if cfg.prune_sparsity is not None:  # ~20 mask updates over the ramp (a sort each)
+        ramp = int(round(cfg.prune_ramp * total))
+        sparsity = pruning.cubic_sparsity(cfg.prune_sparsity, 0, ramp)
+        every = max(1, ramp // 20) if ramp else max(total, 1)
+        tx = optax.chain(tx, pruning.prune(specs, sparsity, update_every=every))
     state = make_init_fn(tx)(tree, model_state, np.uint32(phase_seed(cfg.seed, f"{name}/reg")))
     switch = ste_switch(cfg, total)
     anneal = (
@@ -350,7 +367,7 @@ def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult
     # One compilation instead of one per eager op.
     check_snappable(tree, specs)  # finiteness: the jitted snap sees traced values
     snapped, _ = jax.jit(lambda t: snap(t, specs, index_dtype=cfg.index_dtype))(tree)
-    method = method_name(stage.method, bool(stage.freeze_reps), cfg.ste_last)
+    method = method_name(stage.method, bool(stage.freeze_reps), cfg.ste_last) + _pruned(cfg)
     return _tune_and_pack(
         ctx, fp, stage, t0, snapped, model_state, finetune_specs(specs), "reg",
         method=method, kind="regularizer",
@@ -409,15 +426,31 @@ def ptq_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
     ks = layer_ks(ctx, params, stage, edges=stage.method != "binary")  # binary: K=2 only
     paths = list(ks)
     kw = {"seed": cfg.seed} if stage.method == "pws" else {}
+    if cfg.group_size is not None or cfg.pin_zero:  # the "kmeans" baseline only (Config)
+        kw = {"group_size": cfg.group_size, "pin_zero": cfg.pin_zero}
+    label = stage.method
+    if cfg.prune_sparsity is not None:  # sHAM's order: prune one-shot, then share
+        leaves = named_leaves(params)
+        params = replace_leaves(params, {
+            p: jnp.where(pruning.magnitude_mask(leaves[p], cfg.prune_sparsity), leaves[p], 0)
+            for p in paths
+        })  # fmt: skip
+        label = f"prune {cfg.prune_sparsity:.0%} then {stage.method}"
     qparams, quantized = quantizers.quantize_tree(params, paths, ks, stage.method, **kw)
     # The baseline's codebooks become representatives: the same fine-tuning transform.
-    specs = {p: QuantSpec(k=ks[p], regularizer="nearest", lam=0.0) for p in paths}
+    specs = {
+        p: QuantSpec(
+            k=ks[p], regularizer="nearest", lam=0.0, group_size=cfg.group_size,
+            pin_zero=cfg.pin_zero,
+        )
+        for p in paths
+    }  # fmt: skip
     leaves = named_leaves(qparams)
     reps = {p: jnp.asarray(cb, leaves[p].dtype) for p, (cb, _) in quantized.items()}
     tree = {"model": qparams, "reps": reps}
     return _tune_and_pack(
         ctx, fp, stage, t0, tree, dict(model_state), specs, None,
-        method=stage.method, kind="baseline", regularizer=None, freeze_reps=None, lam=None,
+        method=label, kind="baseline", regularizer=None, freeze_reps=None, lam=None,
         acc_reg=None,
     )  # fmt: skip
 
@@ -461,12 +494,13 @@ def train_ste(
     params, model_state = _start(ctx, fp)
     total = cfg.reg_epochs * data.steps_per_epoch(ctx.ds, cfg.batch_size)
     overrides = k_overrides(ctx, params, stage)
-    if overrides is None:
-        tree, specs = ste.init(params, _paths(cfg, params, stage.k), k=stage.k)  # k-means levels
+    grouping = {"group_size": cfg.group_size, "pin_zero": cfg.pin_zero}
+    if overrides is None:  # k-means levels
+        tree, specs = ste.init(params, _paths(cfg, params, stage.k), k=stage.k, **grouping)
     else:
         start = make_specs(
             params, include=cfg.include, exclude=cfg.exclude, overrides=overrides,
-            k=base_k(ctx, stage),
+            k=base_k(ctx, stage), **grouping,
         )  # fmt: skip
         tree, specs = ste.init(params, start)
     before = _named(tree, specs)
