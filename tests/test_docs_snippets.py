@@ -71,3 +71,13 @@ def test_grouped_snippet_runs():
         w = np.asarray(named_leaves(snapped["model"])[path])
         for g in range(w.shape[-1]):  # group_size=1: each channel holds <= 4 values
             assert np.unique(w[..., g]).size <= 4
+
+
+def test_pin_zero_and_pruning_snippet_runs():
+    ns: dict = {}
+    exec(compile(_python_block("## A pinned zero level"), str(USAGE), "exec"), ns)  # noqa: S102
+    snapped, specs = ns["snapped"], ns["specs"]
+    for path in specs:
+        w = np.asarray(named_leaves(snapped["model"])[path])
+        assert np.mean(w == 0.0) >= np.floor(0.75 * w.size) / w.size
+        assert np.unique(w).size <= 4 and np.any(np.asarray(snapped["reps"][path]) == 0.0)
