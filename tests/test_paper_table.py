@@ -154,18 +154,16 @@ def test_tiny_end_to_end_on_fake_data_then_resume(tmp_path, fake_cifar, monkeypa
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end_with_alexnet(tmp_path, fake_cifar):
-    _check_outputs(_run_tiny("alexnet", tmp_path))
-
-
-@pytest.mark.slow
-def test_tiny_vgg16_one_method_each_end_to_end(tmp_path, fake_cifar, monkeypatch):
-    # VGG16 compiles slowly on a CPU: one regularizer and one baseline cover its path.
+@pytest.mark.parametrize("model", ["alexnet", "vgg16"])
+def test_tiny_real_model_one_method_each_end_to_end(tmp_path, fake_cifar, monkeypatch, model):
+    # The real models compile slowly on a CPU: one regularizer and one baseline cover their
+    # path (every method runs in the SmallCNN test above, through the same code).
     monkeypatch.setitem(paper_table.TINY, "regularizers", ("nearest",))
     monkeypatch.setitem(paper_table.TINY, "qat", ())
     monkeypatch.setitem(paper_table.TINY, "baselines", ("kmeans",))
-    dest = _run_tiny("vgg16", tmp_path)
+    dest = _run_tiny(model, tmp_path)
     rows = json.loads((dest / "results.json").read_text())["rows"]
-    assert [(r["model"], r["method"]) for r in rows] == [("vgg16", "nearest"), ("vgg16", "kmeans")]
+    assert [(r["model"], r["method"]) for r in rows] == [(model, "nearest"), (model, "kmeans")]
     claim = (dest / "claim.md").read_text()
     assert [x for x in claim.splitlines() if x.startswith("| 2 |")][0].startswith("| 2 | nearest")
+    assert (dest / "accuracy_vs_bits.png").is_file()
