@@ -11,11 +11,20 @@ raw. Everything works leaf by leaf (no tree-wide gather). A grouped layer
 and each weight's index into its own group's codebook; its metadata entry has
 ``"groups": G`` (absent for one codebook, so those files are unchanged).
 
+A layer whose every codebook holds an exact 0.0 (``QuantSpec(pin_zero=True)``,
+pruning) is stored in the "bitmap" layout when that is smaller than the dense one:
+one bit per weight (1: not on the zero level), then only those weights' indices,
+packed as above. Its entry has ``"layout": "bitmap", "nnz": count``; it pays when more
+than ``1 / bits`` of the weights are zero (half at K = 3 or 4), and the size report
+says which layout each layer got. Files with a bitmap layer are version 2; the others
+stay version 1, byte for byte.
+
 File format (version 1, little-endian)::
 
     b"QAREGJAX" | u32 version | u64 metadata length | metadata (UTF-8 JSON)
     | payload: one section per leaf, in metadata order
     |   quantized: codebook bytes, then packed index bytes
+    |   (bitmap layout: codebook bytes, ceil(N / 8) bitmap bytes, packed nonzero indices)
     |   raw:       the array's bytes (C order)
     | sha256 of everything before it (32 bytes)
 
@@ -62,7 +71,8 @@ __all__ = [
 ]
 
 MAGIC = b"QAREGJAX"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written only when a layer uses the bitmap layout; 1 otherwise
+_READS = (1, 2)
 _HEADER = struct.Struct("<IQ")  # version, metadata length (after the magic)
 _HEAD_BYTES = len(MAGIC) + _HEADER.size
 _DIGEST_BYTES = 32
@@ -252,6 +262,7 @@ class LayerSize:
     packed_bits: int
     huffman_bits: int
     groups: int = 1  # codebooks of the leaf (grouped codebooks: G), all counted in the sizes
+    layout: str = "dense"  # "bitmap": the zero-level weights cost one bit (see the module)
 
 
 @dataclass(frozen=True)
@@ -311,11 +322,17 @@ class SizeReport:
                 f"| {huff / orig:.4f} | {orig / huff:.2f} |"
             )
 
+        def k_cell(ly: LayerSize) -> str:
+            if not ly.k:
+                return "-"
+            cell = str(ly.k) if ly.groups == 1 else f"{ly.k} x {ly.groups}"
+            return cell if ly.layout == "dense" else f"{cell} ({ly.layout})"
+
         rows = [
             row(
                 ly.path,
                 ly.n,
-                (ly.k if ly.groups == 1 else f"{ly.k} x {ly.groups}") if ly.k else "-",
+                k_cell(ly),
                 ly.original_bits,
                 ly.packed_bits,
                 ly.huffman_bits,
@@ -395,7 +412,9 @@ def size_report(params: Any, quantized: Quantized, codebook_dtype: str = "float3
     packed = ceil(log2 K) * N + K * c; Huffman = sum(count_i * length_i) + K * c
     (the code-length table is not counted). Original = dtype bits * N. Unquantized
     leaves count raw in all three. A grouped layer (G codebooks) counts G * K * c
-    codebook bits; its Huffman code is one code over the group-local indices.
+    codebook bits; its Huffman code is one code over the group-local indices. A layer
+    :func:`save` stores in the bitmap layout (``LayerSize.layout``) counts that:
+    N + ceil(log2 K) * nonzero + K * c (whole bytes per part, as in the file).
     """
     leaves = named_leaves(params)
     quant = _check_quantized(leaves, quantized, codebook_dtype)
@@ -410,11 +429,58 @@ def size_report(params: Any, quantized: Quantized, codebook_dtype: str = "float3
             continue
         k, groups = quant[path]
         g = groups or 1
-        counts = _counts(_host_pair(quantized[path])[1], k)
+        cb, a = _host_pair(quantized[path])
+        counts = _counts(a, k)
         huff = int(np.dot(counts, huffman_code_lengths(counts))) + g * k * cb_bits
         packed = bits_per_index(k) * n + g * k * cb_bits
-        layers.append(LayerSize(path, n, k, orig, packed, huff, g))
+        layout, index_bytes, _ = _layout(cb.astype(codebook_dtype), a, k)
+        if layout == "bitmap":
+            packed = 8 * index_bytes + g * k * cb_bits
+        layers.append(LayerSize(path, n, k, orig, packed, huff, g, layout))
     return SizeReport(tuple(layers), codebook_dtype)
+
+
+# ------------------------------------------------------------------------- bitmap layout
+
+
+def _bitmap_mask(codebook: np.ndarray, a: np.ndarray) -> np.ndarray | None:
+    """Boolean (shape of ``a``): the weights NOT on their codebook's 0.0 level; None when
+    some codebook (row) has no exact 0.0 (then only the dense layout applies)."""
+    zero = np.asarray(codebook, np.float64) == 0.0
+    if not np.all(zero.any(axis=-1)):
+        return None
+    z = np.argmax(zero, axis=-1)  # the first 0.0 of each codebook
+    if codebook.ndim == 1:
+        return a != z
+    group = np.arange(a.shape[-1]) // (a.shape[-1] // len(z))
+    return a != z[group]
+
+
+def _bitmap_bytes(n: int, nnz: int, k: int) -> int:
+    """Bytes of the bitmap layout's indices: the bitmap and the packed nonzero indices."""
+    return -(-n // 8) + -(-nnz * bits_per_index(k) // 8)
+
+
+def _layout(stored: np.ndarray, a: np.ndarray, k: int) -> tuple[str, int, int | None]:
+    """``(layout, index bytes, nnz)`` of a quantized leaf with codebook ``stored`` (as
+    written): "bitmap" when its codebooks all hold 0.0 and that is fewer bytes than the
+    dense packing, else ``("dense", ceil(N bits / 8), None)``."""
+    dense = -(-a.size * bits_per_index(k) // 8)
+    nonzero = _bitmap_mask(stored, a)
+    if nonzero is None:
+        return "dense", dense, None
+    nnz = int(nonzero.sum())
+    sparse = _bitmap_bytes(a.size, nnz, k)
+    return ("bitmap", sparse, nnz) if sparse < dense else ("dense", dense, None)
+
+
+def _zero_indices(codebook: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The 0.0 level's index for every weight of a leaf of ``shape`` (broadcast)."""
+    z = np.argmax(np.asarray(codebook) == 0.0, axis=-1)
+    if codebook.ndim == 1:
+        return np.broadcast_to(z, shape)
+    group = np.arange(shape[-1]) // (shape[-1] // len(z))
+    return np.broadcast_to(z[group], shape)
 
 
 # --------------------------------------------------------------------------- save / load
@@ -568,10 +634,15 @@ def save(
             entry.update(k=k, bits=bits, nbytes=cb_bytes + -(-n * bits // 8))
             if groups is not None:
                 entry["groups"] = groups
+            cb, a = _host_pair(quantized[name])
+            layout, index_bytes, nnz = _layout(cb.astype(cb_dtype), a, k)
+            if layout == "bitmap":
+                entry.update(layout=layout, nnz=nnz, nbytes=cb_bytes + index_bytes)
         else:
             entry["nbytes"] = n * dtype.itemsize
         entries.append(entry)
     payload = sum(e["nbytes"] for e in entries)
+    version = FORMAT_VERSION if any("layout" in e for e in entries) else 1
     meta = json.dumps(
         {"codebook_dtype": codebook_dtype, "payload_nbytes": payload, "leaves": entries},
         separators=(",", ":"),
@@ -593,12 +664,19 @@ def save(
                 f.write(chunk)
                 digest.update(chunk)
 
-            write(MAGIC + _HEADER.pack(FORMAT_VERSION, len(meta)) + meta)
+            write(MAGIC + _HEADER.pack(version, len(meta)) + meta)
             for entry in entries:
                 name = entry["path"]
                 if name in quant:
                     cb, a = _host_pair(quantized[name])
-                    section = [cb.astype(cb_dtype).tobytes(), pack_indices(a, cb.shape[-1]).data]
+                    stored = cb.astype(cb_dtype)
+                    if entry.get("layout") == "bitmap":
+                        nonzero = _bitmap_mask(stored, a)
+                        bitmap = np.packbits(nonzero.reshape(-1), bitorder="little")
+                        indices = pack_indices(a[nonzero], cb.shape[-1])
+                        section = [stored.tobytes(), bitmap.data, indices.data]
+                    else:
+                        section = [stored.tobytes(), pack_indices(a, cb.shape[-1]).data]
                 else:
                     section = [
                         np.ascontiguousarray(np.asarray(leaves[name]))
@@ -634,8 +712,8 @@ def _read_meta(f: Any, size: int) -> tuple[dict[str, Any], int]:
     if head[: len(MAGIC)] != MAGIC:
         raise ValueError("not a qareg_jax file (bad magic bytes)")
     version, meta_len = _HEADER.unpack(head[len(MAGIC) :])
-    if version != FORMAT_VERSION:
-        raise ValueError(f"unsupported format version {version} (this reads {FORMAT_VERSION})")
+    if version not in _READS:
+        raise ValueError(f"unsupported format version {version} (this reads {_READS})")
     if _HEAD_BYTES + meta_len + _DIGEST_BYTES > size:
         raise ValueError("truncated file: metadata runs past the end")
     try:
@@ -652,6 +730,19 @@ def _read_meta(f: Any, size: int) -> tuple[dict[str, Any], int]:
     if size != expected:
         raise ValueError(f"truncated or padded file: {size} bytes, the header says {expected}")
     return meta, _HEAD_BYTES + meta_len
+
+
+def _read_bitmap(
+    data: np.ndarray, codebook: np.ndarray, shape: tuple[int, ...], k: int, nnz: int
+) -> np.ndarray:
+    """The assignments of a bitmap-layout section (after its codebook)."""
+    n = int(np.prod(shape))
+    nonzero = np.unpackbits(data[: -(-n // 8)], count=n, bitorder="little").astype(bool)
+    if int(nonzero.sum()) != nnz:
+        raise ValueError(f"corrupted bitmap: {int(nonzero.sum())} set bits, metadata says {nnz}")
+    a = np.array(_zero_indices(codebook, shape), dtype=index_dtype(k)).reshape(-1)
+    a[nonzero] = unpack_indices(data[-(-n // 8) :], k, nnz)
+    return a.reshape(shape)
 
 
 def load(
@@ -695,7 +786,11 @@ def load(
                 cb_bytes = int(np.prod(cb_shape)) * cb_dtype.itemsize
                 codebook = np.frombuffer(buf[:cb_bytes], cb_dtype).reshape(cb_shape)
                 n = int(np.prod(shape))
-                a = unpack_indices(np.frombuffer(buf[cb_bytes:], np.uint8), k, n).reshape(shape)
+                rest = np.frombuffer(buf[cb_bytes:], np.uint8)
+                if e.get("layout") == "bitmap":
+                    a = _read_bitmap(rest, codebook, shape, k, int(e["nnz"]))
+                else:
+                    a = unpack_indices(rest, k, n).reshape(shape)
                 value = take_levels(codebook.astype(dtype), a)  # cast k values, not n
                 quantized[e["path"]] = (codebook.astype(np.float32), a)
             else:

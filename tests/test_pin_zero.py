@@ -207,3 +207,60 @@ def test_default_is_unchanged_by_the_option():
     tp2, resolved2 = q.attach(params, q.make_specs(params, k=4, pin_zero=False))
     chex.assert_trees_all_equal(tp, tp2)
     assert resolved == resolved2 and not any(_has_zero(r) for r in tp["reps"].values())
+
+
+# ---------------------------------------------------------------- the bitmap layout
+
+
+def _pruned_quant(sparsity: float, group_size: int | None, seed: int = 8):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(96, 16)).astype(np.float32)
+    w = np.where(np.abs(w) > np.quantile(np.abs(w), sparsity), w, 0.0).astype(np.float32)
+    _, quant = quantizers.quantize_tree(
+        {"fc": w}, ["fc"], 4, "kmeans", pin_zero=True, group_size=group_size
+    )
+    return {"fc": w, "bias": np.ones(16, np.float32)}, quant
+
+
+def _version(path) -> int:
+    return int.from_bytes(path.read_bytes()[8:12], "little")
+
+
+@pytest.mark.parametrize("group_size", [None, 4])
+@pytest.mark.parametrize("codebook_dtype", ["float32", "float16"])
+def test_bitmap_layout_when_smaller_round_trips_bit_exact(tmp_path, group_size, codebook_dtype):
+    params, quant = _pruned_quant(0.75, group_size)
+    file = tmp_path / "sparse.qareg"
+    info = c.save(file, params, quant, codebook_dtype=codebook_dtype)
+    rep = c.size_report(params, quant, codebook_dtype=codebook_dtype)
+    (layer,) = [ly for ly in rep.layers if ly.path == "fc"]
+    assert layer.layout == "bitmap" and "(bitmap)" in str(rep)
+    assert info.payload_bytes * 8 == rep.packed_bits  # the report counts what the file holds
+    assert _version(file) == 2
+    loaded, lq = c.load(file)
+    np.testing.assert_array_equal(lq["fc"][1], quant["fc"][1])
+    stored = quant["fc"][0].astype(codebook_dtype)
+    np.testing.assert_array_equal(loaded["fc"], q.take_levels(stored, quant["fc"][1]))
+    # against the dense packing of the same indices (codebook without a 0.0 level)
+    dense = {"fc": (np.where(quant["fc"][0] == 0.0, 1e-3, quant["fc"][0]), quant["fc"][1])}
+    dense_info = c.save(tmp_path / "dense.qareg", params, dense, codebook_dtype=codebook_dtype)
+    n, nnz = params["fc"].size, int(np.count_nonzero(loaded["fc"]))
+    assert nnz <= n // 4 + 1  # the pruned quarter kept, the rest on 0.0
+    bitmap_bytes = -(-n // 8) + -(-nnz * 2 // 8)
+    assert dense_info.payload_bytes - info.payload_bytes == -(-n * 2 // 8) - bitmap_bytes
+    assert _version(tmp_path / "dense.qareg") == 1
+
+
+def test_dense_layout_kept_when_the_bitmap_is_not_smaller(tmp_path):
+    # at K = 4 a bitmap pays above 50 % zeros; here a quarter of the weights are on 0.0
+    a = np.random.default_rng(9).integers(0, 4, (96, 16)).astype(np.uint8)
+    params = {"fc": np.zeros((96, 16), np.float32), "bias": np.ones(16, np.float32)}
+    quant = {"fc": (np.asarray([-1.0, 0.0, 0.5, 1.0], np.float32), a)}
+    info = c.save(tmp_path / "a.qareg", params, quant)
+    rep = c.size_report(params, quant)
+    assert all(ly.layout == "dense" for ly in rep.layers)
+    assert (
+        b'"layout"' not in (tmp_path / "a.qareg").read_bytes()
+        and _version(tmp_path / "a.qareg") == 1
+    )
+    assert info.payload_bytes * 8 == rep.packed_bits
