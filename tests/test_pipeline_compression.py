@@ -20,6 +20,7 @@ PRUNED = pipeline.Config(
     ks=(4,),
     pin_zero=True,
     prune_sparsity=SPARSITY,
+    ste_last=0.5,  # the hybrid recipe's STE part runs on the pruned, pinned levels
     group_size=2,
     batch_size=32,
     train_subset=128,
@@ -37,7 +38,7 @@ def pruned_run(tmp_path_factory):
 def test_packed_files_are_pruned_grouped_and_keep_zero(pruned_run):
     workdir, results = pruned_run
     rows = {r["stage"]: r for r in results["rows"]}
-    assert rows["reg-nearest-k4"]["method"] == "nearest + prune 50%"
+    assert rows["reg-nearest-ste0.5-k4"]["method"] == "nearest + ste0.5 + prune 50%"
     assert rows["ptq-kmeans-k4"]["method"] == "prune 50% then kmeans"
     for row in rows.values():
         params, quantized = compress.load(workdir / row["model_file"])
