@@ -16,8 +16,13 @@ from benchmarks import method_cost, regularizer_overhead, run_all
 REPO = Path(__file__).resolve().parents[1]
 
 
+# method_cost runs in its own test below (in-process); the VGG16 variant is the same
+# script with other arguments, checked without compiling VGG16 in the next test.
+SEPARATELY = ("method_cost", "regularizer_overhead_vgg16")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", run_all.discover())
+@pytest.mark.parametrize("name", [n for n in run_all.discover() if n not in SEPARATELY])
 def test_smoke_run_writes_json(name, tmp_path):
     out = tmp_path / f"{name}.json"
     res = run_all.run_script(name, out, smoke=True, timeout=300)
@@ -27,13 +32,20 @@ def test_smoke_run_writes_json(name, tmp_path):
     lines = run_all.summary_lines(name, payload)
     assert lines and all(line[0] == name for line in lines)
     assert name in run_all.table([res], tmp_path)
-    if name == "regularizer_overhead_vgg16":  # the variant's arguments reached the script
-        assert payload["config"]["model"] == "vgg16" and payload["config"]["batch"] == 2
     if name == "regularizer_overhead":  # the O(N K) penalties carry their lower bound
         for row in payload["rows"]:
             floor = row.get("pairwise_floor_ratio")
             assert (floor is not None) == (row["regularizer"] in ("softmin", "product"))
             assert floor is None or (floor > 1 and row["pairwise_pass_ms"] > 0)
+
+
+def test_the_vgg16_variant_passes_its_arguments_to_the_script():
+    script, extra = run_all.VARIANTS["regularizer_overhead_vgg16"]
+    assert script == "regularizer_overhead"
+    args = regularizer_overhead.parse(extra)
+    assert (args.model, args.batch) == ("vgg16", 32)
+    smoke = regularizer_overhead.parse([*extra, "--smoke"])  # what the smoke run would use
+    assert (smoke.model, smoke.batch) == ("vgg16", 2)
 
 
 def test_regularizer_overhead_names_its_output_after_the_model():
@@ -50,6 +62,8 @@ def test_method_cost_smoke_gives_every_method_a_finite_positive_ratio(tmp_path):
     out = tmp_path / "method_cost.json"
     payload = method_cost.main(["--smoke", "--out", str(out)])
     assert json.loads(out.read_text())["rows"] == payload["rows"]
+    lines = run_all.summary_lines("method_cost", payload)
+    assert lines and all(line[0] == "method_cost" for line in lines)
     rows = {(r["method"], r.get("k")): r for r in payload["rows"]}
     assert set(rows) == {
         ("plain", None),
