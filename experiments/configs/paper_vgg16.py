@@ -63,6 +63,11 @@ def get_config() -> Config:
         reg_optimizer="adam",
         reg_epochs=base.reg_epochs // SHORTEN,
         finetune_epochs=base.finetune_epochs // SHORTEN,
+        # The unit scale and the registry's lambdas, as paper_alexnet.py (not the base's
+        # legacy pin).
+        lam={},
+        reduction="sum",
+        penalty_normalize="unit",
         log_every=20,
         checkpoint_every=10_000,
     )
