@@ -7,7 +7,22 @@ test cannot change what the next one sees.
 
 from __future__ import annotations
 
-import jax
+import atexit
+import os
+import shutil
+import tempfile
+
+# One persistent compilation cache for the whole session, subprocesses included (the
+# CLI tests): the pipeline tests compile the same train steps again and again (a
+# sample of them ran in 80 % of the time). Fresh per session; a user's own setting wins.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="qareg-test-jax-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402  (after the cache settings it reads)
 import jax.numpy as jnp
 import numpy as np
 import pytest
