@@ -4,6 +4,7 @@
     qareg run --model small --dataset digits --regularizer nearest sine --k 2 4 \\
         [--baseline kmeans uniform] [--qat ste dkm] [--seeds 0 1 2] [--val-fraction F] \\
         [--budget 1MB | --budget 16x] [--budget-ks 2 4 8 16 32] \\
+        [--group-size C] [--pin-zero] [--prune S] \\
         [--lambda X] [--epochs N] [--config FILE.py] \\
         [--workdir DIR] [--data-dir DIR] [--resume | --overwrite]
     qareg report WORKDIR
@@ -139,6 +140,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="the K values the budget planner may give a layer (default 2 4 8 16 32)",
     )
     run.add_argument(
+        "--group-size",
+        type=int,
+        metavar="C",
+        help="one codebook per C output channels (1: per channel) instead of per layer; "
+        "regularizers, STE and the kmeans baseline",
+    )
+    run.add_argument(
+        "--pin-zero",
+        action="store_true",
+        default=None,
+        help="keep one level of every codebook at exactly 0.0",
+    )
+    run.add_argument(
+        "--prune",
+        type=float,
+        metavar="S",
+        help="magnitude-prune every quantized layer to this fraction of zeros (needs "
+        "--pin-zero): gradually while regularizing, one-shot before the kmeans baseline",
+    )
+    run.add_argument(
         "--baseline",
         nargs="+",
         help=f"post-training quantization baselines: {', '.join(pipeline.BASELINES)}, or none "
@@ -256,6 +277,9 @@ def config_from_args(args: argparse.Namespace) -> pipeline.Config:
         ("dkm_iters", "dkm_iters"),
         ("val_fraction", "val_fraction"),
         ("data_seed", "data_seed"),
+        ("group_size", "group_size"),
+        ("pin_zero", "pin_zero"),
+        ("prune", "prune_sparsity"),
     ):
         if getattr(args, flag) is not None:
             changes[field] = getattr(args, flag)

@@ -237,6 +237,21 @@ def test_run_flags_for_a_budget(capsys):
     assert "ratio against float32 (16x)" in out and "--k none keeps only those" in out
 
 
+def test_run_flags_for_groups_zero_and_pruning(capsys):
+    def config(*argv):
+        return cli.config_from_args(cli.build_parser().parse_args(["run", *argv]))
+
+    plain = config()
+    assert (plain.group_size, plain.pin_zero, plain.prune_sparsity) == (None, False, None)
+    both = config("--group-size", "1", "--pin-zero", "--prune", "0.75", "--baseline", "kmeans")
+    assert (both.group_size, both.pin_zero, both.prune_sparsity) == (1, True, 0.75)
+    with pytest.raises(ValueError, match="prune_sparsity needs pin_zero=True"):
+        config("--prune", "0.5", "--baseline", "kmeans")
+    out = _run_help(capsys)
+    assert "--group-size C one codebook per C output channels" in out
+    assert "--prune S magnitude-prune every quantized layer" in out
+
+
 def _demo_process(workdir: pathlib.Path) -> subprocess.Popen:
     """``qareg demo --fast`` in a child; faulthandler prints the stacks of a crash."""
     cmd = [sys.executable, "-m", "qareg_jax.cli", "demo", "--fast", "--workdir", str(workdir)]
