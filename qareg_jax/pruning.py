@@ -74,13 +74,27 @@ def cubic_sparsity(
 def magnitude_mask(w: Array, sparsity: Any) -> Array:
     """Boolean keep-mask (shape of ``w``): False on the ``floor(sparsity * N)`` weights of
     smallest ``|w|`` (ties broken by position), True elsewhere. ``sparsity`` may be traced.
-    One argsort: O(N log N)."""
-    flat = jnp.abs(w).ravel()
-    n = flat.size
-    drop = jnp.floor(jnp.asarray(sparsity, jnp.float32) * n).astype(jnp.int32)
-    order = jnp.argsort(flat, stable=True)
-    keep_sorted = jnp.arange(n) >= drop
-    return jnp.zeros(n, jnp.bool_).at[order].set(keep_sorted).reshape(w.shape)
+
+    The threshold is found by bisection on the float32 bit patterns of ``|w|`` (their
+    order is the values' order): 32 counting passes, O(N) each, instead of a sort (XLA's
+    CPU sort of an 8M-weight layer took 17 s).
+    """
+    flat = jnp.abs(w).ravel().astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(flat, jnp.int32)
+    drop = jnp.floor(jnp.asarray(sparsity, jnp.float32) * flat.size).astype(jnp.int32)
+
+    def halve(_: Any, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+        lo, hi = bounds  # the threshold t (smallest with count(bits <= t) >= drop) is in [lo, hi]
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(bits <= mid, dtype=jnp.int32) >= drop
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    top = jnp.int32(0x7F800000)  # +inf: every finite |w| is below it
+    t, _ = jax.lax.fori_loop(0, 32, halve, (jnp.int32(0), top))
+    below, tied = bits < t, bits == t
+    extra = drop - jnp.sum(below, dtype=jnp.int32)  # how many of the ties go, first ones first
+    pruned = below | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= extra))
+    return (~pruned).reshape(w.shape)
 
 
 def sparsity_of(w: Any) -> float:
@@ -166,8 +180,13 @@ def prune(
             w, u, old = leaves[p], moves[p], state.masks[p]
             s = schedules[p]
             target = s(state.count) if callable(s) else s
-            after = jnp.where(old, w + u, 0)
-            mask = jnp.where(refresh, old & magnitude_mask(after, target), old)
+            # cond, not where: the sort runs on refresh steps only (one per update_every).
+            mask = jax.lax.cond(
+                refresh,
+                lambda old, w, u, t: old & magnitude_mask(jnp.where(old, w + u, 0), t),
+                lambda old, w, u, t: old,
+                old, w, u, jnp.asarray(target, jnp.float32),
+            )  # fmt: skip
             masks[p] = mask
             new_moves[p] = jnp.where(mask, u, -w)  # w + (-w) is exactly 0.0
         out = dict(updates)

@@ -60,6 +60,19 @@ class MaskTest(parameterized.TestCase):
             assert np.abs(w)[~mask].max() <= np.abs(w)[mask].min()
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.75, 0.999])
+def test_magnitude_mask_equals_a_stable_sort_with_ties(sparsity):
+    # Rounded values: many ties, zeros and both signs of a magnitude.
+    rng = np.random.default_rng(4)
+    w = np.round(rng.normal(size=(33, 21)), 1).astype(np.float32)
+    drop = int(np.floor(np.float32(sparsity) * w.size))
+    order = np.argsort(np.abs(w).ravel(), kind="stable")
+    want = np.ones(w.size, bool)
+    want[order[:drop]] = False
+    got = np.asarray(jax.jit(magnitude_mask)(jnp.asarray(w), sparsity))
+    np.testing.assert_array_equal(got.ravel(), want)
+
+
 @pytest.mark.parametrize("update_every", [1, 5])
 def test_prune_reaches_the_target_and_pruned_weights_stay_zero(update_every):
     params = _params()
