@@ -180,7 +180,7 @@ def prune(
             w, u, old = leaves[p], moves[p], state.masks[p]
             s = schedules[p]
             target = s(state.count) if callable(s) else s
-            # cond, not where: the sort runs on refresh steps only (one per update_every).
+            # cond, not where: the threshold search runs on refresh steps only.
             mask = jax.lax.cond(
                 refresh,
                 lambda old, w, u, t: old & magnitude_mask(jnp.where(old, w + u, 0), t),
