@@ -137,6 +137,17 @@ class PinnedGradientTest(parameterized.TestCase):
             assert np.any(g != 0.0)
 
 
+@pytest.mark.parametrize("group_size", [None, 2])
+def test_ste_recluster_keeps_the_zero_level(group_size):
+    params = _params(5)
+    specs = q.make_specs(params, k=4, pin_zero=True, group_size=group_size)
+    tp, specs = ste.init(params, specs)
+    moved = {**tp, "model": jax.tree.map(lambda x: x * 1.5 + 0.01, tp["model"])}
+    again = ste.recluster(moved, specs)
+    for p in specs:
+        assert _has_zero(again["reps"][p]) and not np.array_equal(again["reps"][p], tp["reps"][p])
+
+
 def test_pin_levels_forces_a_drifted_zero_back():
     # A user transform that adds noise to every leaf cannot move the pinned level for
     # the penalty or for snapping: both read the levels through pin_levels.

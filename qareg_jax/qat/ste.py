@@ -385,7 +385,10 @@ def recluster(
             start = np.sort(np.asarray(jax.device_get(levels[path]), np.float64))
         try:
             if old.ndim == 2:  # grouped: one k-means per group, all groups at once
-                book = kmeans_1d_rows(to_groups(w, old.shape[0]), spec.k)
+                rows = to_groups(w, old.shape[0])
+                book = kmeans_1d_rows(rows, spec.k, pin_zero=spec.pin_zero)
+            elif spec.pin_zero:  # k-means around the pinned zero (no warm start)
+                book = kmeans_1d_rows(w.reshape(1, -1), spec.k, pin_zero=True)[0]
             else:
                 book = kmeans_1d(w, spec.k, init=start).codebook
         except ValueError as e:
