@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from .codebook import take_levels
+from .codebook import _group_of_channel, take_levels
 from .nearest_level import index_dtype
 from .paths import named_leaves
 from .validation import check_k
@@ -446,14 +446,9 @@ def size_report(params: Any, quantized: Quantized, codebook_dtype: str = "float3
 def _bitmap_mask(codebook: np.ndarray, a: np.ndarray) -> np.ndarray | None:
     """Boolean (shape of ``a``): the weights NOT on their codebook's 0.0 level; None when
     some codebook (row) has no exact 0.0 (then only the dense layout applies)."""
-    zero = np.asarray(codebook, np.float64) == 0.0
-    if not np.all(zero.any(axis=-1)):
+    if not np.all((np.asarray(codebook) == 0.0).any(axis=-1)):
         return None
-    z = np.argmax(zero, axis=-1)  # the first 0.0 of each codebook
-    if codebook.ndim == 1:
-        return a != z
-    group = np.arange(a.shape[-1]) // (a.shape[-1] // len(z))
-    return a != z[group]
+    return a != _zero_indices(codebook, a.shape)
 
 
 def _bitmap_bytes(n: int, nnz: int, k: int) -> int:
@@ -475,12 +470,12 @@ def _layout(stored: np.ndarray, a: np.ndarray, k: int) -> tuple[str, int, int | 
 
 
 def _zero_indices(codebook: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The 0.0 level's index for every weight of a leaf of ``shape`` (broadcast)."""
+    """The index of the (first) 0.0 level of each weight's codebook, for a leaf of
+    ``shape`` (broadcast)."""
     z = np.argmax(np.asarray(codebook) == 0.0, axis=-1)
-    if codebook.ndim == 1:
-        return np.broadcast_to(z, shape)
-    group = np.arange(shape[-1]) // (shape[-1] // len(z))
-    return np.broadcast_to(z[group], shape)
+    if codebook.ndim == 2:  # each weight's own group
+        z = z[_group_of_channel(len(z), shape[-1], np)]
+    return np.broadcast_to(z, shape)
 
 
 # --------------------------------------------------------------------------- save / load
