@@ -540,14 +540,14 @@ def init_representatives(
     ``pin_zero`` one of them is exactly 0.0 (see ``QuantSpec.pin_zero``)."""
     k = check_k(k)
     check_choice("init", method, INITS)
+    if method == "grid":  # the weights themselves are not needed
+        return with_zero(np.linspace(lo, hi, k)) if pin_zero else np.linspace(lo, hi, k)
     flat = np.asarray(w, np.float64).ravel()
     if method == "kmeans" and pin_zero:
         from .quantizers import kmeans_1d_rows  # host-side, one-off
 
         return kmeans_1d_rows(flat[None], k, pin_zero=True)[0]
-    if method == "grid":
-        c = np.linspace(lo, hi, k)
-    elif method == "quantile":
+    if method == "quantile":
         c = np.quantile(flat, (np.arange(k) + 0.5) / k)
     else:
         from .quantizers import kmeans_1d  # host-side, one-off
