@@ -250,7 +250,7 @@ def _pretrained(ctx: Context, stages_dir: pathlib.Path) -> Pretrained:
     return fp
 
 
-def _check_budget(config: Config, model: Any, ds: data.Dataset, compiled: dict) -> None:
+def _check_before_training(config: Config, model: Any, ds: data.Dataset, compiled: dict) -> None:
     """Refuse (ValueError) a budget below the smallest packed model, or a ``group_size``
     that does not divide a selected layer's output channels, before any training.
 
@@ -366,7 +366,7 @@ def train_and_evaluate(
             "model for small images (small) or a dataset with larger images"
         ) from None
     compiled: dict[Any, Any] = {}
-    _check_budget(config, model, first, compiled)
+    _check_before_training(config, model, first, compiled)
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     if say is None:
         say = tqdm.write if progress else lambda message: None
