@@ -177,6 +177,18 @@ def test_hybrid_specs_drop_lambda_at_the_switch_unless_kept(small_cnn):
     assert float(kept["fc1/kernel"].lam_at(19)) == 4.0
 
 
+def test_ste_from_the_first_step_spans_the_penalty_over_the_whole_phase(small_cnn):
+    params = small_cnn[1]["params"]
+    stage = pipeline.Stage("reg-nearest-ste1-k2", "regularizer", "nearest", 2, False)
+    cfg = dict(ste_last=1.0, ste_keep_lam=True, lam={"nearest": 4.0}, lam_schedule="exp")
+    assert recipe.ste_switch(pipeline.Config(**cfg), 20) == 0
+    spec = stages._reg_specs(_ctx(**cfg), params, stage, 20)["fc1/kernel"]
+    lams = [float(spec.lam_at(i)) for i in range(20)]
+    # Geometric growth from 4e-3 at step 0 to 4.0 at the last step: damping, then pinning.
+    assert lams[0] == pytest.approx(4e-3, rel=1e-5) and lams[-1] == pytest.approx(4.0, rel=1e-5)
+    assert all(b > a for a, b in zip(lams, lams[1:], strict=False))
+
+
 def test_hybrid_forward_net_is_on_levels_after_the_switch(small_cnn, attached, digits):
     model, variables = small_cnn
     tree, specs = attached(variables["params"], k=2, init="quantile")
@@ -298,7 +310,8 @@ def test_reg_optimizer_replaces_pretraining_s_in_the_regularized_phases(small_cn
         (dict(edge_layers_k=1), ValueError, "edge_layers_k"),
         (dict(edge_layers_k=4.0), TypeError, "edge_layers_k"),
         (dict(edge_layers_k=512, index_dtype="uint8"), ValueError, "K=512"),
-        (dict(ste_last=1.0), ValueError, "ste_last"),
+        (dict(ste_last=1.0), ValueError, "ste_last=1"),
+        (dict(ste_last=1.5, ste_keep_lam=True), ValueError, "ste_last"),
         (dict(ste_last=-0.1), ValueError, "ste_last"),
         (dict(ste_last="end"), TypeError, "ste_last"),
         (dict(ste_keep_lam=1), TypeError, "ste_keep_lam"),

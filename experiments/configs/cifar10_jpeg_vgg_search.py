@@ -41,4 +41,14 @@ def get_variants() -> dict[str, dict]:
         # schedule had left it little learning rate): a short penalty part, then STE.
         "scale-free-hybrid0.7": dict(SCALE_FREE, lam=1.0, ste_last=0.7),
         "scale-free-hybrid0.7-keep": dict(SCALE_FREE, lam=1.0, ste_last=0.7, ste_keep_lam=True),
+        # Round 3 (the penalty as STE's oscillation damping, Nagel et al. 2022): STE from
+        # the first step with the penalty beside it, grown geometrically over the whole
+        # phase so that it is weak while STE learns and pins the weights at the end. The
+        # levels are trained by STE, so they fine-tune at STE's rate.
+        **{
+            f"ste-damp{lam:g}": dict(
+                SCALE_FREE, lam=lam, ste_last=1.0, ste_keep_lam=True, finetune_lr=1e-5
+            )
+            for lam in (1.0, 0.1, 0.01)
+        },
     }

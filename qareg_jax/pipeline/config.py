@@ -111,7 +111,10 @@ class Config:
         that keeps K=2 on every layer. None: the stage's K on every layer.
       ste_last: fraction of the regularized phase run as STE at the end (the hybrid:
         the penalty, then the STE forward net on the same levels in one compiled step;
-        stages named e.g. "reg-nearest-ste0.2-k2"); 0: no STE part.
+        stages named e.g. "reg-nearest-ste0.2-k2"); 0: no STE part; 1: STE from the first
+        step with the penalty beside it (needs ``ste_keep_lam``; the penalty then damps
+        the latent weights' oscillation across level boundaries, and its schedule spans
+        the whole phase).
       ste_keep_lam: keep the penalty (its last lambda) during the STE part; False: 0.
       interval, interval_param, init, reduction: ``QuantSpec`` fields of every layer.
       tau, sigma: softmin temperature / wells width of every layer; None: from the spread
@@ -357,13 +360,18 @@ class Config:
             _check_k(self.edge_layers_k, self.index_dtype)
         f = self.ste_last
         if isinstance(f, bool) or not isinstance(f, int | float):
-            raise TypeError(f"ste_last must be a number in [0, 1), got {type(f).__name__} {f!r}")
-        if not 0 <= f < 1:
-            raise ValueError(f"ste_last must be a number in [0, 1), got {f!r}")
+            raise TypeError(f"ste_last must be a number in [0, 1], got {type(f).__name__} {f!r}")
+        if not 0 <= f <= 1:
+            raise ValueError(f"ste_last must be a number in [0, 1], got {f!r}")
         if not isinstance(self.ste_keep_lam, bool):
             raise TypeError(f"ste_keep_lam must be a bool, got {self.ste_keep_lam!r}")
         if self.ste_keep_lam and not f:
             raise ValueError("ste_keep_lam=True needs ste_last > 0 (there is no STE part)")
+        if f == 1 and not self.ste_keep_lam:
+            raise ValueError(
+                "ste_last=1 (STE from the first step) needs ste_keep_lam=True, else the "
+                "penalty never acts: for plain STE use qat=('ste',)"
+            )
 
     def _validate_budget(self) -> None:
         if self.budget is not None:

@@ -299,11 +299,12 @@ def plan_regularized(config: Config, k: int | None) -> list[Stage]:
 def _reg_specs(ctx: Context, params: Any, stage: Stage, total: int) -> dict[str, QuantSpec]:
     cfg = ctx.config
     switch = ste_switch(cfg, total)
-    # The schedule spans the regularizer's part; the hybrid's STE part has lambda 0 unless kept.
+    # The schedule spans the regularizer's part (all of the phase when STE runs from step
+    # 0); the hybrid's STE part has lambda 0 unless kept.
     lam = lam_schedule(
         cfg.lam_for(stage.method),
         cfg.lam_warmup,
-        total if switch is None else switch,
+        switch or total,
         kind=cfg.lam_schedule,
         exp_start=cfg.lam_exp_start,
         until=None if switch is None or cfg.ste_keep_lam else switch,
@@ -354,7 +355,7 @@ def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult
     state = make_init_fn(tx)(tree, model_state, np.uint32(phase_seed(cfg.seed, f"{name}/reg")))
     switch = ste_switch(cfg, total)
     anneal = (
-        anneal_schedule(cfg.anneal, total if switch is None else switch)
+        anneal_schedule(cfg.anneal, switch or total)
         if cfg.anneal is not None and stage.method in ANNEALED
         else None
     )
