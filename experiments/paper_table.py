@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments import run_table
-from qareg_jax import provenance, report, train
+from qareg_jax import cli, provenance, report, train
 from qareg_jax.pipeline.workdir import WorkdirError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -229,4 +229,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.interruptible(main))

@@ -23,7 +23,7 @@ import pathlib
 import sys
 from typing import Any
 
-from qareg_jax import provenance, train
+from qareg_jax import cli, provenance, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COLUMNS = (
@@ -155,4 +155,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.interruptible(main))

@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from qareg_jax import provenance, report, train
+from qareg_jax import cli, provenance, report, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -117,4 +117,4 @@ def write_results(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.interruptible(main))

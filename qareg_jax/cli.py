@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -380,26 +380,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed the usage error
         return EXIT_USAGE if e.code else 0
     commands = {"demo": _demo, "run": _run, "report": _report, "prepare-data": _prepare}
-    try:
-        # A Ctrl-C is acted on between steps (never inside a checkpoint save); see
-        # pipeline.loop.deferred_interrupts.
-        with deferred_interrupts():
+
+    def command() -> int:
+        try:
             commands[args.command](args)
+        except (
+            ValueError,
+            TypeError,  # a config file's field of the wrong type (validation)
+            OSError,  # FileNotFoundError, DataNotFoundError, FileExistsError
+            ImportError,
+            pipeline.TrainingDivergedError,
+        ) as e:
+            print(f"qareg: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        return 0
+
+    return interruptible(command)
+
+
+def interruptible(fn: Callable[[], int]) -> int:
+    """``fn()``'s exit status, with Ctrl-C acted on between training steps (never inside
+    a checkpoint save; see ``pipeline.loop.deferred_interrupts``): an interrupt prints
+    :data:`INTERRUPTED` instead of a traceback and returns :data:`EXIT_INTERRUPTED`.
+    The experiment scripts' ``__main__`` use it too."""
+    try:
+        with deferred_interrupts():
+            status = fn()
             if interrupt_requested():  # arrived after the last step: still an interrupt
                 raise KeyboardInterrupt
-    except (
-        ValueError,
-        TypeError,  # a config file's field of the wrong type (validation)
-        OSError,  # FileNotFoundError, DataNotFoundError, FileExistsError
-        ImportError,
-        pipeline.TrainingDivergedError,
-    ) as e:
-        print(f"qareg: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    return 0
+    return status
 
 
 def console_main() -> int:

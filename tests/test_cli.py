@@ -267,6 +267,38 @@ def _demo_process(workdir: pathlib.Path) -> subprocess.Popen:
     )
 
 
+def test_interruptible_defers_a_ctrl_c_to_the_end_and_returns_130(capsys):
+    def work() -> int:
+        os.kill(os.getpid(), signal.SIGINT)  # deferred: the function still finishes
+        done.append(True)
+        return 0
+
+    done: list[bool] = []
+    assert cli.interruptible(work) == cli.EXIT_INTERRUPTED and done == [True]
+    assert capsys.readouterr().err == cli.INTERRUPTED + "\n"
+    assert cli.interruptible(lambda: 3) == 3
+
+
+@pytest.mark.slow
+def test_experiment_script_ctrl_c_prints_one_line_not_a_traceback(tmp_path):
+    root = pathlib.Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "experiments.run_table", "experiments/configs/digits_small.py"]
+    proc = subprocess.Popen(
+        [*cmd, "--workdir", str(tmp_path / "run"), "--results", str(tmp_path / "results")],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    first = proc.stdout.readline()  # the plan: start-up is over, training begins
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert first.startswith("plan:"), first + err
+    assert proc.returncode == cli.EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and err.rstrip().endswith(cli.INTERRUPTED), err
+
+
 def _rows(workdir: pathlib.Path) -> list[dict]:
     rows = json.loads((workdir / "results.json").read_text())["rows"]
     return [{k: v for k, v in r.items() if k not in ("wall_s", "step_s", "step_rel")} for r in rows]
