@@ -51,4 +51,14 @@ def get_variants() -> dict[str, dict]:
             )
             for lam in (1.0, 0.1, 0.01)
         },
+        # Lambda 1 pins the weights (distance 0.00) but from a third of the phase on; 0.1
+        # leaves them off their levels: the same end, reached only in the last sixth.
+        "ste-damp1-late": dict(
+            SCALE_FREE,
+            lam=1.0,
+            lam_exp_start=1e-6,
+            ste_last=1.0,
+            ste_keep_lam=True,
+            finetune_lr=1e-5,
+        ),
     }
