@@ -14,6 +14,8 @@ per method and K, each built with the functions the pipeline's stages use
 - the hybrid's STE part (first regularizer entry, ``ste_last`` 0.2): the same
   ``recipe_step`` with ``switch``, its state moved to the switch step, so the STE
   forward net is on (and lambda is 0, as in the pipeline without ``ste_keep_lam``);
+- STE with the penalty beside it (first regularizer entry, ``ste_last=1`` with
+  ``ste_keep_lam``, the recipe's damped STE): the same ``recipe_step`` from step 0;
 - ``ste``: ``make_train_step(ste_loss(model, specs), tx)`` on ``ste.init``'s k-means
   levels (the optional re-clustering hook, ``ste_recluster_every``, is not timed);
 - ``dkm``: ``make_train_step(dkm_loss(model, dkm_taus(centroids, 0.3), 3), tx)`` on
@@ -127,9 +129,10 @@ def build_steps(
     for k in args.ks:
         # Regularized phases and the hybrid's STE part (stages.regularized_stage).
         for i, (name, fields, label) in enumerate(entries):
-            hybrids = (0.0, STE_LAST) if i == 0 else (0.0,)
-            for ste_last in hybrids:
-                cfg = dataclasses.replace(base, ste_last=ste_last, **fields)
+            # The first entry also as the hybrid and as STE with the penalty kept beside it.
+            hybrids = ((0.0, False), (STE_LAST, False), (1.0, True)) if i == 0 else ((0.0, False),)
+            for ste_last, keep in hybrids:
+                cfg = dataclasses.replace(base, ste_last=ste_last, ste_keep_lam=keep, **fields)
                 ctx = types.SimpleNamespace(config=cfg)  # _reg_specs reads ctx.config only
                 stage = Stage(stage_name(name, k, False, ste_last), "regularizer", name, k, False)
                 tree, specs = attach(params, _reg_specs(ctx, params, stage, total))
@@ -140,7 +143,9 @@ def build_steps(
                 state = make_init_fn(tx)(tree, model_state, seed)
                 switch = ste_switch(cfg, total)
                 step = recipe_step(model, tx, specs, switch=switch, anneal=None)
-                if switch is not None:  # time the STE part: the step counter past the switch
+                if keep:  # STE from step 0, the penalty's lambda nonzero throughout
+                    method, kind = f"{label} + ste1 (penalty kept)", "STE + penalty"
+                elif switch is not None:  # time the STE part: the step counter past the switch
                     state = state.replace(step=jnp.asarray(switch, jnp.int32))
                     method, kind = f"{label} + ste{ste_last:g}", "hybrid STE part"
                 else:
@@ -224,6 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "optimizer": "adam (pipeline.optim.make_optimizer, cosine schedule, Config defaults)",
             "schedule_steps": TOTAL_STEPS,
             "hybrid": f"first regularizer entry, ste_last={STE_LAST}, timed after the switch",
+            "damped ste": "first regularizer entry, ste_last=1 with ste_keep_lam",
             "ste": "k-means levels (ste.init); re-clustering hook not timed",
             "dkm": {"iters": DKM_ITERS, "tau": f"dkm_taus(centroids, {DKM_TAU_FRAC})"},
             "selection": "all conv/dense kernels (default rule)",

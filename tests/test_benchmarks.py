@@ -69,6 +69,7 @@ def test_method_cost_smoke_gives_every_method_a_finite_positive_ratio(tmp_path):
         ("plain", None),
         ("nearest (sum, spacing)", 2),
         ("nearest (sum, spacing) + ste0.2", 2),
+        ("nearest (sum, spacing) + ste1 (penalty kept)", 2),
         ("nearest", 2),
         ("softmin", 2),
         ("ste", 2),
