@@ -93,7 +93,8 @@ def leaves_and_levels(
     Raises:
       ValueError: the tree does not match the specs, or ``need_reps`` and a static
         leaf has no reps.
-      TypeError: a leaf's reps and weight dtypes differ.
+      TypeError: a selected weight or its reps is not floating point, or their dtypes
+        differ.
     """
     reps = train_params.get("reps") if isinstance(train_params, Mapping) else None
     reps = reps if isinstance(reps, Mapping) else {}
@@ -101,9 +102,9 @@ def leaves_and_levels(
     leaves = check_tree(train_params, {**specs, **finetune_specs({p: specs[p] for p in with_reps})})
     levels: dict[str, Array] = {}
     for path, spec in specs.items():
-        w = R.check_float(leaves[path], f"selected leaf {path!r}")
+        w = R.check_float(leaves[path], f'selected weight train_params["model"] {path!r}')
         if path in reps:
-            c = reps[path]
+            c = R.check_float(reps[path], f'train_params["reps"][{path!r}]')
             if c.dtype != w.dtype:
                 raise TypeError(
                     f"reps[{path!r}] has dtype {c.dtype} but its weight has dtype {w.dtype}; "

@@ -52,14 +52,12 @@ from ..codebook import (
     QuantSpec,
     assign_levels,
     attach,
-    check_tree,
     level_sums,
-    pin_levels,
     resolve_paths,
-    spec_static_levels,
     take_levels,
     to_groups,
 )
+from ..finetune import leaves_and_levels
 from ..paths import replace_leaves
 
 Array = jax.Array
@@ -218,30 +216,11 @@ def tree_levels(
             'train_params must be a dict with keys "model" and "reps" (see ste.init or '
             f"codebook.attach), got {got}"
         )
-    reps = train_params["reps"]
-    if not isinstance(reps, Mapping):
-        raise ValueError(f'train_params["reps"] must be a dict {{path: (K,)}}, got {type(reps)}')
-    # A static spec whose leaf has reps (a snapped tree) is checked as a dynamic one.
-    as_checked = {
-        p: s if s.dynamic or p not in reps else dataclasses.replace(s, regularizer="nearest")
-        for p, s in specs.items()
-    }
-    leaves = check_tree(train_params, as_checked)
-    levels: dict[str, Array] = {}
-    for path, spec in specs.items():
-        w = R.check_float(leaves[path], f'selected weight train_params["model"] {path!r}')
-        if path in reps:
-            c = R.check_float(reps[path], f'train_params["reps"][{path!r}]')
-            if c.dtype != w.dtype:
-                raise TypeError(
-                    f'train_params["reps"][{path!r}] has dtype {c.dtype} but its weight has '
-                    f"dtype {w.dtype}; they must match (attach() creates reps in the weight's "
-                    "dtype: cast them together)"
-                )
-        else:
-            c = jnp.asarray(spec_static_levels(spec, w.shape, path), w.dtype)
-        levels[path] = pin_levels(c) if spec.pin_zero else c
-    return leaves, levels
+    if not isinstance(train_params["reps"], Mapping):
+        raise ValueError(
+            f'train_params["reps"] must be a dict {{path: (K,)}}, got {type(train_params["reps"])}'
+        )
+    return leaves_and_levels(train_params, specs, need_reps=False)
 
 
 def quantize(
