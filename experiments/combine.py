@@ -1,0 +1,96 @@
+"""One table from several finished ``run_table`` results (e.g. a comparison whose rows ran
+as separate configs from the same full-precision models), with the provenance of each
+source, an accuracy-vs-bits plot, and the per-step costs of one benchmark run:
+
+    python -m experiments.combine cifar10_jpeg_vgg_qat_all \\
+        experiments/results/cifar10_jpeg_vgg_qat experiments/results/cifar10_jpeg_vgg_qat_damp \\
+        --method-cost benchmarks/results/method_cost_cifar_vgg.json
+
+Writes ``experiments/results/<name>/table.md``, ``rows.json`` and
+``accuracy_vs_bits.png``. Rows are taken as they are (per seed); a method and K present
+in several sources are aggregated together, so combine only runs of the same setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Any
+
+from qareg_jax import provenance, report
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SOURCE_KEYS = ("command", "git_commit", "date", "machine")
+
+
+def load_sources(dirs: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(rows, sources)`` of ``results.json`` files in ``dirs`` (each row tagged with its
+    source directory)."""
+    rows, sources = [], []
+    for d in dirs:
+        file = pathlib.Path(d) / "results.json"
+        if not file.exists():
+            raise FileNotFoundError(f"{d!r} has no results.json (a finished run_table result)")
+        results = json.loads(file.read_text())
+        sources.append({"dir": d, **{k: results.get(k) for k in SOURCE_KEYS}})
+        rows += [{**row, "source": d} for row in results["rows"]]
+    models = {(r["model"], r["dataset"]) for r in rows}
+    if len(models) > 1:
+        raise ValueError(f"the sources hold different settings {sorted(models)}: combine one")
+    return rows, sources
+
+
+def cost_table(path: str) -> str:
+    """The method_cost benchmark's time and memory ratios (one run) as markdown."""
+    bench = json.loads(pathlib.Path(path).read_text())
+    lines = [
+        f"Time per step relative to the plain step, all measured in one run "
+        f"(`{path}`, {bench['machine']['date']}, {bench['machine']['machine']}, "
+        f"commit `{bench['machine']['git_commit']}`):",
+        "",
+        "| method | K | time / plain | memory / plain |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in bench["rows"]:
+        k = r.get("k", "-")
+        lines.append(f"| {r['method']} | {k} | {r['time_ratio']:.2f} | {r['memory_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", help="results name: experiments/results/<name>/")
+    parser.add_argument("sources", nargs="+", help="experiments/results/<run> directories")
+    parser.add_argument("--method-cost", help="a benchmarks/results/method_cost_*.json")
+    parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
+    args = parser.parse_args(argv)
+    rows, sources = load_sources(args.sources)
+    dest = pathlib.Path(args.results) / args.name
+    dest.mkdir(parents=True, exist_ok=True)
+    parts = [
+        f"# {rows[0]['model']} on {rows[0]['dataset']}: combined table",
+        "",
+        f"- written: `{provenance.utc_now()}` by `python -m experiments.combine "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "- sources (each row's numbers come from its source's run):",
+        *(
+            f"  - `{s['dir']}`: `{s['command']}` (commit `{s['git_commit']}`, "
+            f"{s['date']}, {s['machine']})"
+            for s in sources
+        ),
+        "",
+        report.markdown_table(rows),
+    ]
+    if args.method_cost:
+        parts += ["", cost_table(args.method_cost)]
+    (dest / "table.md").write_text("\n".join(parts) + "\n")
+    (dest / "rows.json").write_text(json.dumps({"sources": sources, "rows": rows}, indent=1))
+    report.plot_accuracy_vs_bits(rows, dest / "accuracy_vs_bits.png")
+    print((dest / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""experiments/combine.py: one table from several run_table results."""
+
+import json
+
+import pytest
+
+from experiments import combine
+
+
+def _result(path, method, seeds, acc, model="cifar_vgg"):
+    rows = [
+        {"model": model, "dataset": "d", "method": method, "kind": "qat", "k": 2, "seed": s,
+         "acc_fp": 0.8, "acc_pre": acc + 0.01 * s, "acc_post": acc, "packed_bytes": 100}
+        for s in seeds
+    ]  # fmt: skip
+    path.mkdir()
+    provenance = {"command": f"run {method}", "git_commit": "abc", "date": "today", "machine": "m"}
+    (path / "results.json").write_text(json.dumps({**provenance, "rows": rows}))
+    return str(path)
+
+
+def test_combined_table_aggregates_each_method_over_its_seeds(tmp_path):
+    a = _result(tmp_path / "a", "ste", [0, 1], 0.70)
+    b = _result(tmp_path / "b", "nearest + ste1", [0, 1, 2], 0.60)
+    bench = tmp_path / "bench.json"
+    machine = {"date": "today", "machine": "m", "git_commit": "abc"}
+    rows = [{"method": "plain", "time_ratio": 1.0, "memory_ratio": 1.0},
+            {"method": "ste", "k": 2, "time_ratio": 1.07, "memory_ratio": 1.02}]  # fmt: skip
+    bench.write_text(json.dumps({"machine": machine, "rows": rows}))
+    out = tmp_path / "results"
+    assert combine.main(["both", a, b, "--method-cost", str(bench), "--results", str(out)]) == 0
+    table = (out / "both" / "table.md").read_text()
+    assert "`run ste`" in table and "`run nearest + ste1`" in table
+    ste = next(line for line in table.splitlines() if line.startswith("| cifar_vgg | d | ste |"))
+    assert "| 2 | 2 |" in ste and "70.50 ± 0.50" in ste  # K 2, 2 seeds, pre mean ± std
+    assert "| ste | 2 | 1.07 | 1.02 |" in table
+    assert (out / "both" / "accuracy_vs_bits.png").stat().st_size > 0
+
+
+def test_combine_refuses_other_settings_and_unfinished_runs(tmp_path):
+    a = _result(tmp_path / "a", "ste", [0], 0.7)
+    b = _result(tmp_path / "b", "ste", [0], 0.7, model="alexnet")
+    with pytest.raises(ValueError, match="different settings"):
+        combine.load_sources([a, b])
+    (tmp_path / "c").mkdir()
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        combine.load_sources([a, str(tmp_path / "c")])
