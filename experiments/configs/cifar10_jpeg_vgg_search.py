@@ -61,4 +61,15 @@ def get_variants() -> dict[str, dict]:
             ste_keep_lam=True,
             finetune_lr=1e-5,
         ),
+        # ste-damp1-late leaves the first conv 0.20 spacings off its levels: 10x the final
+        # pull, reached as late (lambda above 0.1 in the last quarter, above 1 in the last
+        # eighth).
+        "ste-damp10-late": dict(
+            SCALE_FREE,
+            lam=10.0,
+            lam_exp_start=1e-7,
+            ste_last=1.0,
+            ste_keep_lam=True,
+            finetune_lr=1e-5,
+        ),
     }
