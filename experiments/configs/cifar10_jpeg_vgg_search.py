@@ -62,8 +62,8 @@ def get_variants() -> dict[str, dict]:
             finetune_lr=1e-5,
         ),
         # ste-damp1-late leaves the first conv 0.20 spacings off its levels: 10x the final
-        # pull, reached as late (lambda above 0.1 in the last quarter, above 1 in the last
-        # eighth).
+        # pull, reached about as late (lambda above 0.1 in the last 29 % of the phase, above
+        # 1 in the last 14 %).
         "ste-damp10-late": dict(
             SCALE_FREE,
             lam=10.0,
