@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import pathlib
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from experiments import recipe_search
 from qareg_jax import data, pipeline
+from qareg_jax.pipeline import stages
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
@@ -86,9 +88,15 @@ def test_the_default_cpu_scale_config_runs_on_mock_data(tmp_path):
         qat=("ste",),
         bn_recalibrate=2,
     )
-    results = pipeline.train_and_evaluate(
-        config, tmp_path, progress=False, dataset=_random_images(80, 20)
-    )
+    with mock.patch.object(stages, "recalibrate", wraps=stages.recalibrate) as spy:
+        results = pipeline.train_and_evaluate(
+            config, tmp_path, progress=False, dataset=_random_images(80, 20)
+        )
+    # Fresh BatchNorm statistics for every measured net: a regularized stage's unsnapped
+    # and snapped nets, the other stages' snapped one.
+    calls = [c.args[1] for c in spy.call_args_list]
+    measured = ("reg-nearest", "reg-nearest", "ptq-kmeans", "qat-ste")
+    assert calls == [f"{m}-k{k}" for k in (2, 4) for m in measured]
     assert [(r["method"], r["k"]) for r in results["rows"]] == [
         (m, k) for k in (2, 4) for m in ("nearest", "kmeans", "ste")
     ]

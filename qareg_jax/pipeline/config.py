@@ -127,8 +127,9 @@ class Config:
         method's levels can undo another's (docs/recipe.md).
       bn_recalibrate: after snapping, re-estimate the BatchNorm statistics on this many
         training batches before measuring the pre-tuning accuracy, for every method alike
-        (``batch_stats.recalibrate_batch_stats``; no effect on models without BatchNorm);
-        0: keep the statistics of the unquantized weights.
+        (``batch_stats.recalibrate_batch_stats``; no effect on models without BatchNorm),
+        and likewise before a regularized stage's unsnapped accuracy (a hybrid's running
+        statistics are those of its STE forward net); 0: keep the running statistics.
       baselines: post-training quantizers, ``BASELINES``; "binary" runs at K=2 only.
       qat: quantization-aware training baselines, ``QAT_METHODS``: "ste" (straight-through
         forward on k-means levels) and "dkm" (differentiable k-means), each trained for

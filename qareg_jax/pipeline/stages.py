@@ -175,8 +175,9 @@ def _result(
 def recalibrate(
     ctx: Context, stage: str, params: Any, model_state: dict[str, Any]
 ) -> dict[str, Any]:
-    """``model_state`` with BatchNorm statistics re-estimated for the snapped ``params`` on
-    ``config.bn_recalibrate`` training batches (unchanged when 0 or without BatchNorm)."""
+    """``model_state`` with BatchNorm statistics re-estimated for ``params`` (snapped, or
+    a regularized stage's unsnapped net) on ``config.bn_recalibrate`` training batches
+    (unchanged when 0 or without BatchNorm)."""
     n = ctx.config.bn_recalibrate
     if not n or "batch_stats" not in model_state:
         return model_state
@@ -363,7 +364,9 @@ def regularized_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult
     state = run_phase(ctx, name, "reg", state, step_fn, cfg.reg_epochs, specs=specs)
     tree, model_state = state.params, state.model_state
     del state
-    acc_reg = ctx.accuracy(tree["model"], model_state)
+    # The unsnapped net gets fresh BatchNorm statistics too, like the snapped one below:
+    # after an STE part the running ones belong to the quantized forward net.
+    acc_reg = ctx.accuracy(tree["model"], recalibrate(ctx, name, tree["model"], model_state))
     histograms = _histograms(before, _named(tree, specs), specs)
     # One compilation instead of one per eager op.
     check_snappable(tree, specs)  # finiteness: the jitted snap sees traced values
