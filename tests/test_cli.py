@@ -274,7 +274,13 @@ def test_interruptible_defers_a_ctrl_c_to_the_end_and_returns_130(capsys):
         return 0
 
     done: list[bool] = []
-    assert cli.interruptible(work) == cli.EXIT_INTERRUPTED and done == [True]
+    # Python's own handler, as in a terminal: a test run in a background job inherits
+    # SIGINT ignored, and then deferred_interrupts (rightly) leaves it alone.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert cli.interruptible(work) == cli.EXIT_INTERRUPTED and done == [True]
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err == cli.INTERRUPTED + "\n"
     assert cli.interruptible(lambda: 3) == 3
 
