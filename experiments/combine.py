@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shlex
 import sys
 from typing import Any
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="results name: experiments/results/<name>/")
     parser.add_argument("sources", nargs="+", help="experiments/results/<run> directories")
     parser.add_argument("--method-cost", help="a benchmarks/results/method_cost_*.json")
+    parser.add_argument("--note", action="append", default=[], help="a line under the sources")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
     rows, sources = load_sources(args.sources)
@@ -73,13 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         f"# {rows[0]['model']} on {rows[0]['dataset']}: combined table",
         "",
         f"- written: `{provenance.utc_now()}` by `python -m experiments.combine "
-        f"{' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"{shlex.join(argv if argv is not None else sys.argv[1:])}`",
         "- sources (each row's numbers come from its source's run):",
         *(
             f"  - `{s['dir']}`: `{s['command']}` (commit `{s['git_commit']}`, "
             f"{s['date']}, {s['machine']})"
             for s in sources
         ),
+        *(f"- note: {note}" for note in args.note),
         "",
         report.markdown_table(rows),
     ]

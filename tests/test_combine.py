@@ -28,8 +28,10 @@ def test_combined_table_aggregates_each_method_over_its_seeds(tmp_path):
             {"method": "ste", "k": 2, "time_ratio": 1.07, "memory_ratio": 1.02}]  # fmt: skip
     bench.write_text(json.dumps({"machine": machine, "rows": rows}))
     out = tmp_path / "results"
-    assert combine.main(["both", a, b, "--method-cost", str(bench), "--results", str(out)]) == 0
+    argv = ["both", a, b, "--method-cost", str(bench), "--results", str(out), "--note", "n1"]
+    assert combine.main(argv) == 0
     table = (out / "both" / "table.md").read_text()
+    assert "- note: n1\n" in table
     assert "`run ste`" in table and "`run nearest + ste1`" in table
     ste = next(line for line in table.splitlines() if line.startswith("| cifar_vgg | d | ste |"))
     assert "| 2 | 2 |" in ste and "70.50 ± 0.50" in ste  # K 2, 2 seeds, pre mean ± std
