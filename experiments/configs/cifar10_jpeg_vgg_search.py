@@ -17,6 +17,15 @@ from qareg_jax.train import Config
 SCALE_FREE = dict(reduction="sum", penalty_normalize="spacing", lam_schedule="exp")
 
 
+def _damped(lam: float, start: float | None = None) -> dict:
+    """STE from the first step with the penalty beside it, lambda grown to ``lam`` (from
+    ``start`` when given, else the schedule's default start)."""
+    variant = dict(SCALE_FREE, lam=lam, ste_last=1.0, ste_keep_lam=True, finetune_lr=1e-5)
+    if start is not None:
+        variant["lam_exp_start"] = start
+    return variant
+
+
 def get_config() -> Config:
     return cifar10_jpeg_vgg.get_config().replace(
         ks=(2,),
@@ -45,31 +54,12 @@ def get_variants() -> dict[str, dict]:
         # the first step with the penalty beside it, grown geometrically over the whole
         # phase so that it is weak while STE learns and pins the weights at the end. The
         # levels are trained by STE, so they fine-tune at STE's rate.
-        **{
-            f"ste-damp{lam:g}": dict(
-                SCALE_FREE, lam=lam, ste_last=1.0, ste_keep_lam=True, finetune_lr=1e-5
-            )
-            for lam in (1.0, 0.1, 0.01)
-        },
+        **{f"ste-damp{lam:g}": _damped(lam) for lam in (1.0, 0.1, 0.01)},
         # Lambda 1 pins the weights (distance 0.00) but from a third of the phase on; 0.1
         # leaves them off their levels: the same end, reached only in the last sixth.
-        "ste-damp1-late": dict(
-            SCALE_FREE,
-            lam=1.0,
-            lam_exp_start=1e-6,
-            ste_last=1.0,
-            ste_keep_lam=True,
-            finetune_lr=1e-5,
-        ),
+        "ste-damp1-late": _damped(1.0, start=1e-6),
         # ste-damp1-late leaves the first conv 0.20 spacings off its levels: 10x the final
         # pull, reached about as late (lambda above 0.1 in the last 29 % of the phase, above
         # 1 in the last 14 %).
-        "ste-damp10-late": dict(
-            SCALE_FREE,
-            lam=10.0,
-            lam_exp_start=1e-7,
-            ste_last=1.0,
-            ste_keep_lam=True,
-            finetune_lr=1e-5,
-        ),
+        "ste-damp10-late": _damped(10.0, start=1e-7),
     }
