@@ -8,7 +8,9 @@ source, an accuracy-vs-bits plot, and the per-step costs of one benchmark run:
 
 Writes ``experiments/results/<name>/table.md``, ``rows.json`` and
 ``accuracy_vs_bits.png``. Rows are taken as they are (per seed); a method and K present
-in several sources are aggregated together, so combine only runs of the same setting.
+in several sources are aggregated together (combine only runs of the same setting), and the
+same seed of a method and K in two sources is refused: ``--label SOURCE TEXT`` names one
+source's rows apart (its methods become ``method [TEXT]``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE_KEYS = ("command", "git_commit", "date", "machine")
 
 
-def load_sources(dirs: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def load_sources(
+    dirs: list[str], labels: dict[str, str] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(rows, sources)`` of ``results.json`` files in ``dirs`` (each row tagged with its
-    source directory)."""
+    source directory; the methods of a source in ``labels`` get its label appended)."""
+    labels = labels or {}
+    unknown = sorted(set(labels) - set(dirs))
+    if unknown:
+        raise ValueError(f"--label names {unknown}, which are not among the sources {dirs}")
     rows, sources = [], []
     for d in dirs:
         file = pathlib.Path(d) / "results.json"
@@ -36,10 +44,21 @@ def load_sources(dirs: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, 
             raise FileNotFoundError(f"{d!r} has no results.json (a finished run_table result)")
         results = json.loads(file.read_text())
         sources.append({"dir": d, **{k: results.get(k) for k in SOURCE_KEYS}})
-        rows += [{**row, "source": d} for row in results["rows"]]
+        for row in results["rows"]:
+            method = f"{row['method']} [{labels[d]}]" if d in labels else row["method"]
+            rows.append({**row, "method": method, "source": d})
     models = {(r["model"], r["dataset"]) for r in rows}
     if len(models) > 1:
         raise ValueError(f"the sources hold different settings {sorted(models)}: combine one")
+    seen: dict[tuple, str] = {}
+    for row in rows:
+        key = (row["method"], row.get("k"), row.get("seed"), row.get("budget_bytes"))
+        if key in seen:
+            raise ValueError(
+                f"method {key[0]!r} at K = {key[1]}, seed {key[2]} is in both {seen[key]!r} "
+                f"and {row['source']!r}: give one of them a --label"
+            )
+        seen[key] = row["source"]
     return rows, sources
 
 
@@ -66,9 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sources", nargs="+", help="experiments/results/<run> directories")
     parser.add_argument("--method-cost", help="a benchmarks/results/method_cost_*.json")
     parser.add_argument("--note", action="append", default=[], help="a line under the sources")
+    parser.add_argument(
+        "--label",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("SOURCE", "TEXT"),
+        help="append ' [TEXT]' to the methods of SOURCE (to tell two runs of a method apart)",
+    )
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
-    rows, sources = load_sources(args.sources)
+    rows, sources = load_sources(args.sources, dict(args.label))
     dest = pathlib.Path(args.results) / args.name
     dest.mkdir(parents=True, exist_ok=True)
     parts = [

@@ -47,3 +47,20 @@ def test_combine_refuses_other_settings_and_unfinished_runs(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(FileNotFoundError, match="no results.json"):
         combine.load_sources([a, str(tmp_path / "c")])
+
+
+def test_combine_refuses_a_seed_twice_unless_a_source_is_labelled(tmp_path):
+    a = _result(tmp_path / "a", "nearest + ste1", [0, 1], 0.7)
+    b = _result(tmp_path / "b", "nearest + ste1", [1, 2], 0.6)
+    with pytest.raises(ValueError, match="seed 1 is in both .* --label"):
+        combine.load_sources([a, b])
+    with pytest.raises(ValueError, match="not among the sources"):
+        combine.load_sources([a, b], {str(tmp_path / "z"): "x"})
+    rows, _ = combine.load_sources([a, b], {b: "lam 10"})
+    assert {r["method"] for r in rows} == {"nearest + ste1", "nearest + ste1 [lam 10]"}
+    c = _result(tmp_path / "c", "nearest + ste1", [2], 0.7)  # another seed: merged
+    rows, _ = combine.load_sources([a, c])
+    assert sorted(r["seed"] for r in rows if r["method"] == "nearest + ste1") == [0, 1, 2]
+    out = tmp_path / "results"
+    assert combine.main(["t", a, b, "--label", b, "lam 10", "--results", str(out)]) == 0
+    assert "| nearest + ste1 [lam 10] | 2 | 2 |" in (out / "t" / "table.md").read_text()
