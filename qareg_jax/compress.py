@@ -365,6 +365,15 @@ def _host_pair(pair: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(pair[0]), np.asarray(pair[1])
 
 
+def _codebook_and_assignments(pair: tuple[Any, Any]) -> tuple[np.ndarray, Any]:
+    """The codebook on the host (it is small) and the assignments where they are, so that
+    checks and counts over them reduce on their device and only scalars come back."""
+    a = pair[1]
+    if not (hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "min")):
+        a = np.asarray(a)
+    return np.asarray(pair[0]), a
+
+
 def _check_quantized(
     leaves: Mapping[str, Any], quantized: Quantized, codebook_dtype: str
 ) -> dict[str, tuple[int, int | None]]:
@@ -378,7 +387,7 @@ def _check_quantized(
         raise ValueError(f"quantized paths not in params: {unknown}")
     out = {}
     for path, pair in quantized.items():
-        cb, a = _host_pair(pair)
+        cb, a = _codebook_and_assignments(pair)
         shape, dtype = _leaf_info(leaves[path])
         grouped = cb.ndim == 2 and len(shape) and cb.shape[0] and shape[-1] % cb.shape[0] == 0
         if not (cb.ndim == 1 or grouped) or cb.shape[-1] < 2:
@@ -392,9 +401,9 @@ def _check_quantized(
             stored = cb.astype(codebook_dtype)
         if not np.all(np.isfinite(stored)):
             raise ValueError(f"{path}: codebook is not finite in {codebook_dtype}")
-        if a.shape != shape:
+        if tuple(a.shape) != shape:
             raise ValueError(f"{path}: assignments shape {a.shape} != leaf shape {shape}")
-        if not np.issubdtype(a.dtype, np.integer):
+        if not np.issubdtype(np.dtype(a.dtype), np.integer):
             raise TypeError(f"{path}: assignments must be integers, got {a.dtype}")
         k = cb.shape[-1]
         if a.size and (int(a.min()) < 0 or int(a.max()) >= k):
@@ -443,12 +452,24 @@ def size_report(params: Any, quantized: Quantized, codebook_dtype: str = "float3
 # ------------------------------------------------------------------------- bitmap layout
 
 
+def _zero_level(codebook: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The index of the (first) 0.0 level of each weight's codebook, broadcastable to a
+    leaf of ``shape`` (one per output channel when grouped); None when some codebook (row)
+    has no exact 0.0 (then only the dense layout applies)."""
+    is_zero = np.asarray(codebook) == 0.0
+    if not np.all(is_zero.any(axis=-1)):
+        return None
+    z = np.argmax(is_zero, axis=-1)
+    if codebook.ndim == 2:  # each weight's own group
+        z = z[_group_of_channel(len(z), shape[-1], np)]
+    return z
+
+
 def _bitmap_mask(codebook: np.ndarray, a: np.ndarray) -> np.ndarray | None:
     """Boolean (shape of ``a``): the weights NOT on their codebook's 0.0 level; None when
-    some codebook (row) has no exact 0.0 (then only the dense layout applies)."""
-    if not np.all((np.asarray(codebook) == 0.0).any(axis=-1)):
-        return None
-    return a != _zero_indices(codebook, a.shape)
+    some codebook (row) has no exact 0.0."""
+    z = _zero_level(codebook, a.shape)
+    return None if z is None else a != z
 
 
 def _bitmap_bytes(n: int, nnz: int, k: int) -> int:
@@ -456,26 +477,25 @@ def _bitmap_bytes(n: int, nnz: int, k: int) -> int:
     return -(-n // 8) + -(-nnz * bits_per_index(k) // 8)
 
 
-def _layout(stored: np.ndarray, a: np.ndarray, k: int) -> tuple[str, int, int | None]:
+def _layout(stored: np.ndarray, a: Any, k: int) -> tuple[str, int, int | None]:
     """``(layout, index bytes, nnz)`` of a quantized leaf with codebook ``stored`` (as
     written): "bitmap" when its codebooks all hold 0.0 and that is fewer bytes than the
-    dense packing, else ``("dense", ceil(N bits / 8), None)``."""
+    dense packing, else ``("dense", ceil(N bits / 8), None)``. ``a`` may be a device
+    array: the count runs where it lives."""
     dense = -(-a.size * bits_per_index(k) // 8)
-    nonzero = _bitmap_mask(stored, a)
-    if nonzero is None:
+    z = _zero_level(stored, tuple(a.shape))
+    if z is None:
         return "dense", dense, None
-    nnz = int(nonzero.sum())
+    xp = np if isinstance(a, np.ndarray) else jnp
+    nnz = int(xp.count_nonzero(a != xp.asarray(z)))
     sparse = _bitmap_bytes(a.size, nnz, k)
     return ("bitmap", sparse, nnz) if sparse < dense else ("dense", dense, None)
 
 
 def _zero_indices(codebook: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The index of the (first) 0.0 level of each weight's codebook, for a leaf of
-    ``shape`` (broadcast)."""
-    z = np.argmax(np.asarray(codebook) == 0.0, axis=-1)
-    if codebook.ndim == 2:  # each weight's own group
-        z = z[_group_of_channel(len(z), shape[-1], np)]
-    return np.broadcast_to(z, shape)
+    ``shape`` whose codebooks all hold 0.0 (broadcast)."""
+    return np.broadcast_to(_zero_level(codebook, shape), shape)
 
 
 # --------------------------------------------------------------------------- save / load
@@ -629,7 +649,7 @@ def save(
             entry.update(k=k, bits=bits, nbytes=cb_bytes + -(-n * bits // 8))
             if groups is not None:
                 entry["groups"] = groups
-            cb, a = _host_pair(quantized[name])
+            cb, a = _codebook_and_assignments(quantized[name])
             layout, index_bytes, nnz = _layout(cb.astype(cb_dtype), a, k)
             if layout == "bitmap":
                 entry.update(layout=layout, nnz=nnz, nbytes=cb_bytes + index_bytes)

@@ -262,6 +262,22 @@ def test_bitmap_layout_when_smaller_round_trips_bit_exact(tmp_path, group_size, 
     assert _version(tmp_path / "dense.qareg") == 1
 
 
+@pytest.mark.parametrize("group_size", [None, 4])
+@pytest.mark.parametrize("sparsity", [0.75, 0.25])  # bitmap, dense
+def test_device_assignments_write_the_same_file_as_host_ones(tmp_path, group_size, sparsity):
+    # the layout count and the checks reduce device arrays where they are
+    params, quant = _pruned_quant(sparsity, group_size)
+    host = {p: (np.asarray(cb), np.asarray(a)) for p, (cb, a) in quant.items()}
+    device = {p: (jnp.asarray(cb), jnp.asarray(a)) for p, (cb, a) in host.items()}
+    c.save(tmp_path / "host.qareg", params, host)
+    c.save(tmp_path / "device.qareg", params, device)
+    assert (tmp_path / "host.qareg").read_bytes() == (tmp_path / "device.qareg").read_bytes()
+    assert c.size_report(params, device).packed_bits == c.size_report(params, host).packed_bits
+    bad = {"fc": (device["fc"][0], device["fc"][1].at[0, 0].set(7))}
+    with pytest.raises(ValueError, match=r"assignments must lie in \[0, 4\)"):
+        c.save(tmp_path / "bad.qareg", params, bad)
+
+
 def test_dense_layout_kept_when_the_bitmap_is_not_smaller(tmp_path):
     # at K = 4 a bitmap pays above 50 % zeros; here a quarter of the weights are on 0.0
     a = np.random.default_rng(9).integers(0, 4, (96, 16)).astype(np.uint8)
