@@ -1,8 +1,9 @@
 """The size-budget planner against uniform K (issue: what users of the other
-compression tools ask for, item 4), on the CPU-scale QAT comparison's setting
-(``cifar10_jpeg_vgg_qat.py``: same full-precision models, phases and recipe): the
-hybrid, STE and k-means PTQ at the K per layer that ``budget.plan_bits`` picks for a
-file size, beside the uniform-K rows of ``cifar10_jpeg_vgg_qat``.
+compression tools ask for, item 4), on the CPU-scale QAT comparison's setting (same
+full-precision models and phases as ``cifar10_jpeg_vgg_qat.py``): the recommended recipe
+(``cifar10_jpeg_vgg_qat_damp.py``), STE and k-means PTQ at the K per layer that
+``budget.plan_bits`` picks for a file size, beside the uniform-K rows of
+``cifar10_jpeg_vgg_qat`` and ``_qat_damp``.
 
 At the file size of uniform K = 2 (48,071 B, seed 0) the only plan that fits is K = 2
 on every layer (no smaller K exists), so the comparison is made at the size of uniform
@@ -10,22 +11,26 @@ K = 4 (84,936 B: ``cifar10_jpeg_vgg_budget_k4size.py``) and halfway between
 (66,500 B: ``cifar10_jpeg_vgg_budget_mid.py``)::
 
     python -m experiments.run_table experiments/configs/cifar10_jpeg_vgg_budget_k4size.py \\
-        --seeds 0 1 2 --pretrained-from runs/cifar10_jpeg_vgg_fp runs/cifar10_jpeg_vgg_fp_s12
+        --seeds 0 1 2 --pretrained-from RUNDIR_OF_THE_QAT_COMPARISON
 
 CPU estimate (quiet 2-core Xeon): per seed and budget 3 stages x 1,404 steps plus the
 sensitivity table (16 k-means quantizations x 4 validation batches) ~ 15 min; 2 budgets
 x 3 seeds ~ 1.5 h.
 """
 
-import cifar10_jpeg_vgg_qat
+import cifar10_jpeg_vgg_qat_damp
 
 from qareg_jax.train import Config
 
 
 def config_at(budget_bytes: int) -> Config:
     """Only the budget stages (``ks=()``), at ``budget_bytes`` for the whole packed file."""
-    return cifar10_jpeg_vgg_qat.get_config().replace(
-        ks=(), budget=budget_bytes, qat=("ste",), baselines=("kmeans",)
+    return cifar10_jpeg_vgg_qat_damp.get_config().replace(
+        ks=(),
+        budget=budget_bytes,
+        qat=("ste",),
+        baselines=("kmeans",),
+        finetune_lr=cifar10_jpeg_vgg_qat_damp.FINETUNE_LR,
     )
 
 

@@ -15,6 +15,9 @@ import cifar10_jpeg_vgg_search
 from qareg_jax.train import Config
 
 RECIPE = cifar10_jpeg_vgg_search.get_variants()["ste-damp1-late"]
+# Fine-tuning rates when other methods run beside it: the recipe's, and those the QAT
+# comparison chose on the validation split for STE, DKM and k-means (docs/recipe.md).
+FINETUNE_LR = {"nearest": 1e-5, "ste": 1e-5, "dkm": 1e-5, "kmeans": 1e-3}
 
 
 def get_config() -> Config:
