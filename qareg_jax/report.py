@@ -145,14 +145,21 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         return "\n".join([head, rule, *body])
     body = []
     for agg in aggregate(rows):
+        one = agg["n_seeds"] == 1  # a single seed has no spread to show
         cells = [
-            _fmt(key, agg[f"{key}_mean"], agg[f"{key}_std"])
+            _fmt(key, agg[f"{key}_mean"], None if one else agg[f"{key}_std"])
             if f"{key}_mean" in agg
             else _fmt(key, agg.get(key))
             for key, _ in cols
         ]
         body.append("| " + " | ".join(cells) + " |")
+    counts = {agg["n_seeds"] for agg in aggregate(rows)}
     note = f"Mean ± std (numpy, ddof 0) over {seed_count(rows)} seeds."
+    if counts != {seed_count(rows)}:
+        note = (
+            "Mean ± std (numpy, ddof 0) over each row's seeds (the seeds column); a row "
+            "of one seed shows its value."
+        )
     return "\n".join([head, rule, *body, "", note])
 
 

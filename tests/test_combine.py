@@ -64,3 +64,16 @@ def test_combine_refuses_a_seed_twice_unless_a_source_is_labelled(tmp_path):
     out = tmp_path / "results"
     assert combine.main(["t", a, b, "--label", b, "lam 10", "--results", str(out)]) == 0
     assert "| nearest + ste1 [lam 10] | 2 | 2 |" in (out / "t" / "table.md").read_text()
+
+
+def test_a_one_seed_row_beside_three_seed_rows_shows_no_spread(tmp_path):
+    a = _result(tmp_path / "a", "ste", [0, 1, 2], 0.7)
+    b = _result(tmp_path / "b", "sine", [0], 0.5)
+    out = tmp_path / "results"
+    assert combine.main(["t", a, b, "--results", str(out)]) == 0
+    table = (out / "t" / "table.md").read_text()
+    sine = next(line for line in table.splitlines() if "| sine |" in line)
+    ste = next(line for line in table.splitlines() if "| ste |" in line)
+    assert "±" not in sine and "| 1 | 80.00 | - | 50.00 | 50.00 |" in sine  # FP, reg, pre, post
+    assert "71.00 ± 0.82" in ste  # pre over 3 seeds
+    assert "over each row's seeds" in table
