@@ -47,6 +47,7 @@ HEADLINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "scaling": (("devices", "global_batch"), ("step_ms", "weak_scaling_efficiency")),
     "method_cost": (("method", "k"), ("time_ratio", "memory_ratio")),
     "grouped_penalty": (("case", "groups"), ("median_ms", "time_ratio", "memory_ratio")),
+    "input_pipeline": (("case",), ("ms", "fraction_of_step")),
 }
 # Further runs of a script with other arguments: run name -> (script, arguments).
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
