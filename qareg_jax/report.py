@@ -143,8 +143,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             "| " + " | ".join(_fmt(key, row.get(key)) for key, _ in cols) + " |" for row in rows
         ]
         return "\n".join([head, rule, *body])
-    body = []
-    for agg in aggregate(rows):
+    body, aggs = [], aggregate(rows)
+    for agg in aggs:
         one = agg["n_seeds"] == 1  # a single seed has no spread to show
         cells = [
             _fmt(key, agg[f"{key}_mean"], None if one else agg[f"{key}_std"])
@@ -153,9 +153,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             for key, _ in cols
         ]
         body.append("| " + " | ".join(cells) + " |")
-    counts = {agg["n_seeds"] for agg in aggregate(rows)}
     note = f"Mean ± std (numpy, ddof 0) over {seed_count(rows)} seeds."
-    if counts != {seed_count(rows)}:
+    if {agg["n_seeds"] for agg in aggs} != {seed_count(rows)}:
         note = (
             "Mean ± std (numpy, ddof 0) over each row's seeds (the seeds column); a row "
             "of one seed shows its value."
