@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import jax
 import numpy as np
 
 from benchmarks import common
-from benchmarks.method_cost import TOTAL_STEPS
+from benchmarks.method_cost import TOTAL_STEPS, compile_step
 from qareg_jax import data
 from qareg_jax.models import MODELS, get_model
 from qareg_jax.pipeline.config import Config
@@ -56,25 +55,6 @@ def synthetic_dataset(n: int, shape: tuple[int, int, int], seed: int = 0) -> dat
     )
 
 
-def _per_call(fn: Any, calls: int) -> list[float]:
-    """Seconds of each of ``calls`` calls of ``fn``, waiting for its device results."""
-    return [common.time_call(fn) for _ in range(calls)]
-
-
-def _stepper(step_fn: Any, state: Any, batch: Any) -> Any:
-    """``call(batch)``: one step of the compiled ``step_fn`` carrying its state (after one
-    warm-up call on ``batch``)."""
-    compiled = step_fn.lower(state, batch).compile()
-    holder = {"state": compiled(state, batch)}
-    jax.block_until_ready(holder["state"])
-
-    def call(b: Any) -> Any:
-        holder["state"] = compiled(holder["state"], b)
-        return holder["state"].step
-
-    return call
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = tuple(int(s) for s in args.image_shape.split(","))
     ds = synthetic_dataset(args.examples, shape)
@@ -85,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tx = make_optimizer(config, config.pretrain_lr, TOTAL_STEPS)
     state = make_init_fn(tx)({"model": params, "reps": {}}, variables, np.uint32(0))
     first = next(data.train_batches(ds, args.batch, num_threads=0, prefetch=0))
-    step = _stepper(make_train_step(model, tx), state, first)
+    step, _ = compile_step(make_train_step(model, tx), state, first)
 
     sync = data.train_batches(ds, args.batch, epoch=1, num_threads=0, prefetch=0)
     fed = data.train_batches(ds, args.batch, epoch=2, num_threads=2, prefetch=4)
@@ -93,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     times: dict[str, list[float]] = {case: [] for case in CASES}
     calls = {
         CASES[0]: lambda: next(sync),
-        CASES[1]: lambda: step(first),
+        CASES[1]: step,
         CASES[2]: lambda: step(next(fed)),
     }
     for _ in range(args.steps):  # in turn, so that machine noise hits all three

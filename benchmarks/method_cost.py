@@ -85,16 +85,19 @@ def parse_entry(entry: str) -> tuple[str, dict[str, Any], str]:
     return name, fields, label
 
 
-def compile_step(step_fn: Callable, state: Any, batch: Any) -> tuple[Callable[[], Any], int | None]:
-    """A zero-argument call of ``step_fn`` (a jitted, state-donating train step) carrying
-    its state, after one warm-up call; and the compiled step's peak bytes."""
+def compile_step(
+    step_fn: Callable, state: Any, batch: Any
+) -> tuple[Callable[..., Any], int | None]:
+    """A call of ``step_fn`` (a jitted, state-donating train step) carrying its state,
+    after one warm-up call, on ``batch`` or the batch it is given; and the compiled step's
+    peak bytes."""
     compiled = step_fn.lower(state, batch).compile()
     mem = common.compiled_bytes(compiled)
     holder = {"state": compiled(state, batch)}  # warm-up
     jax.block_until_ready(holder["state"])
 
-    def call():
-        holder["state"] = compiled(holder["state"], batch)
+    def call(other: Any = None) -> Any:
+        holder["state"] = compiled(holder["state"], batch if other is None else other)
         return holder["state"].step
 
     return call, mem
