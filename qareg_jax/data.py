@@ -317,8 +317,17 @@ def _list_folder_images(root: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _cache_key(path: pathlib.Path, files: list[pathlib.Path]) -> str:
-    digest = hashlib.sha256(f"{_CACHE_FORMAT}\0{path}".encode())
-    for f in [path, *files]:
+    """An archive is keyed by its bytes (hashing 170 MB takes well under a second), so a
+    copy of it elsewhere or with a new mtime reuses the decode; a folder, whose tens of
+    thousands of files would be slow to hash, by each file's path, size and mtime."""
+    digest = hashlib.sha256(f"{_CACHE_FORMAT}\0".encode())
+    if path.is_file():
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest()[:16]
+    digest.update(str(path).encode())
+    for f in files:
         st = f.stat()
         digest.update(f"\0{f}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -228,9 +229,24 @@ def test_image_folder_tarball_matches_folder_and_caches(tmp_path, capsys):
     np.testing.assert_array_equal(cached.split("train")[0], from_tar.split("train")[0])
     np.testing.assert_array_equal(cached.stats["train"][1], from_tar.stats["train"][1])
 
+    # An archive is keyed by its bytes: the same archive elsewhere, with another mtime
+    # (a fresh checkout of a shared data folder), reads the same cache.
+    moved = tmp_path / "moved" / tarball.name
+    moved.parent.mkdir()
+    shutil.copyfile(tarball, moved)
+    os.utime(moved, ns=(1, 1))
+    with mock.patch.object(data, "_decode_image", side_effect=AssertionError("decoded")):
+        data.read_image_folder(moved, cache_dir=cache)
+    assert capsys.readouterr().out == ""
+
     # Changing the folder changes the key: the new image is seen.
     _write_folder(tmp_path / "imgs", {"test": {"z": 1}})
     assert data.read_image_folder(tmp_path / "imgs", cache_dir=cache).class_names[-1] == "z"
+    # ... and so does changing an archive's bytes.
+    capsys.readouterr()
+    _tar_gz(tmp_path / "imgs", tarball, prefix="wrapper/")
+    assert data.read_image_folder(tarball, cache_dir=cache).class_names[-1] == "z"
+    assert capsys.readouterr().out.startswith("decoding the archive")
 
 
 def test_image_folder_errors(tmp_path):
