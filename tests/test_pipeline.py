@@ -142,6 +142,17 @@ def test_nan_loss_stops_keeps_last_good_checkpoint_and_names_the_step(tmp_path):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["params"]))
 
 
+def test_nan_loss_before_any_checkpoint_says_there_is_none(tmp_path):
+    ds = data.load_dataset("digits")
+    config = TINY.replace(batch_size=64, checkpoint_every=1000, log_every=4)
+    images = np.full_like(ds.train_images, np.nan, dtype=np.float32)  # step 0 diverges
+    poisoned = dataclasses.replace(ds, train_images=images)
+    with pytest.raises(
+        pipeline.TrainingDivergedError, match="at step 0 of pretrain.*No checkpoint of pretrain"
+    ):
+        pipeline.train_and_evaluate(config, tmp_path, progress=False, dataset=poisoned)
+
+
 def test_ctrl_c_during_a_checkpoint_save_lets_it_finish_then_stops(tmp_path):
     save = loop.save_state
 

@@ -223,10 +223,15 @@ def _check_finite(
 ) -> None:
     bad = int(state.bad_step)  # host sync, only at log / checkpoint steps
     if bad >= 0:
+        last = mngr.latest_step()
+        kept = (
+            f"The last good checkpoint is step {last} in {directory}"
+            if last is not None
+            else f"No checkpoint of {where} was written before it"
+        )
         raise TrainingDivergedError(
-            f"the loss became NaN or infinite at step {bad} of {where}; stopped. The last "
-            f"good checkpoint is step {mngr.latest_step()} in {directory}. Lower the "
-            "learning rate or lambda."
+            f"the loss became NaN or infinite at step {bad} of {where}; stopped. {kept}. "
+            "Lower the learning rate or lambda."
         )
 
 
