@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import signal
 import sys
 import time
@@ -250,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables and plots of a run directory")
     rep.add_argument("workdir")
 
+    exp = sub.add_parser(
+        "export-pretrained",
+        help="copy only the full-precision models of a run (for --pretrained-from)",
+    )
+    exp.add_argument("workdir", help="a run directory whose pretraining finished")
+    exp.add_argument("dest", help="a new directory; later runs take --pretrained-from DEST")
+
     prep = sub.add_parser("prepare-data", help="download and prepare a dataset (needs internet)")
     prep.add_argument("dataset", choices=("cifar10",))
     prep.add_argument("--data-dir", help="tensorflow-datasets directory")
@@ -364,6 +372,12 @@ def _report(args: argparse.Namespace) -> None:
         print(f"  {path}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    seeds = pipeline.export_pretrained(args.workdir, args.dest)
+    size = sum(f.stat().st_size for f in pathlib.Path(args.dest).rglob("*") if f.is_file())
+    print(f"full-precision models of seeds {seeds} written to {args.dest} ({size:,} B)")
+
+
 def _prepare(args: argparse.Namespace) -> None:
     print(f"prepared {data.prepare_cifar10(args.data_dir)}")
 
@@ -379,7 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage error
         return EXIT_USAGE if e.code else 0
-    commands = {"demo": _demo, "run": _run, "report": _report, "prepare-data": _prepare}
+    commands = {
+        "demo": _demo,
+        "run": _run,
+        "report": _report,
+        "export-pretrained": _export,
+        "prepare-data": _prepare,
+    }
 
     def command() -> int:
         try:

@@ -43,6 +43,12 @@ def test_demo_fast_writes_table_and_plots_then_report_works(tmp_path, capsys):
     assert "hist_reg-sine-k2.png" in capsys.readouterr().out
     # A second demo finds the finished run and only prints it again.
     assert cli.main(["demo", "--fast", "--workdir", str(workdir), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["export-pretrained", str(workdir), str(tmp_path / "fp")]) == 0
+    assert f"seeds [0] written to {tmp_path / 'fp'}" in capsys.readouterr().out
+    assert (tmp_path / "fp/stages/pretrain.json").is_file()
+    assert cli.main(["export-pretrained", str(workdir), str(tmp_path / "fp")]) == 1
+    assert "exists; give a new directory" in capsys.readouterr().err
 
 
 def _run(tmp_path, *args):

@@ -126,3 +126,37 @@ def test_several_sources_each_seed_from_the_first_that_holds_it(tmp_path, source
     ]
     assert out["pretrained_from"] == [str(path), str(path)]
     assert out["pretrain_by_seed"]["1"]["acc_fp"] == results["pretrain_by_seed"]["1"]["acc_fp"]
+
+
+TIMINGS = ("wall_s", "step_s", "step_rel")  # measured, so they differ between two runs
+
+
+def test_an_exported_source_serves_as_the_run_itself(tmp_path, source):
+    path, _ = source
+    assert pipeline.export_pretrained(path, tmp_path / "fp") == [0, 1]
+    kept = sorted(p.relative_to(tmp_path / "fp").parts[:3] for p in (tmp_path / "fp").rglob("*"))
+    assert {k[2] for k in kept if k[0] == "checkpoints" and len(k) == 3} == {"pretrain"}
+    for seed in ("seed-0", "seed-1"):  # the last step only
+        assert len(list((tmp_path / "fp/checkpoints" / seed / "pretrain/train").iterdir())) == 1
+    runs = [
+        pipeline.train_and_evaluate(
+            TARGET, tmp_path / name, progress=False, stop_after=6, pretrained_from=src
+        )
+        for name, src in (("a", path), ("b", tmp_path / "fp"))
+    ]
+    untimed = [
+        [{k: v for k, v in r.items() if k not in TIMINGS} for r in run["rows"]] for run in runs
+    ]
+    assert untimed[0] == untimed[1] and untimed[0][0]["acc_pre"] > 0
+    assert runs[0]["pretrain"]["acc_fp"] == runs[1]["pretrain"]["acc_fp"]
+
+
+def test_export_refuses_a_taken_destination_or_a_source_without_a_run(tmp_path, source):
+    path, _ = source
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(WorkdirError, match="exists; give a new directory"):
+        pipeline.export_pretrained(path, tmp_path / "taken")
+    assert not any((tmp_path / "taken").iterdir())
+    with pytest.raises(WorkdirError, match="holds no run"):
+        pipeline.export_pretrained(tmp_path / "nothing", tmp_path / "new")
+    assert not (tmp_path / "new").exists()

@@ -77,7 +77,7 @@ from .steps import (
     task_loss,
     train_step_fn,
 )
-from .workdir import WorkdirError, prepare_workdir
+from .workdir import WorkdirError, export_pretrained, prepare_workdir
 
 __all__ = [
     "ANNEALED",
@@ -109,6 +109,7 @@ __all__ = [
     "dkm_taus",
     "edge_paths",
     "empty_window",
+    "export_pretrained",
     "finetune",
     "init_variables",
     "lam_schedule",

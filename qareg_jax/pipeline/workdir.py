@@ -187,3 +187,43 @@ def _copy_last_checkpoint(phase: pathlib.Path, to: pathlib.Path) -> None:
             shutil.copytree(item, to / item.name)
         elif item.is_file():
             shutil.copy2(item, to / item.name)
+
+
+def export_pretrained(source: str | os.PathLike, dest: str | os.PathLike) -> list[int]:
+    """Write to the new directory ``dest`` only what ``pretrained_from`` reads of the run
+    in ``source``: its config and, per seed whose pretraining finished, the last
+    pretraining checkpoint, result row and metrics. ``dest`` then serves as
+    ``--pretrained-from`` exactly as ``source`` does, without its other checkpoints
+    (e.g. to keep a run's full-precision models when the run directory cannot be kept).
+    Returns the seeds written, in order.
+
+    Raises:
+      WorkdirError: ``source`` holds no run or no finished pretraining, or ``dest``
+        exists (nothing is overwritten).
+    """
+    src, out = pathlib.Path(source), pathlib.Path(dest)
+    if not (src / "config.json").is_file():
+        raise WorkdirError(f"export: {str(src)!r} holds no run (no config.json)")
+    if out.exists():
+        raise WorkdirError(f"export: {str(out)!r} exists; give a new directory")
+    seeds = {
+        seed: sub
+        for seed, sub in _seed_dirs(stored_config(src)).items()
+        if (src / "stages" / sub / "pretrain.json").is_file()
+    }
+    if not seeds:
+        raise WorkdirError(f"export: {str(src)!r} holds no finished pretraining")
+    try:
+        for sub in seeds.values():
+            phase = src / "checkpoints" / sub / "pretrain" / "train"
+            _copy_last_checkpoint(phase, out / "checkpoints" / sub / "pretrain" / "train")
+            for kind, suffix in (("stages", ".json"), ("metrics", ".jsonl")):
+                file = src / kind / sub / f"pretrain{suffix}"
+                if file.is_file():
+                    (out / kind / sub).mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(file, out / kind / sub / file.name)
+        shutil.copy2(src / "config.json", out / "config.json")
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # no half-written source for later runs
+        raise
+    return sorted(seeds)
