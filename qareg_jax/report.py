@@ -310,12 +310,17 @@ def plot_histograms(stage_row: dict[str, Any], path: pathlib.Path) -> pathlib.Pa
         edges = np.asarray(h["edges"])
         ax.stairs(h["before"], edges, color="0.55", label="before", fill=True, alpha=0.5)
         ax.stairs(h["after"], edges, color="C0", label="after", lw=1.2)
-        for c in h["levels_before"]:
+        before, after = np.asarray(h["levels_before"]), np.asarray(h["levels_after"])
+        title = layer
+        if after.ndim > 1:  # one codebook per group (G, K): draw the first group's levels
+            title = f"{layer} (levels of group 0 of {after.shape[0]})"
+            before, after = before.reshape(-1, after.shape[-1])[:1], after[:1]
+        for c in before.ravel():
             ax.axvline(c, color="0.3", ls="--", lw=0.8)
-        for c in h["levels_after"]:
+        for c in after.ravel():
             ax.axvline(c, color="C3", lw=1.0)
         ax.set_yscale("log")
-        ax.set_title(layer, fontsize=8)
+        ax.set_title(title, fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes[n:]:
         ax.set_visible(False)

@@ -27,3 +27,13 @@ def test_many_methods_get_distinct_colours_and_markers():
     colours = {tuple(line.get_color()) for line in lines}
     assert len(lines) == 13 and len(looks) == 13 and len(colours) == 13
     assert list(fig.axes[0].get_xticks()) == [1, 2]
+
+
+def test_histograms_of_grouped_codebooks_draw_one_group(tmp_path):
+    # Levels of shape (G, K): a grouped spec; the plot draws group 0's and says so.
+    h = {"edges": [-1.0, 0.0, 1.0], "before": [3, 4], "after": [1, 6],
+         "levels_before": [[-0.5, 0.5], [-0.4, 0.4]],
+         "levels_after": [[-0.6, 0.6], [-0.3, 0.3]]}  # fmt: skip
+    row = {"histograms": {"fc1": h}, "method": "nearest", "k": 2}
+    out = report.plot_histograms(row, tmp_path / "h.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
