@@ -165,14 +165,21 @@ def import_pretrained(source: str | os.PathLike, dest: pathlib.Path, config: Con
         ckpt = dest / "checkpoints" / to / "pretrain"
         if ckpt.exists():
             continue
-        _copy_last_checkpoint(src / "checkpoints" / sub / "pretrain" / "train", ckpt / "train")
-        for kind, suffix in (("stages", ".json"), ("metrics", ".jsonl")):
-            file = src / kind / sub / f"pretrain{suffix}"
-            if file.is_file():
-                (dest / kind / to).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(file, dest / kind / to / file.name)
+        _copy_pretraining(src, sub, dest, to)
         copied.append(seed)
     return copied
+
+
+def _copy_pretraining(src: pathlib.Path, sub: str, dest: pathlib.Path, to: str) -> None:
+    """Copy one seed's finished pretraining (last checkpoint, result row, metrics) from
+    the run ``src``'s seed directory ``sub`` to the run ``dest``'s ``to``."""
+    phase = src / "checkpoints" / sub / "pretrain" / "train"
+    _copy_last_checkpoint(phase, dest / "checkpoints" / to / "pretrain" / "train")
+    for kind, suffix in (("stages", ".json"), ("metrics", ".jsonl")):
+        file = src / kind / sub / f"pretrain{suffix}"
+        if file.is_file():
+            (dest / kind / to).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, dest / kind / to / file.name)
 
 
 def _copy_last_checkpoint(phase: pathlib.Path, to: pathlib.Path) -> None:
@@ -215,13 +222,7 @@ def export_pretrained(source: str | os.PathLike, dest: str | os.PathLike) -> lis
         raise WorkdirError(f"export: {str(src)!r} holds no finished pretraining")
     try:
         for sub in seeds.values():
-            phase = src / "checkpoints" / sub / "pretrain" / "train"
-            _copy_last_checkpoint(phase, out / "checkpoints" / sub / "pretrain" / "train")
-            for kind, suffix in (("stages", ".json"), ("metrics", ".jsonl")):
-                file = src / kind / sub / f"pretrain{suffix}"
-                if file.is_file():
-                    (out / kind / sub).mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(file, out / kind / sub / file.name)
+            _copy_pretraining(src, sub, out, sub)
         shutil.copy2(src / "config.json", out / "config.json")
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # no half-written source for later runs
