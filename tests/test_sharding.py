@@ -62,7 +62,7 @@ def test_on_8_host_devices():
         "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={N_DEVICES}".strip(),
         "JAX_PLATFORMS": "cpu",
     }
-    cmd = [sys.executable, "-m", "pytest", "-rsx", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", "-rsx", "-n", "0", "-p", "no:cacheprovider"]
     cmd += [f"{__file__}::TestOn8Devices"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     report = proc.stdout[-6000:] + proc.stderr[-3000:]
