@@ -6,10 +6,11 @@ source, an accuracy-vs-bits plot, and the per-step costs of one benchmark run:
         experiments/results/cifar10_jpeg_vgg_qat experiments/results/cifar10_jpeg_vgg_qat_damp \\
         --method-cost benchmarks/results/method_cost_cifar_vgg.json
 
-Writes ``experiments/results/<name>/table.md``, ``rows.json`` and
-``accuracy_vs_bits.png``. Rows are taken as they are (per seed); a method and K present
-in several sources are aggregated together (combine only runs of the same setting), and the
-same seed of a method and K in two sources is refused: ``--label SOURCE TEXT`` names one
+Writes ``experiments/results/<name>/table.md``, ``rows.json``, ``accuracy_vs_bits.png``
+(rows with one K) and ``accuracy_vs_size.png`` (every row, against the packed size).
+Rows are taken as they are (per seed); a method and K (and budget) present in several
+sources are aggregated together (combine only runs of the same setting), and the same
+seed of a method and K in two sources is refused: ``--label SOURCE TEXT`` names one
 source's rows apart (its methods become ``method [TEXT]``).
 """
 
@@ -117,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         parts += ["", cost_table(args.method_cost)]
     (dest / "table.md").write_text("\n".join(parts) + "\n")
     (dest / "rows.json").write_text(json.dumps({"sources": sources, "rows": rows}, indent=1))
-    report.plot_accuracy_vs_bits(rows, dest / "accuracy_vs_bits.png")
+    if any(r["k"] is not None for r in rows):
+        report.plot_accuracy_vs_bits(rows, dest / "accuracy_vs_bits.png")
+    report.plot_accuracy_vs_size(rows, dest / "accuracy_vs_size.png")
     print((dest / "table.md").read_text())
     return 0
 

@@ -7,6 +7,8 @@ K; with several seeds mean +- std over the seeds and their number, the per-seed 
 - ``accuracy_vs_bits.png``: pre- and post-tuning accuracy against index bits per weight
   (``ceil(log2 K)``), one line per method (mean and std over seeds), the full-precision
   accuracy dotted;
+- ``accuracy_vs_size.png``: the same accuracies against the packed model's size in kB
+  (every K, budget rows ringed: the picture for comparisons at equal bytes);
 - ``training_k<K>.png``: task loss, regularizer (lambda-weighted penalty) and mean
   distance of the weights to their levels over the regularized phase, per method (QAT
   methods: task loss only; the first seed's runs);
@@ -18,7 +20,8 @@ table adds the validation accuracies and marks every accuracy column "(test)" or
 Rows of budget stages (``Config.budget``: one K per layer, ``k`` None) show "budget" as
 their K; the table then adds the budget and the packed file's real size in bytes. They
 have no single bit width, so the accuracy-vs-bits plot leaves them out (and is not drawn
-for a run of budget rows only); their training curves are in ``training_budget.png``.
+for a run of budget rows only; the size plot rings them); their training curves are in
+``training_budget.png``.
 
 Figures are drawn with matplotlib's object API on Agg canvases: no pyplot, no global
 backend switch, safe in threads and headless machines.
@@ -94,12 +97,14 @@ def seed_count(rows: Sequence[dict[str, Any]]) -> int:
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, dataset, method, K), in first-seen order: the first row's text
-    fields, ``n_seeds``, and ``<key>_mean`` / ``<key>_std`` (``np.std``, ddof 0; None when
-    no row has the key) of every ``NUMERIC`` key."""
+    """One row per (model, dataset, method, K, budget), in first-seen order: the first
+    row's text fields, ``n_seeds``, and ``<key>_mean`` / ``<key>_std`` (``np.std``, ddof 0;
+    None when no row has the key) of every ``NUMERIC`` key. (Budget rows have K None: two
+    budgets of one method stay two rows.)"""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["dataset"], row["method"], row["k"]), []).append(row)
+        key = (row["model"], row["dataset"], row["method"], row["k"], row.get("budget_bytes"))
+        groups.setdefault(key, []).append(row)
     out = []
     for group in groups.values():
         first = group[0]
@@ -255,6 +260,67 @@ def plot_accuracy_vs_bits(rows: Sequence[dict[str, Any]], path: pathlib.Path) ->
     return _save(accuracy_vs_bits_figure(rows), path)
 
 
+def _size_kb(agg: dict[str, Any]) -> float | None:
+    """An aggregated row's packed size in kB: the real file when measured, else the
+    packed bytes of the size report."""
+    size = agg.get("file_bytes_mean") or agg.get("packed_bytes_mean")
+    return None if size is None else size / 1000
+
+
+def accuracy_vs_size_figure(rows: Sequence[dict[str, Any]]) -> Figure:
+    """The figure of :func:`plot_accuracy_vs_size`."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    aggs = [a for a in aggregate(rows) if _size_kb(a) is not None]
+    methods = list(dict.fromkeys(agg["method"] for agg in aggs))
+    look = method_styles(methods)
+    styles = {"baseline": "--", "qat": "-."}
+    for ax, key, title in zip(
+        axes, ("acc_pre", "acc_post"), ("pre-tuning", "post-tuning"), strict=True
+    ):
+        for method in methods:
+            mine = sorted((a for a in aggs if a["method"] == method), key=_size_kb)
+            std = [100 * a[f"{key}_std"] for a in mine] if mine[0]["n_seeds"] > 1 else None
+            color, marker = look[method]
+            ax.errorbar(
+                [_size_kb(a) for a in mine],
+                [100 * a[f"{key}_mean"] for a in mine],
+                std,
+                fmt=styles.get(mine[0].get("kind"), "-"),
+                color=color,
+                marker=marker,
+                capsize=3,
+                label=method,
+            )
+            budget = [a for a in mine if a["k"] is None]  # planned K per layer: hollow
+            ax.scatter(
+                [_size_kb(a) for a in budget],
+                [100 * a[f"{key}_mean"] for a in budget],
+                s=90,
+                facecolors="none",
+                edgecolors=[color],
+            )
+        if aggs:
+            ax.axhline(
+                100 * aggs[0]["acc_fp_mean"], color="k", ls=":", lw=1, label="full precision"
+            )
+        ax.set_title(f"{title} accuracy")
+        ax.set_xlabel("packed model (kB; codebooks and unquantized leaves counted)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    if rows:
+        fig.suptitle(f"{rows[0]['model']} on {rows[0]['dataset']}: accuracy vs size")
+    return fig
+
+
+def plot_accuracy_vs_size(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
+    """Pre- and post-tuning accuracy (%, mean and std over seeds) against the packed
+    model's size in kB (the real file when the run measured it), one line per method
+    through its K values; budget rows (one K per layer) ringed."""
+    return _save(accuracy_vs_size_figure(rows), path)
+
+
 def _read_metrics(path: pathlib.Path, phase: str) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -358,6 +424,7 @@ def write_report(workdir: str | os.PathLike) -> dict[str, Any]:
     plots.mkdir(exist_ok=True)
     if any(r["k"] is not None for r in rows):  # budget rows alone have no bit widths
         files.append(plot_accuracy_vs_bits(rows, plots / "accuracy_vs_bits.png"))
+    files.append(plot_accuracy_vs_size(rows, plots / "accuracy_vs_size.png"))
     trained = [r for r in rows if r.get("kind") in ("regularizer", "qat")]
     ks = {r["k"] for r in trained}
     for k in sorted(ks - {None}) + ([None] if None in ks else []):

@@ -25,6 +25,7 @@ def test_demo_fast_writes_table_and_plots_then_report_works(tmp_path, capsys):
     assert "| small | digits | nearest | 2 |" in out and "| small | digits | kmeans | 2 |" in out
     pngs = {
         "accuracy_vs_bits.png",
+        "accuracy_vs_size.png",
         "training_k2.png",
         "hist_reg-nearest-k2.png",
         "hist_reg-sine-k2.png",

@@ -37,6 +37,7 @@ def test_combined_table_aggregates_each_method_over_its_seeds(tmp_path):
     assert "| 2 | 2 |" in ste and "70.50 ± 0.50" in ste  # K 2, 2 seeds, pre mean ± std
     assert "| ste | 2 | 1.07 | 1.02 |" in table
     assert (out / "both" / "accuracy_vs_bits.png").stat().st_size > 0
+    assert (out / "both" / "accuracy_vs_size.png").stat().st_size > 0
 
 
 def test_combine_refuses_other_settings_and_unfinished_runs(tmp_path):

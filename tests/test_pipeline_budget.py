@@ -69,7 +69,8 @@ def test_packed_file_fits_the_budget_at_the_planned_k_per_layer(budget_run):
     assert re.search(r"\| small \| digits \| kmeans \| budget \| .*\| [\d,]+ \| [\d,]+ \|", table)
     assert f"| {plan.budget_bytes:,} | {plan.total_bytes:,} |" in table
     files = {p.name for p in report.write_report(workdir)["files"]}
-    assert files == {"table.md", "table.csv"}  # no bit widths to plot, no training
+    # No bit widths to plot and no training: only the table and accuracy against size.
+    assert files == {"table.md", "table.csv", "accuracy_vs_size.png"}
 
 
 def test_resume_of_a_finished_run_reads_the_plan_back(budget_run):
@@ -228,6 +229,14 @@ def test_report_of_budget_and_uniform_rows():
     assert "| 800 | 1,000 | 900 |" in table
     assert report.markdown_table(rows[:1]).count("budget") == 0
     report.accuracy_vs_bits_figure(rows)  # budget rows have no bit width: left out
+    # A second budget of the same method is a row of its own, not averaged with the first.
+    other = {**row, **sizes, "k": None, "budget_bytes": 2000, "acc_pre": 0.6}
+    aggs = report.aggregate([*rows, other])
+    assert [(a["budget_bytes_mean"], a["n_seeds"]) for a in aggs] == [
+        (None, 1),
+        (1000, 2),
+        (2000, 1),
+    ]
 
 
 @pytest.mark.slow

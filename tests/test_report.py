@@ -29,6 +29,23 @@ def test_many_methods_get_distinct_colours_and_markers():
     assert list(fig.axes[0].get_xticks()) == [1, 2]
 
 
+def test_size_plot_puts_each_method_at_its_file_sizes_and_rings_budget_rows():
+    rows = [
+        {**_row("ste", 2), "file_bytes": 48_000},
+        {**_row("ste", 4), "file_bytes": 85_000, "acc_pre": 0.7},
+        {**_row("ste", None), "file_bytes": 66_000, "budget_bytes": 66_500},
+        {**_row("kmeans", 2), "packed_bytes": 44_000, "kind": "baseline"},  # no file size
+    ]
+    fig = report.accuracy_vs_size_figure(rows)
+    ax = fig.axes[0]
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert list(lines["ste"].get_xdata()) == [48.0, 66.0, 85.0]  # kB, in size order
+    assert list(lines["ste"].get_ydata()) == [50.0, 50.0, 70.0]
+    assert list(lines["kmeans"].get_xdata()) == [44.0]
+    rings = [c for c in ax.collections if len(c.get_offsets())]
+    assert [list(map(tuple, c.get_offsets())) for c in rings] == [[(66.0, 50.0)]]
+
+
 def test_histograms_of_grouped_codebooks_draw_one_group(tmp_path):
     # Levels of shape (G, K): a grouped spec; the plot draws group 0's and says so.
     h = {"edges": [-1.0, 0.0, 1.0], "before": [3, 4], "after": [1, 6],
