@@ -11,6 +11,7 @@ import pytest
 
 from qareg_jax import pipeline
 from qareg_jax.pipeline import WorkdirError
+from qareg_jax.pipeline.workdir import check_pretrained_source
 
 # 320 digits images, batch 64: 5 steps per epoch; the source pretrains two seeds.
 SOURCE = pipeline.Config(
@@ -160,3 +161,23 @@ def test_export_refuses_a_taken_destination_or_a_source_without_a_run(tmp_path, 
     with pytest.raises(WorkdirError, match="holds no run"):
         pipeline.export_pretrained(tmp_path / "nothing", tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def _stored_run(path, config):
+    (path / "stages").mkdir(parents=True)
+    (path / "stages" / "pretrain.json").write_text("{}")
+    (path / "config.json").write_text(json.dumps({"format": 1, "config": config.to_dict()}))
+    return path
+
+
+def test_a_folder_dataset_is_known_by_its_file_name_not_its_directory(tmp_path):
+    # An export committed with a repository must serve where the data lives elsewhere.
+    here = pipeline.Config(dataset="folder:/data/a/cifar10-jpeg75.tar.gz", model="small")
+    src = _stored_run(tmp_path / "run", here)
+    moved = here.replace(dataset="folder:/mnt/b/cifar10-jpeg75.tar.gz")
+    assert check_pretrained_source(src, moved) == {0: ""}
+    other = here.replace(dataset="folder:/data/a/cifar100.tar.gz")
+    with pytest.raises(WorkdirError, match="pretrained differently .*cifar100"):
+        check_pretrained_source(src, other)
+    with pytest.raises(WorkdirError, match="pretrained differently"):
+        check_pretrained_source(src, here.replace(dataset="digits"))

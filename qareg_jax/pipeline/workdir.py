@@ -106,6 +106,16 @@ PRETRAIN_FIELDS = (
 )  # fmt: skip
 
 
+def _same_pretraining_field(key: str, stored: Any, wanted: Any) -> bool:
+    """Whether a :data:`PRETRAIN_FIELDS` value of a source run matches the config's. A
+    ``"folder:PATH"`` dataset is identified by its file name, so that a run (or an export
+    committed with a repository) serves on a machine that keeps the data elsewhere."""
+    if key == "dataset" and all(isinstance(v, str) for v in (stored, wanted)):
+        if stored.startswith("folder:") and wanted.startswith("folder:"):
+            return pathlib.PurePath(stored[7:]).name == pathlib.PurePath(wanted[7:]).name
+    return stored == wanted
+
+
 def _seed_dirs(config: Mapping[str, Any]) -> dict[int, str]:
     """``{seed: subdir}`` of a stored or current config (see ``Context.subdir``)."""
     seeds = config.get("seeds") or [config.get("seed", 0)]
@@ -131,7 +141,11 @@ def check_pretrained_source(source: str | os.PathLike, config: Config) -> dict[i
         raise WorkdirError(f"--pretrained-from: {str(path)!r} holds no run (no config.json)")
     stored = stored_config(path)
     wanted = config.to_dict()
-    differ = {k: v for k, v in wanted.items() if k in PRETRAIN_FIELDS and stored.get(k) != v}
+    differ = {
+        k: v
+        for k, v in wanted.items()
+        if k in PRETRAIN_FIELDS and not _same_pretraining_field(k, stored.get(k), v)
+    }
     if differ:
         diff = _config_diff({k: stored.get(k) for k in differ}, differ)
         raise WorkdirError(
