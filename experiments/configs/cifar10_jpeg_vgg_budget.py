@@ -3,7 +3,7 @@ compression tools ask for, item 4), on the CPU-scale QAT comparison's setting (s
 full-precision models and phases as ``cifar10_jpeg_vgg_qat.py``): the recommended recipe
 (``cifar10_jpeg_vgg_qat_damp.py``), STE and k-means PTQ at the K per layer that
 ``budget.plan_bits`` picks for a file size, beside the uniform-K rows of
-``cifar10_jpeg_vgg_qat`` and ``_qat_damp``.
+``cifar10_jpeg_vgg_uniform.py`` (same FP models).
 
 At the file size of uniform K = 2 (48,071 B, seed 0) the only plan that fits is K = 2
 on every layer (no smaller K exists), so the comparison is made at the size of uniform
@@ -11,7 +11,7 @@ K = 4 (84,936 B: ``cifar10_jpeg_vgg_budget_k4size.py``) and halfway between
 (66,500 B: ``cifar10_jpeg_vgg_budget_mid.py``)::
 
     python -m experiments.run_table experiments/configs/cifar10_jpeg_vgg_budget_k4size.py \\
-        --seeds 0 1 2 --pretrained-from RUNDIR_OF_THE_QAT_COMPARISON
+        --seeds 0 1 2 --pretrained-from experiments/pretrained/cifar_vgg_fp
 
 CPU estimate (quiet 2-core Xeon): per seed and budget 3 stages x 1,404 steps plus the
 sensitivity table (16 k-means quantizations x 4 validation batches) ~ 15 min; 2 budgets

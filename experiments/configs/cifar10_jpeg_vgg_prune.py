@@ -13,7 +13,7 @@ One file per sparsity (``cifar10_jpeg_vgg_prune50.py``, ``..._prune75.py``,
 ``..._prune90.py``), each e.g.::
 
     python -m experiments.run_table experiments/configs/cifar10_jpeg_vgg_prune75.py \\
-        --seeds 0 1 2 --pretrained-from RUNDIR_OF_THE_QAT_COMPARISON
+        --seeds 0 1 2 --pretrained-from experiments/pretrained/cifar_vgg_fp
 
 CPU estimate (quiet 2-core Xeon, ``cifar10_jpeg_vgg_qat.py``'s step times): per seed
 and sparsity, 2 stages x 1,404 steps ~ 9 min; 3 sparsities x 3 seeds ~ 1.4 h.
