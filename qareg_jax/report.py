@@ -34,6 +34,7 @@ import json
 import math
 import os
 import pathlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -267,11 +268,24 @@ def _size_kb(agg: dict[str, Any]) -> float | None:
     return None if size is None else size / 1000
 
 
+# "nearest + prune 75%", "prune 75% then kmeans": the pipeline's names of pruned methods.
+_SPARSITY = re.compile(r"prune (\d+%)")
+
+
+def _series(method: str) -> str:
+    """The line a method is drawn on: methods that differ only in sparsity share one."""
+    return _SPARSITY.sub("prune", method)
+
+
 def accuracy_vs_size_figure(rows: Sequence[dict[str, Any]]) -> Figure:
     """The figure of :func:`plot_accuracy_vs_size`."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    aggs = [a for a in aggregate(rows) if _size_kb(a) is not None]
+    aggs = [
+        {**a, "method": _series(a["method"]), "sparsity": _SPARSITY.search(a["method"])}
+        for a in aggregate(rows)
+        if _size_kb(a) is not None
+    ]
     methods = list(dict.fromkeys(agg["method"] for agg in aggs))
     look = method_styles(methods)
     styles = {"baseline": "--", "qat": "-."}
@@ -292,6 +306,10 @@ def accuracy_vs_size_figure(rows: Sequence[dict[str, Any]]) -> Figure:
                 capsize=3,
                 label=method,
             )
+            for a in mine:
+                if a["sparsity"]:
+                    xy = (_size_kb(a), 100 * a[f"{key}_mean"])
+                    ax.annotate(a["sparsity"][1], xy, xytext=(4, 4), textcoords="offset points")
             budget = [a for a in mine if a["k"] is None]  # planned K per layer: hollow
             ax.scatter(
                 [_size_kb(a) for a in budget],
@@ -317,7 +335,8 @@ def accuracy_vs_size_figure(rows: Sequence[dict[str, Any]]) -> Figure:
 def plot_accuracy_vs_size(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
     """Pre- and post-tuning accuracy (%, mean and std over seeds) against the packed
     model's size in kB (the real file when the run measured it), one line per method
-    through its K values; budget rows (one K per layer) ringed."""
+    through its K values (pruned methods: through their sparsities, each point labelled);
+    budget rows (one K per layer) ringed."""
     return _save(accuracy_vs_size_figure(rows), path)
 
 

@@ -46,6 +46,19 @@ def test_size_plot_puts_each_method_at_its_file_sizes_and_rings_budget_rows():
     assert [list(map(tuple, c.get_offsets())) for c in rings] == [[(66.0, 50.0)]]
 
 
+def test_size_plot_joins_the_sparsities_of_a_pruned_method_on_one_labelled_line():
+    rows = [
+        {**_row("nearest + prune 50%", 4), "file_bytes": 80_000},
+        {**_row("nearest + prune 90%", 4), "file_bytes": 40_000},
+        {**_row("prune 50% then kmeans", 4), "file_bytes": 80_000, "kind": "baseline"},
+    ]
+    ax = report.accuracy_vs_size_figure(rows).axes[0]
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert set(lines) == {"nearest + prune", "prune then kmeans"}
+    assert list(lines["nearest + prune"].get_xdata()) == [40.0, 80.0]
+    assert sorted(t.get_text() for t in ax.texts) == ["50%", "50%", "90%"]
+
+
 def test_histograms_of_grouped_codebooks_draw_one_group(tmp_path):
     # Levels of shape (G, K): a grouped spec; the plot draws group 0's and says so.
     h = {"edges": [-1.0, 0.0, 1.0], "before": [3, 4], "after": [1, 6],
