@@ -35,7 +35,7 @@ import math
 import os
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -219,38 +219,62 @@ def method_styles(methods: Sequence[str]) -> dict[str, tuple[Any, str]]:
     return {m: (cmap(i % cmap.N), _MARKERS[i % len(_MARKERS)]) for i, m in enumerate(methods)}
 
 
-def accuracy_vs_bits_figure(rows: Sequence[dict[str, Any]]) -> Figure:
-    """The figure of :func:`plot_accuracy_vs_bits` (x ticks: the integer bit widths run)."""
+_LINE_STYLES = {"baseline": "--", "qat": "-."}  # other kinds: solid
+
+
+def _accuracy_figure(
+    aggs: list[dict[str, Any]],
+    x: Callable[[dict[str, Any]], float],
+    xlabel: str,
+    mark: Callable[..., None] | None = None,
+) -> Figure:
+    """Pre- and post-tuning panels of aggregated rows: per method a line of accuracy (%,
+    mean and std over seeds) against ``x(agg)``, the full-precision accuracy dotted;
+    ``mark(ax, mine, key, color)`` adds to each method's line (``mine``: its rows in x
+    order, ``key``: "acc_pre" or "acc_post")."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    aggs = [a for a in aggregate(rows) if a["k"] is not None]  # budget rows: no single K
     methods = list(dict.fromkeys(agg["method"] for agg in aggs))
     look = method_styles(methods)
-    styles = {"baseline": "--", "qat": "-."}
-    all_bits = sorted({math.ceil(math.log2(a["k"])) for a in aggs})
     for ax, key, title in zip(
         axes, ("acc_pre", "acc_post"), ("pre-tuning", "post-tuning"), strict=True
     ):
         for method in methods:
-            mine = sorted((a for a in aggs if a["method"] == method), key=lambda a: a["k"])
-            bits = [math.ceil(math.log2(a["k"])) for a in mine]
+            mine = sorted(
+                (a for a in aggs if a["method"] == method), key=lambda a: (x(a), a["k"] or 0)
+            )
             mean = [100 * a[f"{key}_mean"] for a in mine]
             std = [100 * a[f"{key}_std"] for a in mine] if mine[0]["n_seeds"] > 1 else None
-            style = styles.get(mine[0].get("kind"), "-")
+            style = _LINE_STYLES.get(mine[0].get("kind"), "-")
             color, marker = look[method]
             ax.errorbar(
-                bits, mean, std, fmt=style, color=color, marker=marker, capsize=3, label=method
-            )
+                [x(a) for a in mine], mean, std, fmt=style, color=color, marker=marker,
+                capsize=3, label=method,
+            )  # fmt: skip
+            if mark:
+                mark(ax, mine, key, color)
         if aggs:
             fp = 100 * aggs[0]["acc_fp_mean"]
             ax.axhline(fp, color="k", ls=":", lw=1, label="full precision")
-        # Bit widths are integers; with one K matplotlib's default ticks would be fractions.
-        ax.set_xticks(all_bits)
         ax.set_title(f"{title} accuracy")
-        ax.set_xlabel("bits per weight index (ceil log2 K)")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     axes[1].legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def _bits(agg: dict[str, Any]) -> int:
+    return math.ceil(math.log2(agg["k"]))
+
+
+def accuracy_vs_bits_figure(rows: Sequence[dict[str, Any]]) -> Figure:
+    """The figure of :func:`plot_accuracy_vs_bits` (x ticks: the integer bit widths run)."""
+    aggs = [a for a in aggregate(rows) if a["k"] is not None]  # budget rows: no single K
+    fig = _accuracy_figure(aggs, _bits, "bits per weight index (ceil log2 K)")
+    # Bit widths are integers; with one K matplotlib's default ticks would be fractions.
+    for ax in fig.axes:
+        ax.set_xticks(sorted({_bits(a) for a in aggs}))
     if rows:
         fig.suptitle(f"{rows[0]['model']} on {rows[0]['dataset']}")
     return fig
@@ -277,56 +301,31 @@ def _series(method: str) -> str:
     return _SPARSITY.sub("prune", method)
 
 
+def _mark_sparsity_and_budget(ax: Any, mine: list[dict[str, Any]], key: str, color: Any) -> None:
+    """Label each pruned point with its sparsity; ring budget rows (K per layer)."""
+    for a in mine:
+        if a["sparsity"]:
+            xy = (_size_kb(a), 100 * a[f"{key}_mean"])
+            ax.annotate(a["sparsity"][1], xy, xytext=(4, 4), textcoords="offset points")
+    budget = [a for a in mine if a["k"] is None]
+    ax.scatter(
+        [_size_kb(a) for a in budget],
+        [100 * a[f"{key}_mean"] for a in budget],
+        s=90,
+        facecolors="none",
+        edgecolors=[color],
+    )
+
+
 def accuracy_vs_size_figure(rows: Sequence[dict[str, Any]]) -> Figure:
     """The figure of :func:`plot_accuracy_vs_size`."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
     aggs = [
         {**a, "method": _series(a["method"]), "sparsity": _SPARSITY.search(a["method"])}
         for a in aggregate(rows)
         if _size_kb(a) is not None
     ]
-    methods = list(dict.fromkeys(agg["method"] for agg in aggs))
-    look = method_styles(methods)
-    styles = {"baseline": "--", "qat": "-."}
-    for ax, key, title in zip(
-        axes, ("acc_pre", "acc_post"), ("pre-tuning", "post-tuning"), strict=True
-    ):
-        for method in methods:
-            mine = sorted((a for a in aggs if a["method"] == method), key=_size_kb)
-            std = [100 * a[f"{key}_std"] for a in mine] if mine[0]["n_seeds"] > 1 else None
-            color, marker = look[method]
-            ax.errorbar(
-                [_size_kb(a) for a in mine],
-                [100 * a[f"{key}_mean"] for a in mine],
-                std,
-                fmt=styles.get(mine[0].get("kind"), "-"),
-                color=color,
-                marker=marker,
-                capsize=3,
-                label=method,
-            )
-            for a in mine:
-                if a["sparsity"]:
-                    xy = (_size_kb(a), 100 * a[f"{key}_mean"])
-                    ax.annotate(a["sparsity"][1], xy, xytext=(4, 4), textcoords="offset points")
-            budget = [a for a in mine if a["k"] is None]  # planned K per layer: hollow
-            ax.scatter(
-                [_size_kb(a) for a in budget],
-                [100 * a[f"{key}_mean"] for a in budget],
-                s=90,
-                facecolors="none",
-                edgecolors=[color],
-            )
-        if aggs:
-            ax.axhline(
-                100 * aggs[0]["acc_fp_mean"], color="k", ls=":", lw=1, label="full precision"
-            )
-        ax.set_title(f"{title} accuracy")
-        ax.set_xlabel("packed model (kB; codebooks and unquantized leaves counted)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize=7, loc="lower right")
+    xlabel = "packed model (kB; codebooks and unquantized leaves counted)"
+    fig = _accuracy_figure(aggs, _size_kb, xlabel, _mark_sparsity_and_budget)
     if rows:
         fig.suptitle(f"{rows[0]['model']} on {rows[0]['dataset']}: accuracy vs size")
     return fig
