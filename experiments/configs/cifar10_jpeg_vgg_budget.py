@@ -5,10 +5,11 @@ full-precision models and phases as ``cifar10_jpeg_vgg_qat.py``): the recommende
 ``budget.plan_bits`` picks for a file size, beside the uniform-K rows of
 ``cifar10_jpeg_vgg_uniform.py`` (same FP models).
 
-At the file size of uniform K = 2 (48,071 B, seed 0) the only plan that fits is K = 2
-on every layer (no smaller K exists), so the comparison is made at the size of uniform
-K = 4 (84,936 B: ``cifar10_jpeg_vgg_budget_k4size.py``) and halfway between
-(66,500 B: ``cifar10_jpeg_vgg_budget_mid.py``)::
+At the file size of uniform K = 2 (48,071 B) the only plan that fits is K = 2 on every
+layer (no smaller K exists), so the comparison is made at the size of uniform K = 4
+(84,936 B: ``cifar10_jpeg_vgg_budget_k4size.py``) and at the sizes of one codebook per
+output channel at K = 2 and 4 (52,031 and 92,743 B: ``_budget_ch2size.py``,
+``_budget_ch4size.py``, the per-tensor models of ``_channel.py``'s bytes)::
 
     python -m experiments.run_table experiments/configs/cifar10_jpeg_vgg_budget_k4size.py \\
         --seeds 0 1 2 --pretrained-from experiments/pretrained/cifar_vgg_fp
