@@ -89,9 +89,9 @@ def write_results(
 ) -> tuple[str, dict[str, Any]]:
     """Write the report of the finished run in ``workdir`` to ``dest``: ``table.md``
     (provenance header), ``table.csv``, ``results.json`` and the PNG plots (histograms of
-    the first K only). ``start``: ``time.perf_counter()`` when the run began; ``commit``:
-    the git commit the run started from (default: the current one), since a run of hours
-    may outlive several commits.
+    the first K only, or of the budget stages when ``config.ks`` is empty). ``start``:
+    ``time.perf_counter()`` when the run began; ``commit``: the git commit the run started
+    from (default: the current one), since a run of hours may outlive several commits.
 
     Returns ``(markdown table, provenance record)``.
     """
@@ -109,9 +109,10 @@ def write_results(
     label = config.dataset_label or config.dataset
     (dest / "table.md").write_text(f"# {config.model} on {label}\n\n{header}\n\n{out['table']}\n")
     shutil.copy(workdir / "table.csv", dest / "table.csv")
-    first_k = min(config.ks)
+    # Histograms of the first K only; a budget-only config (ks=()) has those of its plans.
+    hists = f"-k{min(config.ks)}" if config.ks else "-budget"
     for png in sorted((workdir / "plots").glob("*.png")):
-        if not png.name.startswith("hist_") or png.stem.endswith(f"-k{first_k}"):
+        if not png.name.startswith("hist_") or png.stem.endswith(hists):
             shutil.copy(png, dest / png.name)
     return out["table"], record
 

@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 
+from experiments import run_table
 from qareg_jax import budget, compress, pipeline, report
 from qareg_jax.pipeline import budget_plan
 
@@ -71,6 +72,19 @@ def test_packed_file_fits_the_budget_at_the_planned_k_per_layer(budget_run):
     files = {p.name for p in report.write_report(workdir)["files"]}
     # No bit widths to plot and no training: only the table and accuracy against size.
     assert files == {"table.md", "table.csv", "accuracy_vs_size.png"}
+
+
+def test_run_table_writes_the_results_of_a_budget_only_config(budget_run, tmp_path):
+    workdir, results, _ = budget_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    for name in ("hist_seed-0_reg-nearest-budget.png", "hist_seed-0_reg-nearest-k2.png"):
+        (copy / "plots" / name).write_bytes(b"png")
+    dest = tmp_path / "results"
+    table, _ = run_table.write_results(BUDGET, copy, results, dest, start=0.0, commit="abc")
+    assert "| budget B | file B |" in table and (dest / "table.md").exists()
+    hists = {p.name for p in dest.glob("hist_*.png")}
+    assert hists == {"hist_seed-0_reg-nearest-budget.png"}  # ks=(): the budget stages'
 
 
 def test_resume_of_a_finished_run_reads_the_plan_back(budget_run):
