@@ -153,7 +153,16 @@ def test_nan_loss_before_any_checkpoint_says_there_is_none(tmp_path):
         pipeline.train_and_evaluate(config, tmp_path, progress=False, dataset=poisoned)
 
 
-def test_ctrl_c_during_a_checkpoint_save_lets_it_finish_then_stops(tmp_path):
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler, whatever the runner inherited: a shell starts background
+    jobs with SIGINT ignored, and ``deferred_interrupts`` then (rightly) changes nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_checkpoint_save_lets_it_finish_then_stops(tmp_path, default_sigint):
     save = loop.save_state
 
     def save_interrupted(mngr, step, state):
@@ -175,7 +184,7 @@ def test_ctrl_c_during_a_checkpoint_save_lets_it_finish_then_stops(tmp_path):
     manager.restore(3)
 
 
-def test_a_second_ctrl_c_raises_at_once():
+def test_a_second_ctrl_c_raises_at_once(default_sigint):
     with loop.deferred_interrupts():
         os.kill(os.getpid(), signal.SIGINT)
         assert loop.interrupt_requested()
