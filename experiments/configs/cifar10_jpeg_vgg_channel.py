@@ -13,7 +13,7 @@ model of the same bytes is the planner's at those sizes (``_budget_ch2size.py``,
 
 (``cifar_vgg``'s last layer has 10 outputs, so the only group sizes that divide every
 layer are 1 and 2: ``_group2.py``.) DKM has no grouped mode. CPU estimate (2-core AMD
-EPYC, beside another run): per seed 4 stages ~ 20 min; 3 seeds ~ 1 h.
+EPYC, beside another run): ~ 35 min per seed (4 stages); 3 seeds ~ 1 h 45 min.
 """
 
 import cifar10_jpeg_vgg_uniform

@@ -10,7 +10,7 @@ Xeon, 83.55 % on an AMD EPYC), so rows of other runs are not a fair reference::
     python -m experiments.run_table experiments/configs/cifar10_jpeg_vgg_uniform.py \\
         --seeds 0 1 2 --pretrained-from experiments/pretrained/cifar_vgg_fp
 
-CPU estimate (2-core AMD EPYC): per seed 6 stages ~ 25 min; 3 seeds ~ 1.2 h.
+CPU estimate (2-core AMD EPYC, beside another run): 3 seeds 1 h 45 min (6 stages each).
 """
 
 import cifar10_jpeg_vgg_qat_damp
