@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 
 # One persistent compilation cache for the whole session, subprocesses included (the
@@ -36,6 +37,15 @@ def _read_only(ds: data.Dataset) -> data.Dataset:
     for name in ("train_images", "train_labels", "test_images", "test_labels", "mean", "std"):
         getattr(ds, name).setflags(write=False)
     return ds
+
+
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler, whatever the runner inherited: a shell starts background
+    jobs with SIGINT ignored, and ``deferred_interrupts`` then (rightly) changes nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

@@ -274,20 +274,14 @@ def _demo_process(workdir: pathlib.Path) -> subprocess.Popen:
     )
 
 
-def test_interruptible_defers_a_ctrl_c_to_the_end_and_returns_130(capsys):
+def test_interruptible_defers_a_ctrl_c_to_the_end_and_returns_130(capsys, default_sigint):
     def work() -> int:
         os.kill(os.getpid(), signal.SIGINT)  # deferred: the function still finishes
         done.append(True)
         return 0
 
     done: list[bool] = []
-    # Python's own handler, as in a terminal: a test run in a background job inherits
-    # SIGINT ignored, and then deferred_interrupts (rightly) leaves it alone.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        assert cli.interruptible(work) == cli.EXIT_INTERRUPTED and done == [True]
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    assert cli.interruptible(work) == cli.EXIT_INTERRUPTED and done == [True]
     assert capsys.readouterr().err == cli.INTERRUPTED + "\n"
     assert cli.interruptible(lambda: 3) == 3
 

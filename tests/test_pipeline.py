@@ -153,15 +153,6 @@ def test_nan_loss_before_any_checkpoint_says_there_is_none(tmp_path):
         pipeline.train_and_evaluate(config, tmp_path, progress=False, dataset=poisoned)
 
 
-@pytest.fixture
-def default_sigint():
-    """Python's own Ctrl-C handler, whatever the runner inherited: a shell starts background
-    jobs with SIGINT ignored, and ``deferred_interrupts`` then (rightly) changes nothing."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def test_ctrl_c_during_a_checkpoint_save_lets_it_finish_then_stops(tmp_path, default_sigint):
     save = loop.save_state
 
