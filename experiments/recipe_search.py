@@ -23,6 +23,8 @@ import pathlib
 import sys
 from typing import Any
 
+import numpy as np
+
 from qareg_jax import cli, provenance, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -66,8 +68,10 @@ def relative_distance(workdir: pathlib.Path, stage: str) -> tuple[float, float] 
         return None
     ratios = []
     for path, stats in last[-1]["layers"].items():
-        levels = histograms[path]["levels_after"]
-        spacing = (levels[-1] - levels[0]) / max(len(levels) - 1, 1)
+        # (K,) per tensor or (groups, K) with grouped codebooks: the mean group's spacing.
+        levels = np.asarray(histograms[path]["levels_after"], dtype=float)
+        k = levels.shape[-1]
+        spacing = float(np.mean(levels.max(-1) - levels.min(-1))) / max(k - 1, 1)
         ratios.append(stats["distance"] / spacing if spacing > 0 else float("nan"))
     return float(sum(ratios) / len(ratios)), float(max(ratios))
 

@@ -102,3 +102,22 @@ def test_the_default_cpu_scale_config_runs_on_mock_data(tmp_path):
     ]
     for row in results["rows"]:
         assert 0 <= row["acc_val_pre"] <= 1 and row["ratio"] > 10
+
+
+@pytest.mark.parametrize(
+    "levels, spacing",
+    [([-1.0, 0.0, 1.0], 1.0), ([[-1.0, 1.0], [0.0, 4.0]], 3.0)],
+    ids=["per-tensor", "per-channel"],
+)
+def test_relative_distance_reads_per_tensor_and_grouped_levels(tmp_path, levels, spacing):
+    for sub in ("metrics", "stages"):
+        (tmp_path / sub).mkdir()
+    layers = {"a": {"distance": 0.3}, "b": {"distance": 0.6}}
+    (tmp_path / "metrics" / "s.jsonl").write_text(
+        json.dumps({"step": 1}) + "\n" + json.dumps({"step": 2, "layers": layers}) + "\n"
+    )
+    hist = {p: {"levels_after": levels} for p in layers}
+    (tmp_path / "stages" / "s.json").write_text(json.dumps({"histograms": hist}))
+    mean, worst = recipe_search.relative_distance(tmp_path, "s")
+    np.testing.assert_allclose([mean, worst], [0.45 / spacing, 0.6 / spacing])
+    assert recipe_search.relative_distance(tmp_path, "missing") is None
