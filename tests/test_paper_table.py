@@ -131,7 +131,8 @@ def _check_outputs(dest: pathlib.Path) -> None:
     rows = results["rows"]
     regs = {r["method"] for r in rows if r["kind"] == "regularizer"}
     bases = {r["method"] for r in rows if r["kind"] == "baseline"}
-    assert regs == {"sine", "nearest"} and bases == {"kmeans", "binary"}
+    # The regularizers run with the recipe (STE beside the penalty for the whole phase).
+    assert regs == {"sine + ste1", "nearest + ste1"} and bases == {"kmeans", "binary"}
     ratio_lines = [x for x in claim.splitlines() if x.startswith("| 2 |")]
     pairs = {tuple(c.strip() for c in x.split("|")[2:4]) for x in ratio_lines}
     assert len(ratio_lines) == len(pairs) == len(regs) * len(bases)
@@ -163,7 +164,9 @@ def test_tiny_real_model_one_method_each_end_to_end(tmp_path, fake_cifar, monkey
     monkeypatch.setitem(paper_table.TINY, "baselines", ("kmeans",))
     dest = _run_tiny(model, tmp_path)
     rows = json.loads((dest / "results.json").read_text())["rows"]
-    assert [(r["model"], r["method"]) for r in rows] == [(model, "nearest"), (model, "kmeans")]
+    methods = [(r["model"], r["method"]) for r in rows]
+    assert methods == [(model, "nearest + ste1"), (model, "kmeans")]
     claim = (dest / "claim.md").read_text()
-    assert [x for x in claim.splitlines() if x.startswith("| 2 |")][0].startswith("| 2 | nearest")
+    first = [x for x in claim.splitlines() if x.startswith("| 2 |")][0]
+    assert first.startswith("| 2 | nearest + ste1 | kmeans")
     assert (dest / "accuracy_vs_bits.png").is_file()

@@ -26,5 +26,5 @@ def get_config() -> Config:
         baselines=("kmeans",),
         group_size=1,
         finetune_lr={"nearest": recipe.finetune_lr,
-                     "kmeans": paper_alexnet.get_config().finetune_lr},
+                     "kmeans": paper_alexnet.FINETUNE_LR},
     )  # fmt: skip

@@ -20,7 +20,7 @@ BASELINES = ("kmeans", "uniform", "pws", "ecsq")
 
 
 def get_config() -> Config:
-    table_ft = paper_alexnet.get_config().finetune_lr
+    table_ft = paper_alexnet.FINETUNE_LR
     recipe = paper_alexnet_recipe.get_config()
     return recipe.replace(
         ks=(16,),

@@ -1,9 +1,9 @@
 """The paper table for VGG16-BN on CIFAR-10 (JPEG-75 copy), sized for one H200 GPU in
 under 10 minutes including compilation: ``python -m experiments.paper_table --model vgg16``.
 
-The same methods as ``paper_alexnet.py`` (36 trained stages: 10 regularized + STE + DKM
-per K; 13 post-training ones; all 49 fine-tuned and packed) from ``vgg16_cifar10.py``
-with the data and the phases cut to fit:
+The same methods, recipe and fine-tuning rates as ``paper_alexnet.py`` (36 trained
+stages: 10 regularized + STE + DKM per K; 13 post-training ones; all 49 fine-tuned and
+packed) from ``vgg16_cifar10.py`` with the data and the phases cut to fit:
 
 - data: a fixed 10,000-image training subset (seed 0) of the JPEG-75 copy with random
   crop + flip, the 10,000 test images for reporting; decoded on the machine from
@@ -34,6 +34,7 @@ if a first run overshoots, lower the pretraining epochs before the table's phase
 """
 
 import data_paths
+import paper_alexnet
 import vgg16_cifar10
 
 from qareg_jax.train import Config
@@ -55,19 +56,17 @@ def get_config() -> Config:
         weight_decay=5e-4,
         pretrain_epochs=20,
         pretrain_lr=0.05,
-        regularizers=("sine", "cosine", "nearest", "softmin", "product", "wells"),
+        regularizers=paper_alexnet.REGULARIZERS,
         ks=(2, 4, 8),
         freeze_reps=(False, True),
-        qat=("ste", "dkm"),
-        baselines=("kmeans", "uniform", "pws", "ecsq", "binary"),
+        qat=paper_alexnet.QAT,
+        baselines=paper_alexnet.BASELINES,
         reg_optimizer="adam",
         reg_epochs=base.reg_epochs // SHORTEN,
         finetune_epochs=base.finetune_epochs // SHORTEN,
-        # The unit scale and the registry's lambdas, as paper_alexnet.py (not the base's
-        # legacy pin).
-        lam={},
-        reduction="sum",
-        penalty_normalize="unit",
+        # The regularizers with the recipe and the fine-tuning rates of paper_alexnet.py.
+        finetune_lr=paper_alexnet.finetune_rates(),
+        **paper_alexnet.RECIPE,
         log_every=20,
         checkpoint_every=10_000,
     )
