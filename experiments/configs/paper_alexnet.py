@@ -59,7 +59,9 @@ REG_FINETUNE_LR = 1e-5  # the recipe's (chosen on cifar_vgg's validation split)
 FINETUNE_LR = alexnet_cifar10.get_config().finetune_lr  # STE, DKM, post-training baselines
 
 
-def finetune_rates(regularizers=REGULARIZERS, others=QAT + BASELINES) -> dict[str, float]:
+def finetune_rates(
+    regularizers: tuple[str, ...] = REGULARIZERS, others: tuple[str, ...] = QAT + BASELINES
+) -> dict[str, float]:
     """``Config.finetune_lr``: the recipe's rate for the regularized rows, the base's for
     the rest."""
     return {**{r: REG_FINETUNE_LR for r in regularizers}, **{m: FINETUNE_LR for m in others}}

@@ -2,8 +2,9 @@
 (``paper_alexnet.py``): STE from the first step with the ``nearest`` penalty beside it,
 lambda grown geometrically from 1e-6 to 1 over the phase, fine-tuned at 1e-5
 (``cifar10_jpeg_vgg_qat_damp.py``, chosen on the CPU-scale net's validation split;
-docs/recipe.md). Same full-precision model, data split and phases as the paper table, so
-its rows combine with it (``experiments/combine.py``)::
+docs/recipe.md). Same full-precision model, data split and phases as the paper table.
+The table now runs every regularizer with this recipe, at the unit scale where these rows
+use ``"spacing"`` (the same at K = 2), so its own ``nearest + ste1`` rows replace these::
 
     python -m experiments.run_table experiments/configs/paper_alexnet_recipe.py \\
         --pretrained-from RUNDIR_OF_THE_FP_ALEXNET
