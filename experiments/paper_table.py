@@ -152,7 +152,7 @@ def write_claim(
         "**Ours**: the ratio of each regularizer's pre-tuning accuracy (snapped, before "
         "fine-tuning; test split, mean over seeds "
         f"{', '.join(map(str, config.seed_list))}) to each post-training baseline's, from "
-        f"the same full-precision model. {phases_note(config, shorten)}",
+        f"the same full-precision model. {phases_note(config, shorten)}{recipe_note(config)}",
         "",
     ]
     if tiny:
@@ -160,6 +160,18 @@ def write_claim(
     path = dest / "claim.md"
     path.write_text("\n".join(head + claim_lines(rows, model)).rstrip() + "\n")
     return path
+
+
+def recipe_note(config: train.Config) -> str:
+    """One sentence (with a leading space) saying the regularized rows train beside STE,
+    or "" when they run the penalty alone."""
+    if not config.ste_last:
+        return ""
+    return (
+        f" The regularizers run with the recipe: STE on their levels for the last "
+        f"{config.ste_last:.0%} of the phase, the penalty beside it, so these rows test our "
+        "reading of the method, not the penalty alone."
+    )
 
 
 def phases_note(config: train.Config, shorten: int | None) -> str:

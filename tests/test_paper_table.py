@@ -76,6 +76,12 @@ def test_claim_lines_give_every_ratio_and_say_whether_the_paper_is_reached():
     assert "does not reach the paper's 6x" in "\n".join(paper_table.claim_lines(rows, "vgg16"))
 
 
+def test_the_recipe_note_names_ste_only_when_it_runs():
+    config = paper_table.load("alexnet")
+    assert "STE" in paper_table.recipe_note(config)
+    assert paper_table.recipe_note(config.replace(ste_last=0.0, ste_keep_lam=False)) == ""
+
+
 def test_argument_errors_are_clear(tmp_path, capsys):
     with pytest.raises(SystemExit):
         paper_table.main(["--model", "resnet"])
@@ -128,6 +134,7 @@ def _check_outputs(dest: pathlib.Path) -> None:
     assert (dest / "accuracy_vs_bits.png").is_file()
     claim = (dest / "claim.md").read_text()
     assert "the paper's" in claim and paper_table.PAPER_STATEMENT in claim
+    assert "STE on their levels for the last 100% of the phase" in claim
     rows = results["rows"]
     regs = {r["method"] for r in rows if r["kind"] == "regularizer"}
     bases = {r["method"] for r in rows if r["kind"] == "baseline"}
