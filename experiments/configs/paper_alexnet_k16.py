@@ -20,12 +20,9 @@ BASELINES = ("kmeans", "uniform", "pws", "ecsq")
 
 
 def get_config() -> Config:
-    table_ft = paper_alexnet.FINETUNE_LR
-    recipe = paper_alexnet_recipe.get_config()
-    return recipe.replace(
+    return paper_alexnet_recipe.get_config().replace(
         ks=(16,),
         qat=("ste",),
         baselines=BASELINES,
-        finetune_lr={"nearest": recipe.finetune_lr, "ste": table_ft,
-                     **{b: table_ft for b in BASELINES}},
-    )  # fmt: skip
+        finetune_lr=paper_alexnet.finetune_rates(("nearest",), ("ste", *BASELINES)),
+    )

@@ -22,13 +22,10 @@ from qareg_jax.train import Config
 
 
 def get_config() -> Config:
-    table_ft = paper_alexnet.FINETUNE_LR
-    recipe = paper_alexnet_recipe.get_config()
-    return recipe.replace(
+    return paper_alexnet_recipe.get_config().replace(
         ks=(2, 4),
         seeds=(1, 2),
         qat=("ste", "dkm"),
         baselines=("kmeans",),
-        finetune_lr={"nearest": recipe.finetune_lr, "ste": table_ft, "dkm": table_ft,
-                     "kmeans": table_ft},
-    )  # fmt: skip
+        finetune_lr=paper_alexnet.finetune_rates(("nearest",), ("ste", "dkm", "kmeans")),
+    )
