@@ -36,6 +36,35 @@ def test_the_search_config_and_its_variants_are_valid():
     assert {"old", "qat"} <= set(variants)
 
 
+SEARCHES = sorted(p for p in CONFIGS.glob("*.py") if "def get_variants" in p.read_text())
+
+
+@pytest.mark.parametrize("path", SEARCHES, ids=lambda p: p.stem)
+def test_every_search_config_has_valid_variants(path):
+    base, variants = recipe_search.load_search(str(path))
+    assert variants and all(base.replace(**v) is not None for v in variants.values())
+
+
+def test_the_static_interval_variants_put_both_penalties_on_the_same_levels():
+    """sine and cosine share one level set per K, at a Gaussian's optimal points (K = 2:
+    the k-means centroids +- 0.8 std; K = 4: the uniform grid +- 0.5, +- 1.5 std)."""
+    from qareg_jax import codebook, regularizers
+
+    w = np.random.default_rng(0).normal(0.0, 0.05, 200_000)
+    base, variants = recipe_search.load_search(str(CONFIGS / "paper_alexnet_static_interval.py"))
+    expected = {2: np.array([-0.8, 0.8]), 4: np.array([-1.5, -0.5, 0.5, 1.5])}
+    for name, changes in variants.items():
+        if name == "minmax":
+            continue
+        cfg = base.replace(**changes)
+        (reg,), (k,) = cfg.regularizers, cfg.ks
+        spec = codebook.QuantSpec(regularizer=reg, k=k, interval=cfg.interval,
+                                  interval_param=cfg.interval_param)
+        lo, hi = codebook.resolve_interval(w, spec)
+        levels = regularizers.static_levels(reg, k, lo, hi)
+        np.testing.assert_allclose(levels / w.std(), expected[k], atol=0.02, err_msg=name)
+
+
 def test_a_bad_variant_is_named(tmp_path):
     (tmp_path / "bad_search.py").write_text(TINY_SEARCH.replace('"a": {}', '"a": dict(ks=(1,))'))
     with pytest.raises(ValueError, match="variant 'a'"):
