@@ -58,8 +58,9 @@ def test_the_static_interval_variants_put_both_penalties_on_the_same_levels():
             continue
         cfg = base.replace(**changes)
         (reg,), (k,) = cfg.regularizers, cfg.ks
-        spec = codebook.QuantSpec(regularizer=reg, k=k, interval=cfg.interval,
-                                  interval_param=cfg.interval_param)
+        spec = codebook.QuantSpec(
+            regularizer=reg, k=k, interval=cfg.interval, interval_param=cfg.interval_param
+        )
         lo, hi = codebook.resolve_interval(w, spec)
         levels = regularizers.static_levels(reg, k, lo, hi)
         np.testing.assert_allclose(levels / w.std(), expected[k], atol=0.02, err_msg=name)
