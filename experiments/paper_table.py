@@ -12,7 +12,9 @@ lives in ``--workdir`` (default ``runs/paper_<model>``; ``--resume`` continues i
 ``run_table``, it writes ``experiments/results/paper_<model>/`` (``_tiny`` with
 ``--tiny``): ``table.md`` (command, date, machine, git commit), ``table.csv``,
 ``results.json`` and the plots, plus ``claim.md``: per K, the ratio of each regularizer's
-pre-tuning accuracy to each post-training baseline's, next to the paper's statement.
+pre-tuning accuracy to each post-training baseline's, next to the paper's statement, and
+``hist_best_k{2,4}.png``: the per-layer weight histograms with their levels of the best
+trained method at K = 2 and 4 (chosen on the validation split).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import pathlib
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -189,6 +192,39 @@ def phases_note(config: train.Config, shorten: int | None) -> str:
     )
 
 
+def _hist(workdir: pathlib.Path, row: dict[str, Any]) -> pathlib.Path:
+    return workdir / "plots" / f"hist_{row['stage'].replace('/', '_')}.png"
+
+
+def best_histograms(
+    rows: Sequence[dict[str, Any]],
+    workdir: pathlib.Path,
+    dest: pathlib.Path,
+    ks: Sequence[int] = (2, 4),
+) -> list[str]:
+    """Copy the per-layer weight histograms (with their levels) of the best trained method
+    at each K of ``ks`` to ``dest/hist_best_k<K>.png``; best: the highest validation
+    accuracy after fine-tuning (test accuracy only when the run has no validation split),
+    first seed. Returns one markdown line per K for the table."""
+    lines = []
+    for k in ks:
+        trained = [r for r in rows if r["k"] == k and r.get("kind") in ("regularizer", "qat")]
+        first = min((r.get("seed", 0) for r in trained), default=0)
+        trained = [r for r in trained if r.get("seed", 0) == first and _hist(workdir, r).is_file()]
+        if not trained:
+            continue
+        val = all(r.get("acc_val_post") is not None for r in trained)
+        key = "acc_val_post" if val else "acc_post"
+        best = max(trained, key=lambda r: r[key])
+        shutil.copy(_hist(workdir, best), dest / f"hist_best_k{k}.png")
+        split = "validation" if val else "test (no validation split)"
+        lines.append(
+            f"- K = {k}: [hist_best_k{k}.png](hist_best_k{k}.png), {best['method']} (the best "
+            f"trained method on the {split} accuracy after fine-tuning, {_pct(best[key])} %)"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=MODELS)
@@ -228,8 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     table, record = run_table.write_results(config, workdir, results, dest, start, commit)
     shorten = None if args.tiny else shorten_factor(config_path(args.model))
     note = phases_note(config, shorten)
+    hists = best_histograms(results["rows"], workdir, dest)
     with open(dest / "table.md", "a") as f:
         f.write(f"\n{note} Settings: `{config_path(args.model).relative_to(ROOT)}`.\n")
+        if hists:
+            f.write(
+                "\nPer-layer weight histograms with their levels:\n\n" + "\n".join(hists) + "\n"
+            )
     claim = write_claim(
         results["rows"], args.model, config, record, dest,
         tiny=args.tiny, shorten=shorten,

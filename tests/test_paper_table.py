@@ -76,6 +76,30 @@ def test_claim_lines_give_every_ratio_and_say_whether_the_paper_is_reached():
     assert "does not reach the paper's 6x" in "\n".join(paper_table.claim_lines(rows, "vgg16"))
 
 
+def test_best_histograms_pick_the_best_trained_method_on_validation_per_k(tmp_path):
+    (tmp_path / "plots").mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+
+    def row(stage, k, kind, val, test, seed=0):
+        (tmp_path / "plots" / f"hist_{stage}.png").write_bytes(stage.encode())
+        return dict(stage=stage, method=stage, k=k, kind=kind, seed=seed,
+                    acc_val_post=val, acc_post=test)  # fmt: skip
+
+    rows = [
+        row("a-k2", 2, "regularizer", 0.60, 0.70),  # best on test, not on validation
+        row("b-k2", 2, "qat", 0.65, 0.60),
+        row("b-k2-seed1", 2, "qat", 0.99, 0.99, seed=1),  # another seed: not compared
+        row("c-k4", 4, "regularizer", 0.80, 0.80),
+        row("d-k4", 4, "baseline", 0.90, 0.90),  # post-training: not a trained method
+    ]
+    lines = paper_table.best_histograms(rows, tmp_path, dest, ks=(2, 4, 8))
+    assert (dest / "hist_best_k2.png").read_bytes() == b"b-k2"
+    assert (dest / "hist_best_k4.png").read_bytes() == b"c-k4"
+    assert not (dest / "hist_best_k8.png").exists() and len(lines) == 2
+    assert "b-k2 (the best trained method on the validation accuracy" in lines[0]
+
+
 def test_the_recipe_note_names_ste_only_when_it_runs():
     config = paper_table.load("alexnet")
     assert "STE" in paper_table.recipe_note(config)
@@ -132,6 +156,7 @@ def _check_outputs(dest: pathlib.Path) -> None:
         assert f"- {key}: `" in table
     results = json.loads((dest / "results.json").read_text())
     assert (dest / "accuracy_vs_bits.png").is_file()
+    assert (dest / "hist_best_k2.png").is_file() and "- K = 2: [hist_best_k2.png]" in table
     claim = (dest / "claim.md").read_text()
     assert "the paper's" in claim and paper_table.PAPER_STATEMENT in claim
     assert "STE on their levels for the last 100% of the phase" in claim
