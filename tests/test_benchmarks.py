@@ -85,6 +85,21 @@ def test_method_cost_smoke_gives_every_method_a_finite_positive_ratio(tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_method_cost_table_recipe_times_every_penalty_beside_ste_only(tmp_path):
+    argv = ["--smoke", "--table-recipe", "--regularizers", "sine:sum:unit,nearest:sum:unit"]
+    payload = method_cost.main([*argv, "--out", str(tmp_path / "m.json")])
+    methods = {r["method"] for r in payload["rows"]}
+    assert methods == {
+        "plain",
+        "sine (sum, unit) + ste1 (penalty kept)",
+        "nearest (sum, unit) + ste1 (penalty kept)",
+        "ste",
+        "dkm",
+    }
+    assert payload["config"]["damped ste"].startswith("every regularizer entry")
+
+
 def test_run_all_lists_the_scripts_and_rejects_unknown_names():
     names = run_all.discover()
     assert "scaling" in names and "common" not in names and "run_all" not in names
