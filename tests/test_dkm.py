@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qareg_jax.contrib import dkm as D
+from qareg_jax.contrib import dkm_core
 
 
 def _w(shape, seed=0, scale=0.1):
@@ -65,7 +66,8 @@ def test_reference_gradient_matches_finite_differences():
 def test_centroids_are_weighted_means_and_weights_move_towards_them():
     w = jnp.concatenate([_w(300, 0, 0.01) - 0.5, _w(300, 1, 0.01) + 0.5])
     out, c = jax.jit(lambda w: D.dkm_layer(w, jnp.array([-0.3, 0.3]), 1e-3, 3))(w)
-    np.testing.assert_allclose(np.asarray(c), [float(w[:300].mean()), float(w[300:].mean())])
+    means = [float(w[:300].mean()), float(w[300:].mean())]
+    np.testing.assert_allclose(np.asarray(c), means, rtol=1e-6)
     # Hard clusters this far apart: every weight becomes its cluster's mean.
     np.testing.assert_allclose(np.asarray(out[:300]), float(c[0]), atol=1e-6)
 
@@ -92,7 +94,8 @@ def test_no_gradient_into_starting_centroids_and_bfloat16():
 
 
 def test_compiled_memory_is_far_below_n_times_k():
-    n, k = 1 << 18, 256
+    n, k = 1 << 19, 256  # N K above DIRECT_ELEMENTS: the default path works in blocks
+    assert n * k > dkm_core.DIRECT_ELEMENTS
     w, c = _w(n), jnp.linspace(-0.2, 0.2, k)
 
     def peak(fn):
@@ -103,6 +106,18 @@ def test_compiled_memory_is_far_below_n_times_k():
     nk_bytes = n * k * 4
     assert peak(D.dkm_layer_reference) > nk_bytes
     assert peak(D.dkm_layer) < nk_bytes / 8
+
+
+def test_small_layers_run_whole_by_default_with_the_reference_arithmetic():
+    # Below DIRECT_ELEMENTS the default skips the blocks (and their recomputation in the
+    # backward pass): bit-equal to the reference, where blocks only agree to rounding.
+    w, c = _w((300, 70)), jnp.linspace(-0.15, 0.15, 4)
+    ours, ref = D.dkm_layer(w, c, 1e-3, 3), D.dkm_layer_reference(w, c, 1e-3, 3)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    blocked = D.dkm_layer(w, c, 1e-3, 3, block_size=1000)[0]
+    assert not np.array_equal(np.asarray(blocked), np.asarray(ref[0]))
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(ref[0]), rtol=1e-5, atol=1e-6)
 
 
 _SNAP_N = 300

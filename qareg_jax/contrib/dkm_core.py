@@ -13,7 +13,9 @@ weight to its nearest centroid (at most ``K`` distinct values).
 Memory. The reference implementation (:func:`dkm_layer_reference`) builds the
 ``N x K`` matrix ``A``, and reverse-mode autodiff keeps several of them per
 iteration: 8M weights at K = 256 need tens of GB. :func:`dkm_layer` computes
-the same formulas on blocks of ``block_size`` weights: ``sum_i a_ik`` and
+the same formulas on blocks of ``block_size`` weights when the layer is large
+(``N K > 2**26`` by default; below that the whole layer at once is about 2x faster and
+its few ``N x K`` arrays fit in memory): ``sum_i a_ik`` and
 ``sum_i a_ik w_i`` are accumulated block by block (``lax.map`` over the blocks),
 ``W~`` is produced block by block, and every block computation is wrapped in
 ``jax.checkpoint`` so that the backward pass recomputes the block's ``A`` instead
@@ -37,6 +39,10 @@ from ..validation import check_float_array, check_k, check_positive
 Array = jax.Array
 # Default block: about this many (weight, centroid) pairs per block (2 MB of float32).
 _BLOCK_ELEMENTS = 1 << 19
+# Default: no blocks up to this many (weight, centroid) pairs (256 MB per N x K float32
+# array; AlexNet's 16.8M-weight fc2 at K <= 4), where blocking and its recomputation in the
+# backward pass cost about 2x the time on a CPU.
+DIRECT_ELEMENTS = 1 << 26
 
 
 def _check_iters(iters: object) -> int:
@@ -123,7 +129,9 @@ def dkm_layer(
       centroids: starting centroids, shape ``(K,)``, ``K >= 2`` (no gradient flows into them).
       tau: temperature > 0 in squared-weight units (a float or a traced scalar).
       iters: DKM iterations (>= 1), differentiated through.
-      block_size: weights per block (default ``2**19 // K``); smaller saves memory.
+      block_size: weights per block; smaller saves memory. Default: the whole layer at
+        once when ``N K <= DIRECT_ELEMENTS`` (the arithmetic of
+        :func:`dkm_layer_reference`), else ``2**19 // K``.
 
     Returns:
       ``(w_soft, new_centroids)``: ``w_soft`` has the shape and dtype of ``w`` and is
@@ -140,6 +148,8 @@ def dkm_layer(
     c = check_centroids(centroids)
     check_positive(tau, "tau")
     iters = _check_iters(iters)
+    if block_size is None and w.size * c.shape[0] <= DIRECT_ELEMENTS:
+        return _direct(w, c, tau, iters)
     cd = jnp.promote_types(w.dtype, jnp.float32)
     blocks, rest = _split(w.astype(cd).ravel(), _block_size(block_size, c.shape[0]))
     tau = jnp.asarray(tau, cd)
@@ -166,7 +176,11 @@ def dkm_layer_reference(
     w = check_float_array(w, "w")
     c = check_centroids(centroids)
     check_positive(tau, "tau")
-    iters = _check_iters(iters)
+    return _direct(w, c, tau, _check_iters(iters))
+
+
+def _direct(w: Array, c: Array, tau: float | Array, iters: int) -> tuple[Array, Array]:
+    """The DKM iterations on the whole layer (the full ``N x K`` matrix), checked inputs."""
     cd = jnp.promote_types(w.dtype, jnp.float32)
     wf = w.astype(cd).ravel()
     tau = jnp.asarray(tau, cd)
@@ -174,6 +188,5 @@ def dkm_layer_reference(
     for _ in range(iters):
         a = _soft_assign(wf, c, tau)
         c = _update(c, jnp.sum(a, axis=0), jnp.dot(a.T, wf, precision="highest"))
-    return jnp.dot(a, c, precision="highest").reshape(w.shape).astype(
-        w.dtype
-    ), jax.lax.stop_gradient(c)
+    w_soft = jnp.dot(a, c, precision="highest").reshape(w.shape).astype(w.dtype)
+    return w_soft, jax.lax.stop_gradient(c)
