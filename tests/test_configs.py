@@ -48,3 +48,12 @@ def test_a_config_file_leaves_sys_path_as_it_was():
     before = list(sys.path)
     load_config(CONFIGS / "vgg16_cifar10.py")
     assert sys.path == before
+
+
+def test_the_per_channel_ste_row_differs_from_the_table_s_ste_only_in_its_codebooks():
+    table = load_config(CONFIGS / "paper_alexnet.py")
+    channel = load_config(CONFIGS / "paper_alexnet_channel_ste.py")
+    method_only = {"regularizers", "baselines", "qat", "freeze_reps", "penalty_normalize", "ks"}
+    assert _differences(table, channel) == method_only | {"finetune_lr", "group_size"}
+    assert channel.qat == ("ste",) and channel.group_size == 1 and 4 in channel.ks
+    assert channel.finetune_lr["ste"] == table.finetune_lr["ste"]
