@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from qareg_jax.contrib import dkm
+from qareg_jax.contrib import dkm, dkm_core
 
 
 def _blocked(w: jax.Array, c: jax.Array, tau: float, iters: int) -> tuple[jax.Array, jax.Array]:
     # The block size that dkm_layer's default takes above DIRECT_ELEMENTS, at every size.
-    return dkm.dkm_layer(w, c, tau, iters, block_size=max(1, (1 << 19) // c.shape[0]))
+    return dkm.dkm_layer(w, c, tau, iters, block_size=dkm_core._block_size(None, c.shape[0]))
 
 
 IMPLS = {"blocked": _blocked, "reference": dkm.dkm_layer_reference}
