@@ -154,3 +154,16 @@ def test_kmeans_benchmark_with_kmeans1d_is_near_its_optimum_and_skips_large_work
     assert 1 - 1e-9 <= ran["inertia_ratio_ours_over_kmeans1d"] <= 1 + 1e-3
     assert "kmeans1d-max-work" in skipped["kmeans1d"]["skipped"]
     assert skipped["speedup_kmeans1d_over_ours"] is None
+
+
+def test_method_cost_table_regularizers_match_the_paper_table_config():
+    """``--table-recipe``'s default list times what ``paper_alexnet.py`` trains: the same
+    regularizers, reduction and penalty normalization (the benchmark repeats them because it
+    cannot import the configs' sibling modules)."""
+    from qareg_jax.pipeline import load_config
+
+    table = load_config(REPO / "experiments" / "configs" / "paper_alexnet.py")
+    expected = ",".join(
+        f"{r}:{table.reduction}:{table.penalty_normalize}" for r in table.regularizers
+    )
+    assert method_cost.TABLE_REGULARIZERS == expected
