@@ -167,3 +167,10 @@ def test_method_cost_table_regularizers_match_the_paper_table_config():
         f"{r}:{table.reduction}:{table.penalty_normalize}" for r in table.regularizers
     )
     assert method_cost.TABLE_REGULARIZERS == expected
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--calls"])
+def test_method_cost_rejects_a_count_below_one(flag, capsys):
+    with pytest.raises(SystemExit):
+        method_cost.parse([flag, "0"])
+    assert f"{flag} must be >= 1" in capsys.readouterr().err
