@@ -75,8 +75,9 @@ def cost_table(path: str) -> str:
         "|---|---:|---:|---:|",
     ]
     for r in bench["rows"]:
-        k = r.get("k", "-")
-        lines.append(f"| {r['method']} | {k} | {r['time_ratio']:.2f} | {r['memory_ratio']:.2f} |")
+        k, mem = r.get("k", "-"), r.get("memory_ratio")  # None where XLA gives no analysis
+        mem = "-" if mem is None else f"{mem:.2f}"
+        lines.append(f"| {r['method']} | {k} | {r['time_ratio']:.2f} | {mem} |")
     return "\n".join(lines)
 
 

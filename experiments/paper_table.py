@@ -14,13 +14,15 @@ lives in ``--workdir`` (default ``runs/paper_<model>``; ``--resume`` continues i
 ``results.json`` and the plots, plus ``claim.md``: per K, the ratio of each regularizer's
 pre-tuning accuracy to each post-training baseline's, next to the paper's statement, and
 ``hist_best_k{2,4}.png``: the per-layer weight histograms with their levels of the best
-trained method at K = 2 and 4 (chosen on the validation split).
+trained method at K = 2 and 4 (chosen on the validation split). ``--method-cost JSON``
+adds the per-step time ratios of one ``benchmarks.method_cost`` run under the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import pathlib
 import shutil
 import sys
@@ -28,7 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from experiments import run_table
+from experiments import combine, run_table
 from qareg_jax import cli, provenance, report, train
 from qareg_jax.pipeline.workdir import WorkdirError
 
@@ -225,6 +227,18 @@ def best_histograms(
     return lines
 
 
+def method_cost_section(path: str, model: str) -> str:
+    """The time ratios of a ``benchmarks.method_cost`` result as markdown, checked to be
+    of ``model`` (a ``ValueError`` otherwise): the table's step / plain column comes from
+    its own, possibly shared, machine; this one from one benchmark run."""
+    bench = json.loads(pathlib.Path(path).read_text())
+    if bench.get("benchmark") != "method_cost":
+        raise ValueError("not a benchmarks.method_cost result")
+    if bench["config"]["model"] != model:
+        raise ValueError(f"it times model {bench['config']['model']!r}, the table is {model!r}")
+    return combine.cost_table(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=MODELS)
@@ -238,12 +252,23 @@ def main(argv: list[str] | None = None) -> int:
         help="start from the full-precision models of these runs (same pretraining settings)",
     )
     parser.add_argument("--tiny", action="store_true", help="tiny setting (tests, CPU)")
+    parser.add_argument(
+        "--method-cost",
+        metavar="JSON",
+        help="a benchmarks.method_cost result for this model (e.g. benchmarks/results/"
+        "method_cost_alexnet_table.json): its per-step time ratios go under the table",
+    )
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("give --resume or --overwrite, not both")
 
     config = load(args.model, args.tiny)
+    if args.method_cost:
+        try:
+            cost = method_cost_section(args.method_cost, config.model)
+        except (OSError, ValueError, KeyError) as e:
+            parser.error(f"--method-cost {args.method_cost}: {e}")
     name = f"paper_{args.model}" + ("_tiny" if args.tiny else "")
     workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
     start, commit = time.perf_counter(), provenance.git_commit()
@@ -271,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             f.write(
                 "\nPer-layer weight histograms with their levels:\n\n" + "\n".join(hists) + "\n"
             )
+        if args.method_cost:
+            f.write(f"\n{cost}\n")
     claim = write_claim(
         results["rows"], args.model, config, record, dest,
         tiny=args.tiny, shorten=shorten,

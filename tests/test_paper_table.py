@@ -182,8 +182,39 @@ def test_tiny_end_to_end_on_fake_data_then_resume(tmp_path, fake_cifar, monkeypa
     # --resume reads the finished run back and rewrites the same claim.
     before = (dest / "claim.md").read_text().split("**The paper's")[1]
     argv = ["--model", "alexnet", "--tiny", "--workdir", str(tmp_path / "run"), "--resume"]
+    cost = _method_cost_json(tmp_path / "cost.json", "small")
+    argv += ["--method-cost", str(cost)]
     assert paper_table.main([*argv, "--results", str(tmp_path / "results")]) == 0
     assert (dest / "claim.md").read_text().split("**The paper's")[1] == before
+    table = (dest / "table.md").read_text()
+    assert "Time per step relative to the plain step" in table and "| ste | 2 | 1.30 | - |" in table
+
+
+def _method_cost_json(path: pathlib.Path, model: str) -> pathlib.Path:
+    machine = {"date": "2026-12-05T00:00:00+00:00", "machine": "test", "git_commit": "abc"}
+    rows = [
+        {"method": "plain", "time_ratio": 1.0, "memory_ratio": 1.0},
+        {"method": "ste", "k": 2, "time_ratio": 1.3, "memory_ratio": None},
+    ]
+    payload = {"benchmark": "method_cost", "machine": machine, "config": {"model": model}}
+    path.write_text(json.dumps({**payload, "rows": rows}))
+    return path
+
+
+def test_method_cost_of_another_model_or_file_is_refused_before_any_training(tmp_path, capsys):
+    cost = _method_cost_json(tmp_path / "cost.json", "cifar_vgg")
+    argv = ["--model", "alexnet", "--workdir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit):
+        paper_table.main([*argv, "--method-cost", str(cost)])
+    assert "times model 'cifar_vgg', the table is 'alexnet'" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"benchmark": "hist"}))
+    with pytest.raises(SystemExit):
+        paper_table.main([*argv, "--method-cost", str(tmp_path / "other.json")])
+    assert "not a benchmarks.method_cost result" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paper_table.main([*argv, "--method-cost", str(tmp_path / "missing.json")])
+    assert "--method-cost" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
