@@ -12,6 +12,11 @@ pretraining); a finished variant is read back, an interrupted one continues with
 ``search.json`` are rewritten: one line per (variant, method, K), the best line per K by
 validation accuracy after fine-tuning marked with ``*``. Choices are made on the
 validation columns only; the test columns are there for the report.
+
+``--reuse VARIANT RUNDIR`` reads VARIANT's finished stages from another run of the same
+settings (``RUNDIR/stages/*.json``, e.g. the paper table's rows) instead of training them:
+those the variant plans are copied into its run directory, which then resumes; config fields that
+differ from RUNDIR's are printed.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import argparse
 import importlib
 import json
 import pathlib
+import shutil
 import sys
 from typing import Any
 
 import numpy as np
 
 from qareg_jax import cli, provenance, train
+from qareg_jax.pipeline import stages
+from qareg_jax.pipeline import workdir as workdirs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COLUMNS = (
@@ -103,6 +111,33 @@ def search_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def reuse_stages(workdir: pathlib.Path, config: train.Config, rundir: pathlib.Path) -> list[str]:
+    """Make ``workdir`` a run of ``config`` holding ``rundir``'s finished stages that
+    ``config`` plans (record, metrics and model; none it already has), so that resuming it
+    reads them back. Returns the copied stage names; prints the config fields where
+    ``rundir`` differs."""
+    stored = json.loads((rundir / "config.json").read_text()).get("config", {})
+    old, new = {**train.Config().to_dict(), **stored}, config.to_dict()  # defaults: new fields
+    diff = "; ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
+    print(f"reusing {rundir}/stages; its config differs in: {diff or 'nothing'}", flush=True)
+    resume = (workdir / "config.json").exists()
+    workdirs.prepare_workdir(workdir, config, resume=resume)
+    (workdir / "stages").mkdir(exist_ok=True)
+    planned, copied = {s.name for s in stages.planned_stages(config)}, []
+    for src in sorted((rundir / "stages").glob("*.json")):
+        dst = workdir / "stages" / src.name
+        if src.stem not in planned or dst.exists():
+            continue
+        model = json.loads(src.read_text()).get("model_file")
+        for rel in (f"metrics/{src.stem}.jsonl", model):
+            if rel and (rundir / rel).is_file():
+                (workdir / rel).parent.mkdir(exist_ok=True)
+                shutil.copy2(rundir / rel, workdir / rel)
+        shutil.copy2(src, dst)  # last: a stage counts as finished once its record is there
+        copied.append(src.stem)
+    return copied
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="a search config: get_config() and get_variants()")
@@ -113,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="results name (default: the config file's stem)")
     parser.add_argument("--only", nargs="+", help="run only these variants")
     parser.add_argument("--resume", action="store_true", help="continue interrupted variants")
+    parser.add_argument(
+        "--reuse",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("VARIANT", "RUNDIR"),
+        help="read VARIANT's finished stages from RUNDIR (a run of the same settings)",
+    )
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
 
@@ -120,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.only or ()) - set(variants))
     if unknown:
         parser.error(f"--only {unknown}: not in the variants ({', '.join(variants)})")
+    reuse = {v: pathlib.Path(d) for v, d in args.reuse}
+    for variant, rundir in reuse.items():
+        if variant not in variants:
+            parser.error(f"--reuse {variant}: not in the variants ({', '.join(variants)})")
+        if not (rundir / "config.json").is_file() or not (rundir / "stages").is_dir():
+            parser.error(f"--reuse {variant} {rundir}: not a run directory (config.json, stages/)")
     name = args.name or pathlib.Path(args.config).stem
     parent = pathlib.Path(args.workdir or ROOT / "runs" / name)
     dest = pathlib.Path(args.results) / name
@@ -135,10 +184,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         else:
             print(f"== {variant}: {changes}", flush=True)
+            config = base.replace(**changes)
+            resume = args.resume and (workdir / "config.json").exists()
+            if variant in reuse:
+                print(f"read back: {reuse_stages(workdir, config, reuse[variant])}", flush=True)
+                resume = True
             results = train.train_and_evaluate(
-                base.replace(**changes),
+                config,
                 workdir,
-                resume=args.resume and (workdir / "config.json").exists(),
+                resume=resume,
                 pretrained_from=args.pretrained_from,
             )
         for row in results["rows"]:

@@ -96,6 +96,28 @@ def test_a_tiny_search_runs_marks_the_best_on_validation_and_reads_back(tmp_path
     with pytest.raises(SystemExit):
         recipe_search.main([*argv, "--only", "c"])
     assert "not in the variants (a, b)" in capsys.readouterr().err
+    # --reuse: a new search reads variant a's rows from the first search's run, training
+    # only b (a's run directory gets a's records and models; it pretrains, no more).
+    argv2 = [str(tmp_path / "tiny_search.py"), "--workdir", str(tmp_path / "runs2")]
+    argv2 += ["--results", str(tmp_path / "results2"), "--reuse", "a", str(tmp_path / "runs/a")]
+    (tmp_path / "runs/a/stages/reg-wells-k9.json").write_text("{}")  # not planned: left there
+    assert recipe_search.main(argv2) == 0
+    rows2 = json.loads((tmp_path / "results2/tiny_search/search.json").read_text())["rows"]
+    strip = ("wall_s", "step_s", "step_rel")  # timings
+    assert [{k: v for k, v in r.items() if k not in strip} for r in rows2] == [
+        {k: v for k, v in r.items() if k not in strip} for r in rows
+    ]
+    assert not (tmp_path / "runs2/a/checkpoints/reg-nearest-k2").exists()
+    assert (tmp_path / "runs2/b/checkpoints/reg-nearest-k2").is_dir()
+    assert (tmp_path / "runs2/a/models/reg-nearest-k2.qareg").is_file()
+    assert not (tmp_path / "runs2/a/stages/reg-wells-k9.json").exists()
+    out = capsys.readouterr().out
+    assert "its config differs in: nothing" in out
+    for bad, why in ((["c", str(tmp_path)], "not in the variants"),
+                     (["a", str(tmp_path / "none")], "not a run directory")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            recipe_search.main([*argv2, "--reuse", *bad])
+        assert why in capsys.readouterr().err
 
 
 def _random_images(n_train: int, n_test: int) -> data.Dataset:

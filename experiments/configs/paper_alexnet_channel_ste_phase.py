@@ -9,9 +9,9 @@ and the per-channel recipe gained 0.8 points from 3x longer phases
     python -m experiments.recipe_search experiments/configs/paper_alexnet_channel_ste_phase.py \\
         --pretrained-from RUNDIR_OF_THE_FP_ALEXNET
 
-``phases1x`` is ``paper_alexnet_channel_ste``'s K = 4 run (copy its stage file to
-``<workdir>/phases1x/stages/`` and it is read back). CPU alone on a 2-core EPYC: ~20 min
-(1x) and ~60 min (3x).
+``phases1x`` is ``paper_alexnet_channel_ste``'s K = 4 run: add ``--reuse phases1x
+RUNDIR_OF_THAT_RUN`` and it is read back instead of trained. CPU alone on a 2-core EPYC:
+~20 min (1x) and ~60 min (3x).
 """
 
 import paper_alexnet_channel_ste

@@ -14,9 +14,9 @@ optimal quantizer of a Gaussian puts them (the weights are close to one): at K =
 k-means centroids ``+- 0.8 std``, at K = 4 the uniform grid ``+- 0.5, +- 1.5 std``. Sine's
 levels include both ends of ``[a, b]`` and cosine's are the centres of K equal bins, so the
 same levels need ``s`` = 0.8 / 1.6 (sine / cosine) at K = 2 and 1.5 / 2.0 at K = 4. The
-``minmax`` variants are the table's own rows: copy its stage files
-(``reg-{sine,cosine}-ste1-k{2,4}.json``) into ``<workdir>/minmax/stages/`` and they are read
-back. CPU: ~20 min per new variant on a 2-core EPYC beside another run.
+``minmax`` variant is the table's own rows: add ``--reuse minmax RUNDIR_OF_THE_TABLE`` and
+its ``reg-{sine,cosine}-ste1-k{2,4}`` stages are read back instead of trained. CPU: ~20 min
+per new variant on a 2-core EPYC beside another run.
 """
 
 import paper_alexnet
