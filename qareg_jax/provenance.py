@@ -9,6 +9,7 @@ Every result file (experiment tables, benchmark JSON) records the same fields::
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 import shlex
@@ -18,8 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
-__all__ = ["device_name", "git_commit", "git_dirty_files", "machine", "record", "utc_now"]
+__all__ = [
+    "device_name",
+    "git_commit",
+    "git_dirty_files",
+    "machine",
+    "record",
+    "tree_digest",
+    "utc_now",
+]
 
 # The repository holding this package (its checkout, when installed editable).
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -99,3 +109,18 @@ def record(command: str | None = None) -> dict[str, Any]:
             argv[:1] = ["-m", spec.name.removesuffix(".__main__")]
         command = shlex.join([Path(sys.executable).name, *argv])
     return {"command": command, "date": utc_now(), "machine": machine(), "git_commit": git_commit()}
+
+
+def tree_digest(tree: Any) -> str:
+    """A short hex digest of a pytree of arrays: its paths, dtypes, shapes and bytes.
+
+    Two trees have the same digest iff (up to hash collisions) they hold the same values,
+    bit for bit, at the same paths: a run records the digest of the full-precision model
+    every stage started from, so that stages of two different models are never mixed.
+    """
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]

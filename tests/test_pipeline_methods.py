@@ -251,10 +251,12 @@ def test_stage_plan_and_old_rows_without_the_new_fields():
     ]  # fmt: skip
     fields = {f.name for f in dataclasses.fields(pipeline.StageResult)}
     old = {name: 0 for name in fields} | {"histograms": None}
-    for name in ("seed", "step_s", "step_rel", "acc_val_fp", "acc_val_pre", "acc_val_post"):
+    for name in (
+        "seed", "step_s", "step_rel", "acc_val_fp", "acc_val_pre", "acc_val_post", "fp_digest"
+    ):  # fmt: skip
         del old[name]
     row = pipeline.StageResult.from_json(old)
-    assert row.seed is None and row.acc_val_pre is None
+    assert row.seed is None and row.acc_val_pre is None and row.fp_digest is None
     assert "(val)" not in report.markdown_table([row.to_json()])
 
 

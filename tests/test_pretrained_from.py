@@ -181,3 +181,50 @@ def test_a_folder_dataset_is_known_by_its_file_name_not_its_directory(tmp_path):
         check_pretrained_source(src, other)
     with pytest.raises(WorkdirError, match="pretrained differently"):
         check_pretrained_source(src, here.replace(dataset="digits"))
+
+
+def test_a_stage_record_of_another_full_precision_model_is_refused(tmp_path, source):
+    # Two runs of TARGET from the source's seed 1 and seed 0 models: the same stages, but
+    # another model under each; seed 1's record moved into seed 0's run must not be read.
+    path, _ = source
+    runs = {}
+    for seed in (1, 0):
+        runs[seed] = tmp_path / f"s{seed}"
+        pipeline.train_and_evaluate(
+            TARGET.replace(seed=seed), runs[seed], progress=False, pretrained_from=path
+        )
+    fp = {s: json.loads((runs[s] / "stages/pretrain.json").read_text()) for s in runs}
+    assert fp[0]["digest"] != fp[1]["digest"]
+    foreign = json.loads((runs[1] / "stages/reg-nearest-k2.json").read_text())
+    assert foreign["fp_digest"] == fp[1]["digest"]
+    stage = runs[0] / "stages/reg-nearest-k2.json"
+
+    def resume():
+        return pipeline.train_and_evaluate(
+            TARGET.replace(seed=0), runs[0], progress=False, resume=True, stop_after=1
+        )
+
+    stage.write_text(json.dumps(foreign))
+    with pytest.raises(WorkdirError, match=f"digest {foreign['fp_digest']} vs {fp[0]['digest']}"):
+        resume()
+    # A record written before digests is known by the full-precision accuracy it records.
+    stage.write_text(json.dumps({**foreign, "fp_digest": None, "acc_fp": fp[0]["acc_fp"] + 0.01}))
+    with pytest.raises(WorkdirError, match="another full-precision model .*test accuracy"):
+        resume()
+    stage.write_text(json.dumps({**foreign, "fp_digest": None, "acc_fp": fp[0]["acc_fp"]}))
+    assert resume()["rows"][0]["acc_post"] == foreign["acc_post"]  # read back, not trained
+
+
+def test_a_pretraining_record_of_another_checkpoint_is_refused(tmp_path, source):
+    path, _ = source
+    run = tmp_path / "t"
+    pipeline.train_and_evaluate(TARGET, run, progress=False, pretrained_from=path)
+    record = run / "stages/pretrain.json"
+    stored = json.loads(record.read_text())
+    record.write_text(json.dumps({k: v for k, v in stored.items() if k != "digest"}))
+    again = pipeline.train_and_evaluate(TARGET, run, progress=False, resume=True, stop_after=1)
+    assert json.loads(record.read_text())["digest"] == stored["digest"]  # recorded anew
+    assert again["rows"][0]["fp_digest"] == stored["digest"]
+    record.write_text(json.dumps({**stored, "digest": "0" * 16}))
+    with pytest.raises(WorkdirError, match="mixes two runs"):
+        pipeline.train_and_evaluate(TARGET, run, progress=False, resume=True, stop_after=1)

@@ -21,6 +21,7 @@ class Pretrained:
       wall_s: seconds the pretraining took (in the run that did it).
       step_s: median seconds per plain training step (None: not timed).
       acc_val_fp: validation accuracy (None without a validation split).
+      digest: ``provenance.tree_digest`` of ``variables`` (None: not computed).
     """
 
     variables: dict[str, Any]
@@ -28,6 +29,7 @@ class Pretrained:
     wall_s: float
     step_s: float | None = None
     acc_val_fp: float | None = None
+    digest: str | None = None
 
     def to_json(self) -> dict[str, float | None]:
         """``stages/pretrain.json`` and the results' ``"pretrain"`` entry."""
@@ -36,6 +38,7 @@ class Pretrained:
             "wall_s": self.wall_s,
             "step_s": self.step_s,
             "acc_val_fp": self.acc_val_fp,
+            "digest": self.digest,
         }
 
 
@@ -81,6 +84,8 @@ class StageResult:
         the real packed file, never more); None in other stages.
       layer_ks: a budget stage's K per layer, ``{"params/conv1/kernel": K}`` (the packed
         file's paths, as in ``budget/plan.json``); None in other stages.
+      fp_digest: the ``Pretrained.digest`` of the model the stage started from (None in
+        rows written before digests existed).
     """
 
     model: str
@@ -114,6 +119,7 @@ class StageResult:
     acc_val_post: float | None = None
     budget_bytes: int | None = None
     layer_ks: dict[str, int] | None = None
+    fp_digest: str | None = None
 
     def to_json(self, *, histograms: bool = True) -> dict[str, Any]:
         """The JSON row (field order = column order of ``table.csv``)."""

@@ -236,18 +236,43 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def _pretrained(ctx: Context, stages_dir: pathlib.Path) -> Pretrained:
-    """Pretraining (restored from its checkpoint when finished), with the first run's row."""
+    """Pretraining (restored from its checkpoint when finished), with the first run's row.
+
+    Raises WorkdirError when the row records another model's digest than the checkpoint's.
+    """
     fp = pretrain(ctx)
     fp_file = stages_dir / f"{ctx.stage_id('pretrain')}.json"
     if fp_file.exists():  # keep the first run's wall and step times
         stored = json.loads(fp_file.read_text())
+        if stored.get("digest", fp.digest) != fp.digest:
+            raise WorkdirError(
+                f"{str(fp_file)!r} records the full-precision model {stored['digest']}, but "
+                f"the checkpoint beside it holds {fp.digest}: the run directory mixes two runs"
+            )
         fp = dataclasses.replace(
             fp, acc_fp=stored["acc_fp"], wall_s=stored["wall_s"], step_s=stored.get("step_s")
         )
+        if "digest" not in stored:  # a row written before digests: record the checkpoint's
+            _write_atomic(fp_file, json.dumps({**stored, "digest": fp.digest}) + "\n")
     else:
         fp_file.parent.mkdir(parents=True, exist_ok=True)
         fp_file.write_text(json.dumps(fp.to_json()) + "\n")
     return fp
+
+
+def _check_same_fp(stage_file: pathlib.Path, result: StageResult, fp: Pretrained) -> None:
+    """Refuse (WorkdirError) a stage record written from another full-precision model than
+    ``fp`` (e.g. copied from a run whose pretraining differs): by digest, or by accuracy
+    for records written before digests."""
+    by_digest = result.fp_digest is not None and fp.digest is not None
+    recorded, mine = (result.fp_digest, fp.digest) if by_digest else (result.acc_fp, fp.acc_fp)
+    if recorded != mine:
+        what = "digest" if by_digest else "test accuracy"
+        raise WorkdirError(
+            f"{str(stage_file)!r} was written from another full-precision model than this "
+            f"run's ({what} {recorded} vs {mine}): move it out of the run directory and the "
+            "stage trains again from this run's model"
+        )
 
 
 def _check_before_training(config: Config, model: Any, ds: data.Dataset, compiled: dict) -> None:
@@ -289,6 +314,7 @@ def _run_seed(
         stage_file = stages_dir / f"{ctx.stage_id(stage.name)}.json"
         if stage_file.exists():
             result = StageResult.from_json(json.loads(stage_file.read_text()))
+            _check_same_fp(stage_file, result, fp)
         else:
             result = run_stage(ctx, fp, stage)
             _write_atomic(stage_file, json.dumps(result.to_json()) + "\n")

@@ -35,6 +35,7 @@ from ..codebook import QuantSpec, attach, check_schedules, levels, make_specs
 from ..contrib import dkm
 from ..finetune import assignments_by_path, finetune_specs, quantized_finetune
 from ..paths import named_leaves, replace_leaves
+from ..provenance import tree_digest
 from ..qat import ste
 from ..snap import check_snappable, snap
 from .budget_plan import planned_ks
@@ -77,7 +78,8 @@ def pretrain(ctx: Context) -> Pretrained:
     acc_val = ctx.val_accuracy(state.params["model"], state.model_state)
     fp = variables(state.params["model"], state.model_state)
     step_s = ctx.step_times.get((ctx.stage_id("pretrain"), "train"))
-    return Pretrained(fp, acc, time.perf_counter() - t0, step_s, acc_val)
+    digest = tree_digest(fp)
+    return Pretrained(fp, acc, time.perf_counter() - t0, step_s, acc_val, digest)
 
 
 # ------------------------------------------------------------------ fine-tune and pack
@@ -169,6 +171,7 @@ def _result(
         step_s=step_s,
         step_rel=step_s / fp.step_s if step_s and fp.step_s else None,
         acc_val_fp=fp.acc_val_fp,
+        fp_digest=fp.digest,
     )
 
 
