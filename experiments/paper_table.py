@@ -16,6 +16,8 @@ pre-tuning accuracy to each post-training baseline's, next to the paper's statem
 ``hist_best_k{2,4}.png``: the per-layer weight histograms with their levels of the best
 trained method at K = 2 and 4 (chosen on the validation split). ``--method-cost JSON``
 adds the per-step time ratios of one ``benchmarks.method_cost`` run under the table.
+``--partial`` writes the same files from the stages finished so far, without training
+(a run of hours in progress, or stopped), marked as partial.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Any
 
 from experiments import combine, run_table
 from qareg_jax import cli, provenance, report, train
-from qareg_jax.pipeline.workdir import WorkdirError
+from qareg_jax.pipeline import planned_stages
+from qareg_jax.pipeline.workdir import WorkdirError, prepare_workdir
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "experiments" / "configs"
@@ -134,6 +137,31 @@ def claim_lines(rows: Sequence[dict[str, Any]], model: str) -> list[str]:
     return lines
 
 
+def partial_results(config: train.Config, workdir: pathlib.Path) -> dict[str, Any]:
+    """The results of the stages finished so far by the run of ``config`` in ``workdir``,
+    without training: its pretraining row, the finished planned stages' rows and
+    ``"partial"``: ``"<n> of <m> stages"``.
+
+    Raises:
+      WorkdirError: ``workdir`` holds no run, or a run of another config.
+    """
+    if not (workdir / "config.json").is_file():
+        raise WorkdirError(f"workdir {str(workdir)!r} holds no run; nothing to report")
+    prepare_workdir(workdir, config, resume=True)  # the same config; writes nothing
+    seeds = config.seed_list
+    subs = {s: f"seed-{s}/" if len(seeds) > 1 else "" for s in seeds}
+    planned = [subs[s] + stage.name for s in seeds for stage in planned_stages(config)]
+    rows = [r for r in report.load_rows(workdir)[0] if r["stage"] in planned]
+    fp_file = workdir / "stages" / f"{subs[seeds[0]]}pretrain.json"
+    return {
+        "config": config.to_dict(),
+        "pretrain": json.loads(fp_file.read_text()) if fp_file.is_file() else None,
+        "seeds": list(seeds),
+        "rows": sorted(rows, key=lambda r: planned.index(r["stage"])),
+        "partial": f"{len(rows)} of {len(planned)} stages",
+    }
+
+
 def write_claim(
     rows: Sequence[dict[str, Any]],
     model: str,
@@ -143,9 +171,11 @@ def write_claim(
     *,
     tiny: bool = False,
     shorten: int | None = None,
+    partial: str | None = None,
 ) -> pathlib.Path:
     """Write ``dest/claim.md`` (provenance header, the paper's statement labelled as the
-    paper's, then :func:`claim_lines`)."""
+    paper's, then :func:`claim_lines`); ``partial``: "<n> of <m> stages" of a run in
+    progress."""
     header = [f"- {key}: `{value}`" for key, value in record.items()]
     head = [
         f"# The paper's claim, tested: {model} on {config.dataset_label or config.dataset}",
@@ -162,6 +192,8 @@ def write_claim(
     ]
     if tiny:
         head += ["**Tiny setting (`--tiny`): a test of the code path, not a result.**", ""]
+    if partial:
+        head += [f"**Partial: the {partial} finished so far; the run goes on.**", ""]
     path = dest / "claim.md"
     path.write_text("\n".join(head + claim_lines(rows, model)).rstrip() + "\n")
     return path
@@ -253,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny setting (tests, CPU)")
     parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="write the results of the stages finished so far in --workdir; no training",
+    )
+    parser.add_argument(
         "--method-cost",
         metavar="JSON",
         help="a benchmarks.method_cost result for this model (e.g. benchmarks/results/"
@@ -262,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("give --resume or --overwrite, not both")
+    if args.partial and (args.resume or args.overwrite or args.pretrained_from):
+        parser.error("--partial reads the run in --workdir: no --resume, --overwrite or "
+                     "--pretrained-from")  # fmt: skip
 
     config = load(args.model, args.tiny)
     if args.method_cost:
@@ -273,20 +313,31 @@ def main(argv: list[str] | None = None) -> int:
     workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
     start, commit = time.perf_counter(), provenance.git_commit()
     try:
-        results = train.train_and_evaluate(
-            config,
-            workdir,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            pretrained_from=args.pretrained_from,
-        )
+        if args.partial:
+            results = partial_results(config, workdir)
+        else:
+            results = train.train_and_evaluate(
+                config,
+                workdir,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                pretrained_from=args.pretrained_from,
+            )
     except WorkdirError as e:  # raised before any data is read or any training
         hint = (
             " (--tiny pretrains its own tiny model)" if args.tiny and args.pretrained_from else ""
         )
-        parser.error(f"{e}{hint}")
+        parser.error(f"{'--partial: ' if args.partial else ''}{e}{hint}")
+    if args.partial and not results["rows"]:
+        parser.error(f"--partial: no stage of {str(workdir)!r} has finished yet")
     dest = pathlib.Path(args.results) / name
-    table, record = run_table.write_results(config, workdir, results, dest, start, commit)
+    began = None if args.partial else start
+    table, record = run_table.write_results(config, workdir, results, dest, began, commit)
+    if args.partial:
+        text = (dest / "table.md").read_text()
+        (dest / "table.md").write_text(
+            f"# Partial: {results['partial']} finished; the run goes on\n\n{text}"
+        )
     shorten = None if args.tiny else shorten_factor(config_path(args.model))
     note = phases_note(config, shorten)
     hists = best_histograms(results["rows"], workdir, dest)
@@ -300,11 +351,12 @@ def main(argv: list[str] | None = None) -> int:
             f.write(f"\n{cost}\n")
     claim = write_claim(
         results["rows"], args.model, config, record, dest,
-        tiny=args.tiny, shorten=shorten,
+        tiny=args.tiny, shorten=shorten, partial=results.get("partial"),
     )  # fmt: skip
     print(table)
     print("\n" + claim.read_text())
-    print(f"written to {dest} in {record['wall_s']:.0f} s")
+    took = f" in {record['wall_s']:.0f} s" if "wall_s" in record else ""
+    print(f"written to {dest}{took}")
     return 0
 
 

@@ -84,25 +84,24 @@ def write_results(
     workdir: pathlib.Path,
     results: dict[str, Any],
     dest: pathlib.Path,
-    start: float,
+    start: float | None,
     commit: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Write the report of the finished run in ``workdir`` to ``dest``: ``table.md``
     (provenance header), ``table.csv``, ``results.json`` and the PNG plots (histograms of
     the first K only, or of the budget stages when ``config.ks`` is empty). ``start``:
-    ``time.perf_counter()`` when the run began; ``commit``: the git commit the run started
+    ``time.perf_counter()`` when the run began (None: no ``wall_s``, e.g. for a report of
+    a run in progress); ``commit``: the git commit the run started
     from (default: the current one), since a run of hours may outlive several commits.
 
     Returns ``(markdown table, provenance record)``.
     """
     out = report.write_report(workdir)
     record = provenance.record()
-    record = {
-        **record,
-        "git_commit": commit or record["git_commit"],
-        "wall_s": time.perf_counter() - start,
-        "workdir": str(workdir),
-    }
+    record = {**record, "git_commit": commit or record["git_commit"]}
+    if start is not None:
+        record["wall_s"] = time.perf_counter() - start
+    record["workdir"] = str(workdir)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "results.json").write_text(json.dumps({**record, **results}, indent=1) + "\n")
     header = "\n".join(f"- {key}: `{value}`" for key, value in record.items())

@@ -119,7 +119,14 @@ def test_argument_errors_are_clear(tmp_path, capsys):
     assert "holds no run" in err and "--tiny pretrains its own" in err
     with pytest.raises(SystemExit):
         paper_table.main(["--model", "vgg16", "--resume", "--overwrite"])
-    assert "not both" in capsys.readouterr().err
+    assert "give --resume or --overwrite, not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paper_table.main(["--model", "alexnet", "--partial", "--resume"])
+    assert "--partial reads the run in --workdir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paper_table.main(["--model", "alexnet", "--partial", "--workdir", str(tmp_path / "no")])
+    err = capsys.readouterr().err
+    assert "--partial: workdir" in err and "holds no run; nothing to report" in err
 
 
 def _fake_cifar_tarball(root: pathlib.Path, train: int = 30, test: int = 5) -> pathlib.Path:
@@ -188,6 +195,21 @@ def test_tiny_end_to_end_on_fake_data_then_resume(tmp_path, fake_cifar, monkeypa
     assert (dest / "claim.md").read_text().split("**The paper's")[1] == before
     table = (dest / "table.md").read_text()
     assert "Time per step relative to the plain step" in table and "| ste | 2 | 1.30 | - |" in table
+    # --partial: the stages finished so far of a run in progress, without training.
+    run = tmp_path / "run"
+    (run / "results.json").unlink()
+    for stage in ("qat-ste-k2", "ptq-binary-k2"):
+        (run / "stages" / f"{stage}.json").unlink()
+    argv = ["--model", "alexnet", "--tiny", "--workdir", str(run), "--partial"]
+    assert paper_table.main([*argv, "--results", str(tmp_path / "results")]) == 0
+    assert (dest / "table.md").read_text().startswith("# Partial: 3 of 5 stages finished")
+    results = json.loads((dest / "results.json").read_text())
+    assert [r["stage"] for r in results["rows"]] == [
+        "reg-sine-ste1-k2", "reg-nearest-ste1-k2", "ptq-kmeans-k2"
+    ]  # fmt: skip
+    assert results["partial"] == "3 of 5 stages" and "wall_s" not in results
+    assert "**Partial: the 3 of 5 stages finished so far" in (dest / "claim.md").read_text()
+    assert not (run / "stages/qat-ste-k2.json").exists()  # nothing trained
 
 
 def _method_cost_json(path: pathlib.Path, model: str) -> pathlib.Path:
