@@ -348,12 +348,15 @@ def _read_metrics(path: pathlib.Path, phase: str) -> list[dict[str, Any]]:
 
 def plot_training(
     workdir: pathlib.Path, rows: Sequence[dict[str, Any]], k: int | None, path: pathlib.Path
-) -> pathlib.Path:
+) -> pathlib.Path | None:
     """Regularized phase at ``k`` (None: the budget stages): task loss, regularizer and mean
-    distance to the levels (QAT phases: their task loss), the first seed's runs."""
+    distance to the levels (QAT phases: their task loss), the first seed's runs. None, and
+    no file, when no such stage has its metrics in ``workdir`` (e.g. stage records copied
+    without them)."""
     fig = Figure(figsize=(13, 4), layout="constrained")
     axes = fig.subplots(1, 3)
     first_seed = rows[0].get("seed") if rows else None
+    plotted = False
     for row in rows:
         if row.get("kind") not in ("regularizer", "qat") or row["k"] != k:
             continue
@@ -363,6 +366,7 @@ def plot_training(
         records = _read_metrics(workdir / "metrics" / f"{row['stage']}.jsonl", phase)
         if not records:
             continue
+        plotted = True
         steps = [r["step"] for r in records]
         axes[0].plot(steps, [r["task_loss"] for r in records], label=row["method"])
         if "layers" not in records[0]:  # QAT: no penalty
@@ -377,6 +381,8 @@ def plot_training(
         ax.grid(alpha=0.3)
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")
+    if not plotted:
+        return None
     axes[0].legend(fontsize=7)
     fig.suptitle(f"regularized training, {'budget (K per layer)' if k is None else f'K={k}'}")
     return _save(fig, path)
@@ -447,7 +453,8 @@ def write_report(workdir: str | os.PathLike) -> dict[str, Any]:
     ks = {r["k"] for r in trained}
     for k in sorted(ks - {None}) + ([None] if None in ks else []):
         name = "training_budget.png" if k is None else f"training_k{k}.png"
-        files.append(plot_training(path, rows, k, plots / name))
+        if (png := plot_training(path, rows, k, plots / name)) is not None:
+            files.append(png)
     for row in trained:
         full = json.loads((path / "stages" / f"{row['stage']}.json").read_text())
         if full.get("histograms"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from qareg_jax import report
 
 
@@ -67,3 +69,13 @@ def test_histograms_of_grouped_codebooks_draw_one_group(tmp_path):
     row = {"histograms": {"fc1": h}, "method": "nearest", "k": 2}
     out = report.plot_histograms(row, tmp_path / "h.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_plot_is_left_out_when_no_stage_has_its_metrics(tmp_path):
+    rows = [{**_row("ste", 2), "kind": "qat", "stage": "qat-ste-k2", "seed": 0}]
+    out = tmp_path / "training_k2.png"
+    assert report.plot_training(tmp_path, rows, 2, out) is None and not out.exists()
+    (tmp_path / "metrics").mkdir()
+    lines = [{"phase": "ste", "step": s, "task_loss": 2.0 - s / 10} for s in (1, 2, 3)]
+    (tmp_path / "metrics/qat-ste-k2.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    assert report.plot_training(tmp_path, rows, 2, out) == out and out.stat().st_size > 0
