@@ -271,7 +271,7 @@ def method_cost_section(path: str, model: str) -> str:
     return combine.cost_table(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--workdir", help="run directory (default: runs/paper_<model>)")
@@ -296,41 +296,36 @@ def main(argv: list[str] | None = None) -> int:
         "method_cost_alexnet_table.json): its per-step time ratios go under the table",
     )
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
-    args = parser.parse_args(argv)
-    if args.resume and args.overwrite:
-        parser.error("give --resume or --overwrite, not both")
-    if args.partial and (args.resume or args.overwrite or args.pretrained_from):
-        parser.error("--partial reads the run in --workdir: no --resume, --overwrite or "
-                     "--pretrained-from")  # fmt: skip
+    return parser
 
-    config = load(args.model, args.tiny)
-    if args.method_cost:
-        try:
-            cost = method_cost_section(args.method_cost, config.model)
-        except (OSError, ValueError, KeyError) as e:
-            parser.error(f"--method-cost {args.method_cost}: {e}")
-    name = f"paper_{args.model}" + ("_tiny" if args.tiny else "")
-    workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
-    start, commit = time.perf_counter(), provenance.git_commit()
-    try:
-        if args.partial:
-            results = partial_results(config, workdir)
-        else:
-            results = train.train_and_evaluate(
-                config,
-                workdir,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                pretrained_from=args.pretrained_from,
-            )
-    except WorkdirError as e:  # raised before any data is read or any training
-        hint = (
-            " (--tiny pretrains its own tiny model)" if args.tiny and args.pretrained_from else ""
-        )
-        parser.error(f"{'--partial: ' if args.partial else ''}{e}{hint}")
-    if args.partial and not results["rows"]:
-        parser.error(f"--partial: no stage of {str(workdir)!r} has finished yet")
-    dest = pathlib.Path(args.results) / name
+
+def _run(args: argparse.Namespace, config: train.Config, workdir: pathlib.Path) -> dict:
+    """The results: of the whole run (training what is not finished) or, with
+    ``--partial``, of the stages finished so far. WorkdirError before any work."""
+    if args.partial:
+        return partial_results(config, workdir)
+    return train.train_and_evaluate(
+        config,
+        workdir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        pretrained_from=args.pretrained_from,
+    )
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    config: train.Config,
+    workdir: pathlib.Path,
+    results: dict[str, Any],
+    start: float,
+    commit: str,
+    cost: str | None,
+) -> pathlib.Path:
+    """Write ``table.md`` (with its notes), ``table.csv``, ``results.json``, the plots and
+    ``claim.md`` to ``--results/paper_<model>[_tiny]``; print the table and the claim.
+    ``start``: when the run began (``time.perf_counter()``); ``commit``: its git commit."""
+    dest = pathlib.Path(args.results) / (f"paper_{args.model}" + ("_tiny" if args.tiny else ""))
     began = None if args.partial else start
     table, record = run_table.write_results(config, workdir, results, dest, began, commit)
     if args.partial:
@@ -339,15 +334,15 @@ def main(argv: list[str] | None = None) -> int:
             f"# Partial: {results['partial']} finished; the run goes on\n\n{text}"
         )
     shorten = None if args.tiny else shorten_factor(config_path(args.model))
-    note = phases_note(config, shorten)
     hists = best_histograms(results["rows"], workdir, dest)
     with open(dest / "table.md", "a") as f:
-        f.write(f"\n{note} Settings: `{config_path(args.model).relative_to(ROOT)}`.\n")
+        settings = config_path(args.model).relative_to(ROOT)
+        f.write(f"\n{phases_note(config, shorten)} Settings: `{settings}`.\n")
         if hists:
             f.write(
                 "\nPer-layer weight histograms with their levels:\n\n" + "\n".join(hists) + "\n"
             )
-        if args.method_cost:
+        if cost:
             f.write(f"\n{cost}\n")
     claim = write_claim(
         results["rows"], args.model, config, record, dest,
@@ -357,6 +352,37 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + claim.read_text())
     took = f" in {record['wall_s']:.0f} s" if "wall_s" in record else ""
     print(f"written to {dest}{took}")
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("give --resume or --overwrite, not both")
+    if args.partial and (args.resume or args.overwrite or args.pretrained_from):
+        parser.error("--partial reads the run in --workdir: no --resume, --overwrite or "
+                     "--pretrained-from")  # fmt: skip
+    config = load(args.model, args.tiny)
+    cost = None
+    if args.method_cost:
+        try:
+            cost = method_cost_section(args.method_cost, config.model)
+        except (OSError, ValueError, KeyError) as e:
+            parser.error(f"--method-cost {args.method_cost}: {e}")
+    name = f"paper_{args.model}" + ("_tiny" if args.tiny else "")
+    workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
+    start, commit = time.perf_counter(), provenance.git_commit()
+    try:
+        results = _run(args, config, workdir)
+    except WorkdirError as e:  # raised before any data is read or any training
+        hint = (
+            " (--tiny pretrains its own tiny model)" if args.tiny and args.pretrained_from else ""
+        )
+        parser.error(f"{'--partial: ' if args.partial else ''}{e}{hint}")
+    if args.partial and not results["rows"]:
+        parser.error(f"--partial: no stage of {str(workdir)!r} has finished yet")
+    write_outputs(args, config, workdir, results, start, commit, cost)
     return 0
 
 
