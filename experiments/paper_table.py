@@ -17,7 +17,8 @@ pre-tuning accuracy to each post-training baseline's, next to the paper's statem
 trained method at K = 2 and 4 (chosen on the validation split). ``--method-cost JSON``
 adds the per-step time ratios of one ``benchmarks.method_cost`` run under the table.
 ``--partial`` writes the same files from the stages finished so far, without training
-(a run of hours in progress, or stopped), marked as partial.
+(a run of hours in progress, or stopped), marked as partial. ``stages/`` keeps the stage
+records, from which a run whose directory was lost is rebuilt.
 """
 
 from __future__ import annotations
@@ -313,6 +314,24 @@ def _run(args: argparse.Namespace, config: train.Config, workdir: pathlib.Path) 
     )
 
 
+def copy_stage_records(
+    rows: Sequence[dict[str, Any]], workdir: pathlib.Path, dest: pathlib.Path
+) -> None:
+    """Copy the records of ``rows``' stages and of the pretraining (``stages/**.json``,
+    with the histograms) to ``dest/stages/``: with the full-precision model, they rebuild
+    the run if its directory is lost (copied into a new run's ``stages/``, they are read
+    back instead of trained, once checked to come from the same model)."""
+    names = [r["stage"] for r in rows] + [
+        str(p.relative_to(workdir / "stages").with_suffix(""))
+        for p in (workdir / "stages").rglob("pretrain.json")
+    ]
+    for name in names:
+        src = workdir / "stages" / f"{name}.json"
+        if src.is_file():
+            (dest / "stages" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / "stages" / f"{name}.json")
+
+
 def write_outputs(
     args: argparse.Namespace,
     config: train.Config,
@@ -333,6 +352,7 @@ def write_outputs(
         (dest / "table.md").write_text(
             f"# Partial: {results['partial']} finished; the run goes on\n\n{text}"
         )
+    copy_stage_records(results["rows"], workdir, dest)
     shorten = None if args.tiny else shorten_factor(config_path(args.model))
     hists = best_histograms(results["rows"], workdir, dest)
     with open(dest / "table.md", "a") as f:

@@ -201,7 +201,8 @@ def test_tiny_end_to_end_on_fake_data_then_resume(tmp_path, fake_cifar, monkeypa
     for stage in ("qat-ste-k2", "ptq-binary-k2"):
         (run / "stages" / f"{stage}.json").unlink()
     argv = ["--model", "alexnet", "--tiny", "--workdir", str(run), "--partial"]
-    assert paper_table.main([*argv, "--results", str(tmp_path / "results")]) == 0
+    assert paper_table.main([*argv, "--results", str(tmp_path / "partial")]) == 0
+    dest = tmp_path / "partial/paper_alexnet_tiny"
     assert (dest / "table.md").read_text().startswith("# Partial: 3 of 5 stages finished")
     results = json.loads((dest / "results.json").read_text())
     assert [r["stage"] for r in results["rows"]] == [
@@ -210,6 +211,12 @@ def test_tiny_end_to_end_on_fake_data_then_resume(tmp_path, fake_cifar, monkeypa
     assert results["partial"] == "3 of 5 stages" and "wall_s" not in results
     assert "**Partial: the 3 of 5 stages finished so far" in (dest / "claim.md").read_text()
     assert not (run / "stages/qat-ste-k2.json").exists()  # nothing trained
+    kept = sorted(p.name for p in (dest / "stages").iterdir())
+    assert kept == ["pretrain.json", "ptq-kmeans-k2.json", "reg-nearest-ste1-k2.json",
+                    "reg-sine-ste1-k2.json"]  # fmt: skip
+    assert (dest / "stages/ptq-kmeans-k2.json").read_text() == (
+        run / "stages/ptq-kmeans-k2.json"
+    ).read_text()
 
 
 def _method_cost_json(path: pathlib.Path, model: str) -> pathlib.Path:
