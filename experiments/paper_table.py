@@ -36,7 +36,7 @@ from typing import Any
 from experiments import combine, run_table
 from qareg_jax import cli, provenance, report, train
 from qareg_jax.pipeline import planned_stages
-from qareg_jax.pipeline.workdir import WorkdirError, prepare_workdir
+from qareg_jax.pipeline.workdir import WorkdirError, _seed_dirs, prepare_workdir
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "experiments" / "configs"
@@ -149,11 +149,11 @@ def partial_results(config: train.Config, workdir: pathlib.Path) -> dict[str, An
     if not (workdir / "config.json").is_file():
         raise WorkdirError(f"workdir {str(workdir)!r} holds no run; nothing to report")
     prepare_workdir(workdir, config, resume=True)  # the same config; writes nothing
-    seeds = config.seed_list
-    subs = {s: f"seed-{s}/" if len(seeds) > 1 else "" for s in seeds}
-    planned = [subs[s] + stage.name for s in seeds for stage in planned_stages(config)]
+    seeds, subs = config.seed_list, _seed_dirs(config.to_dict())
+    names = [stage.name for stage in planned_stages(config)]
+    planned = [str(pathlib.PurePath(subs[s], name)) for s in seeds for name in names]
     rows = [r for r in report.load_rows(workdir)[0] if r["stage"] in planned]
-    fp_file = workdir / "stages" / f"{subs[seeds[0]]}pretrain.json"
+    fp_file = workdir / "stages" / subs[seeds[0]] / "pretrain.json"
     return {
         "config": config.to_dict(),
         "pretrain": json.loads(fp_file.read_text()) if fp_file.is_file() else None,

@@ -116,10 +116,9 @@ def reuse_stages(workdir: pathlib.Path, config: train.Config, rundir: pathlib.Pa
     ``config`` plans (record, metrics and model; none it already has), so that resuming it
     reads them back. Returns the copied stage names; prints the config fields where
     ``rundir`` differs."""
-    stored = json.loads((rundir / "config.json").read_text()).get("config", {})
-    old, new = {**train.Config().to_dict(), **stored}, config.to_dict()  # defaults: new fields
-    diff = "; ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
-    print(f"reusing {rundir}/stages; its config differs in: {diff or 'nothing'}", flush=True)
+    stored, new = workdirs.stored_config(rundir), config.to_dict()
+    diff = workdirs._config_diff(stored, new) if stored != new else "nothing"
+    print(f"reusing {rundir}/stages; its config differs in: {diff}", flush=True)
     resume = (workdir / "config.json").exists()
     workdirs.prepare_workdir(workdir, config, resume=resume)
     (workdir / "stages").mkdir(exist_ok=True)
