@@ -355,8 +355,8 @@ def write_outputs(
     copy_stage_records(results["rows"], workdir, dest)
     shorten = None if args.tiny else shorten_factor(config_path(args.model))
     hists = best_histograms(results["rows"], workdir, dest)
+    settings = config_path(args.model).relative_to(ROOT)
     with open(dest / "table.md", "a") as f:
-        settings = config_path(args.model).relative_to(ROOT)
         f.write(f"\n{phases_note(config, shorten)} Settings: `{settings}`.\n")
         if hists:
             f.write(
@@ -364,6 +364,8 @@ def write_outputs(
             )
         if cost:
             f.write(f"\n{cost}\n")
+        if not args.tiny:  # no file holds the --tiny settings
+            f.write(run_table.row_commands(results["rows"], settings, config))
     claim = write_claim(
         results["rows"], args.model, config, record, dest,
         tiny=args.tiny, shorten=shorten, partial=results.get("partial"),

@@ -57,6 +57,7 @@ from .records import Packed, Pretrained, Stage, StageKind, StageResult
 from .run import device_name, load_data, seed_data, split_indices, subset, train_and_evaluate
 from .stages import (
     STAGE_KINDS,
+    config_for_stage,
     dkm_loss,
     dkm_taus,
     finetune,
@@ -123,6 +124,7 @@ __all__ = [
     "pack",
     "phase_seed",
     "planned_stages",
+    "config_for_stage",
     "prepare_workdir",
     "recipe_loss",
     "recipe_step",

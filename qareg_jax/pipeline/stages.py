@@ -610,6 +610,33 @@ def planned_stages(config: Config) -> list[Stage]:
     return [stage for k in ks for kind in STAGE_KINDS.values() for stage in kind.plan(config, k)]
 
 
+def config_for_stage(config: Config, name: str) -> Config:
+    """``config`` restricted to its one planned stage ``name`` (e.g. "reg-softmin-ste1-k2"),
+    every setting kept: the stage trains alone as it does in the whole run, since its
+    phases' seeds derive from its name, not from what runs before it.
+
+    Raises:
+      ValueError: ``config`` plans no stage ``name`` (the message lists those it plans).
+    """
+    planned = {s.name: s for s in planned_stages(config)}
+    if name not in planned:
+        raise ValueError(f"stage {name!r} is not one of the config's: {', '.join(planned)}")
+    stage = planned[name]
+    only: dict[str, Any] = dict(regularizers=(), baselines=(), qat=())
+    if stage.k is not None:
+        only.update(ks=(stage.k,), budget=None)
+    else:
+        only["ks"] = ()
+    if stage.kind == "regularizer":
+        only.update(regularizers=(stage.method,), freeze_reps=(bool(stage.freeze_reps),))
+    else:
+        only[{"ptq": "baselines"}.get(stage.kind, "qat")] = (stage.method,)
+    restricted = config.replace(**only)
+    if [s.name for s in planned_stages(restricted)] != [name]:  # a kind this does not know
+        raise ValueError(f"stage {name!r} (kind {stage.kind!r}) cannot be run alone")
+    return restricted
+
+
 def run_stage(ctx: Context, fp: Pretrained, stage: Stage) -> StageResult:
     """Run ``stage`` with its kind's runner."""
     return STAGE_KINDS[stage.kind].run(ctx, fp, stage)

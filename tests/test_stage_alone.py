@@ -1,0 +1,102 @@
+"""One row of a table run alone (``config_for_stage``, ``run_table --stage``): the config
+plans that stage only, with every setting kept, and it trains to the row's numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments import run_table
+from qareg_jax import pipeline
+from qareg_jax.pipeline import config_for_stage, planned_stages
+
+# Every kind of stage, a static and a dynamic penalty, the frozen ablation, two Ks, a budget.
+WHOLE = pipeline.Config(
+    regularizers=("sine", "nearest"),
+    freeze_reps=(False, True),
+    baselines=("kmeans", "binary"),
+    qat=("ste", "dkm"),
+    ks=(2, 4),
+    budget="12x",
+    lam=3.0,
+)
+# 320 digits images, batch 64: 5 steps per epoch.
+SMALL = pipeline.Config(
+    pretrain_epochs=1,
+    reg_epochs=1,
+    finetune_epochs=1,
+    regularizers=("nearest",),
+    freeze_reps=(False, True),
+    baselines=("kmeans",),
+    qat=("ste",),
+    ks=(2,),
+    train_subset=320,
+    batch_size=64,
+    log_every=2,
+    lam=3.0,
+)
+KEEP = ("regularizers", "freeze_reps", "baselines", "qat", "ks", "budget")
+
+
+@pytest.mark.parametrize("stage", [s.name for s in planned_stages(WHOLE)])
+def test_every_stage_alone_is_the_only_one_planned_with_the_other_settings_kept(stage):
+    alone = config_for_stage(WHOLE, stage)
+    assert [s.name for s in planned_stages(alone)] == [stage]
+    rest = {k: v for k, v in alone.to_dict().items() if k not in KEEP}
+    assert rest == {k: v for k, v in WHOLE.to_dict().items() if k not in KEEP}
+
+
+def test_a_stage_the_config_does_not_plan_is_refused_with_the_ones_it_does():
+    with pytest.raises(ValueError, match="'reg-wells-k2' is not one of .*reg-sine-k2, "):
+        config_for_stage(WHOLE, "reg-wells-k2")
+    with pytest.raises(ValueError, match="'ptq-binary-k4'"):  # binary runs at K = 2 only
+        config_for_stage(WHOLE, "ptq-binary-k4")
+
+
+def _without_time(row):
+    return {k: v for k, v in row.items() if k not in ("wall_s", "step_s", "step_rel")}
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("whole") / "run"
+    return workdir, pipeline.train_and_evaluate(SMALL, workdir, progress=False)
+
+
+@pytest.mark.parametrize("stage", ["reg-nearest-frozen-k2", "ptq-kmeans-k2", "qat-ste-k2"])
+def test_a_stage_alone_gives_the_numbers_of_its_row_in_the_whole_run(tmp_path, whole_run, stage):
+    workdir, whole = whole_run
+    alone = pipeline.train_and_evaluate(
+        config_for_stage(SMALL, stage), tmp_path / "alone", progress=False, pretrained_from=workdir
+    )
+    (row,) = alone["rows"]
+    (same,) = [r for r in whole["rows"] if r["stage"] == stage]
+    assert _without_time(row) == _without_time(same)
+
+
+def test_run_table_stage_errors_come_before_any_work(tmp_path, capsys):
+    base = ["experiments/configs/digits_small.py", "--workdir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit):
+        run_table.main([*base, "--stage", "reg-nearest-k3"])
+    err = capsys.readouterr().err
+    assert "--stage: stage 'reg-nearest-k3' is not one of" in err and "reg-nearest-k2" in err
+    with pytest.raises(SystemExit):
+        run_table.main([*base, "--stage", "reg-nearest-k2", "--ks", "2"])
+    assert "--stage runs one stage" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_row_commands_name_each_rows_stage_and_seed():
+    rows = [
+        dict(stage="seed-1/reg-nearest-k4", method="nearest", k=4, seed=1),
+        dict(stage="seed-1/ptq-kmeans-budget", method="kmeans", k=None, seed=1),
+    ]
+    text = run_table.row_commands(rows, "experiments/configs/x.py", SMALL.replace(seeds=(1, 2)))
+    lines = [x for x in text.splitlines() if x.startswith("| nearest") or x.startswith("| kmeans")]
+    assert lines == [
+        "| nearest | 4 | 1 | `python -m experiments.run_table experiments/configs/x.py "
+        "--stage reg-nearest-k4 --seeds 1 --pretrained-from RUNDIR` |",
+        "| kmeans | budget | 1 | `python -m experiments.run_table experiments/configs/x.py "
+        "--stage ptq-kmeans-budget --seeds 1 --pretrained-from RUNDIR` |",
+    ]
+    single = run_table.row_commands(rows[:1], "x.py", SMALL)
+    assert "--seeds" not in single and "--stage reg-nearest-k4 --pretrained-from" in single
