@@ -74,6 +74,12 @@ def test_claim_lines_give_every_ratio_and_say_whether_the_paper_is_reached():
     assert "best baseline (binary, 25.00 %) is 1.60x" in k2
     assert "does not reach the paper's 3x" in k4
     assert "does not reach the paper's 6x" in "\n".join(paper_table.claim_lines(rows, "vgg16"))
+    # Where QAT ran, the best regularizer is set against it in plain words.
+    (qat,) = [x for x in lines if x.startswith("Against quantization-aware training")]
+    assert qat.endswith("ste 50.00 % (the best regularizer 10.00 points under it).")
+    rows.append(_row("dkm", "qat", 4, 0.55))
+    four = [x for x in paper_table.claim_lines(rows, "alexnet") if "dkm" in x]
+    assert len(four) == 1 and "dkm 55.00 % (the best regularizer 5.00 points above it)" in four[0]
 
 
 def test_best_histograms_pick_the_best_trained_method_on_validation_per_k(tmp_path):
