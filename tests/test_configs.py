@@ -53,7 +53,9 @@ def test_a_config_file_leaves_sys_path_as_it_was():
 def test_the_per_channel_ste_row_differs_from_the_table_s_ste_only_in_its_codebooks():
     table = load_config(CONFIGS / "paper_alexnet.py")
     channel = load_config(CONFIGS / "paper_alexnet_channel_ste.py")
+    # lam and penalty_normalize: the penalty's, which an STE stage does not read.
     method_only = {"regularizers", "baselines", "qat", "freeze_reps", "penalty_normalize", "ks"}
+    method_only |= {"lam"}
     assert _differences(table, channel) == method_only | {"finetune_lr", "group_size"}
     assert channel.qat == ("ste",) and channel.group_size == 1 and 4 in channel.ks
     assert channel.finetune_lr["ste"] == table.finetune_lr["ste"]
