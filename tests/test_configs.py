@@ -50,6 +50,15 @@ def test_a_config_file_leaves_sys_path_as_it_was():
     assert sys.path == before
 
 
+def test_the_seed_rows_differ_from_the_table_only_in_their_methods_and_seeds():
+    table = load_config(CONFIGS / "paper_alexnet.py")
+    seeds = load_config(CONFIGS / "paper_alexnet_seeds.py")
+    chosen = {"regularizers", "baselines", "freeze_reps", "ks", "finetune_lr", "seeds"}
+    assert _differences(table, seeds) == chosen
+    assert seeds.seeds == (1, 2) and seeds.ks == (2, 4) and seeds.lam == table.lam
+    assert all(seeds.finetune_lr[m] == table.finetune_lr[m] for m in seeds.finetune_lr)
+
+
 def test_the_per_channel_ste_row_differs_from_the_table_s_ste_only_in_its_codebooks():
     table = load_config(CONFIGS / "paper_alexnet.py")
     channel = load_config(CONFIGS / "paper_alexnet_channel_ste.py")
