@@ -36,7 +36,7 @@ from typing import Any
 from experiments import combine, run_table
 from qareg_jax import cli, provenance, report, train
 from qareg_jax.pipeline import planned_stages
-from qareg_jax.pipeline.workdir import WorkdirError, _seed_dirs, prepare_workdir
+from qareg_jax.pipeline.workdir import WorkdirError, prepare_workdir, seed_dirs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "experiments" / "configs"
@@ -169,7 +169,7 @@ def partial_results(config: train.Config, workdir: pathlib.Path) -> dict[str, An
     if not (workdir / "config.json").is_file():
         raise WorkdirError(f"workdir {str(workdir)!r} holds no run; nothing to report")
     prepare_workdir(workdir, config, resume=True)  # the same config; writes nothing
-    seeds, subs = config.seed_list, _seed_dirs(config.to_dict())
+    seeds, subs = config.seed_list, seed_dirs(config.to_dict())
     names = [stage.name for stage in planned_stages(config)]
     planned = [str(pathlib.PurePath(subs[s], name)) for s in seeds for name in names]
     rows = [r for r in report.load_rows(workdir)[0] if r["stage"] in planned]

@@ -117,7 +117,7 @@ def reuse_stages(workdir: pathlib.Path, config: train.Config, rundir: pathlib.Pa
     reads them back. Returns the copied stage names; prints the config fields where
     ``rundir`` differs."""
     stored, new = workdirs.stored_config(rundir), config.to_dict()
-    diff = workdirs._config_diff(stored, new) if stored != new else "nothing"
+    diff = workdirs.config_diff(stored, new) if stored != new else "nothing"
     print(f"reusing {rundir}/stages; its config differs in: {diff}", flush=True)
     resume = (workdir / "config.json").exists()
     workdirs.prepare_workdir(workdir, config, resume=resume)

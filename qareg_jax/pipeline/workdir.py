@@ -68,7 +68,7 @@ def prepare_workdir(
                 "(same config) or --overwrite to delete it and start again"
             )
         elif (stored := _with_defaults(stored)) != wanted:
-            diff = _config_diff(stored.get("config", {}), wanted["config"])
+            diff = config_diff(stored.get("config", {}), wanted["config"])
             raise WorkdirError(
                 f"workdir {str(path)!r} holds a different run ({diff}); use another workdir "
                 "or --overwrite to delete it"
@@ -92,7 +92,9 @@ def _with_defaults(stored: Mapping[str, Any]) -> dict[str, Any]:
     return {**stored, "config": {**Config().to_dict(), **config}}
 
 
-def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """``"key: old -> new; ..."`` for the keys whose values differ (sorted), for error
+    messages and search notes; ``"format differs"`` when no key does."""
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "format differs"
 
@@ -116,8 +118,9 @@ def _same_pretraining_field(key: str, stored: Any, wanted: Any) -> bool:
     return stored == wanted
 
 
-def _seed_dirs(config: Mapping[str, Any]) -> dict[int, str]:
-    """``{seed: subdir}`` of a stored or current config (see ``Context.subdir``)."""
+def seed_dirs(config: Mapping[str, Any]) -> dict[int, str]:
+    """``{seed: subdir}`` of a stored or current config dict (see ``Context.subdir``):
+    ``""`` for a one-seed run, ``"seed-S"`` for each seed of a run of several."""
     seeds = config.get("seeds") or [config.get("seed", 0)]
     return {int(s): (f"seed-{s}" if len(seeds) > 1 else "") for s in seeds}
 
@@ -147,13 +150,13 @@ def check_pretrained_source(source: str | os.PathLike, config: Config) -> dict[i
         if k in PRETRAIN_FIELDS and not _same_pretraining_field(k, stored.get(k), v)
     }
     if differ:
-        diff = _config_diff({k: stored.get(k) for k in differ}, differ)
+        diff = config_diff({k: stored.get(k) for k in differ}, differ)
         raise WorkdirError(
             f"--pretrained-from: the run in {str(path)!r} pretrained differently ({diff})"
         )
     found = {
         seed: sub
-        for seed, sub in _seed_dirs(stored).items()
+        for seed, sub in seed_dirs(stored).items()
         if seed in config.seed_list and (path / "stages" / sub / "pretrain.json").is_file()
     }
     if not found:
@@ -173,7 +176,7 @@ def import_pretrained(source: str | os.PathLike, dest: pathlib.Path, config: Con
     the latter pretrain as usual.
     """
     src, copied = pathlib.Path(source), []
-    dest_dirs = _seed_dirs(config.to_dict())
+    dest_dirs = seed_dirs(config.to_dict())
     for seed, sub in check_pretrained_source(src, config).items():
         to = dest_dirs[seed]
         ckpt = dest / "checkpoints" / to / "pretrain"
@@ -229,7 +232,7 @@ def export_pretrained(source: str | os.PathLike, dest: str | os.PathLike) -> lis
         raise WorkdirError(f"export: {str(out)!r} exists; give a new directory")
     seeds = {
         seed: sub
-        for seed, sub in _seed_dirs(stored_config(src)).items()
+        for seed, sub in seed_dirs(stored_config(src)).items()
         if (src / "stages" / sub / "pretrain.json").is_file()
     }
     if not seeds:
