@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import os
 import re
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
@@ -635,27 +636,7 @@ def save(
         _check_finite_raw(leaves, quant)
     _nest(list(leaves))
     cb_dtype = np.dtype(codebook_dtype)
-    entries = []
-    for name, leaf in leaves.items():
-        shape, dtype = _leaf_info(leaf)
-        if dtype.hasobject:
-            raise ValueError(f"{name}: cannot store dtype {dtype}")
-        n = int(np.prod(shape))
-        entry: dict[str, Any] = {"path": name, "shape": list(shape), "dtype": dtype.name}
-        if name in quant:
-            k, groups = quant[name]
-            bits = bits_per_index(k)
-            cb_bytes = (groups or 1) * k * cb_dtype.itemsize
-            entry.update(k=k, bits=bits, nbytes=cb_bytes + -(-n * bits // 8))
-            if groups is not None:
-                entry["groups"] = groups
-            cb, a = _codebook_and_assignments(quantized[name])
-            layout, index_bytes, nnz = _layout(cb.astype(cb_dtype), a, k)
-            if layout == "bitmap":
-                entry.update(layout=layout, nnz=nnz, nbytes=cb_bytes + index_bytes)
-        else:
-            entry["nbytes"] = n * dtype.itemsize
-        entries.append(entry)
+    entries = [_entry(name, leaf, quant, quantized, cb_dtype) for name, leaf in leaves.items()]
     payload = sum(e["nbytes"] for e in entries)
     version = FORMAT_VERSION if any("layout" in e for e in entries) else 1
     meta = json.dumps(
@@ -663,6 +644,69 @@ def save(
         separators=(",", ":"),
     ).encode()
 
+    header = MAGIC + _HEADER.pack(version, len(meta)) + meta
+    sections = (_section(e, leaves, quant, quantized, cb_dtype) for e in entries)
+    _write_atomic(path, itertools.chain([[header]], sections))
+    overhead = _HEAD_BYTES + len(meta) + _DIGEST_BYTES
+    return SaveInfo(path, payload + overhead, payload, overhead)
+
+
+def _entry(
+    name: str, leaf: Any, quant: dict[str, Any], quantized: Quantized, cb_dtype: np.dtype
+) -> dict[str, Any]:
+    """The metadata of one leaf: path, shape, dtype, and for a quantized one K, bits,
+    groups and layout; ``nbytes`` is the size of its section in the payload."""
+    shape, dtype = _leaf_info(leaf)
+    if dtype.hasobject:
+        raise ValueError(f"{name}: cannot store dtype {dtype}")
+    n = int(np.prod(shape))
+    entry: dict[str, Any] = {"path": name, "shape": list(shape), "dtype": dtype.name}
+    if name not in quant:
+        entry["nbytes"] = n * dtype.itemsize
+        return entry
+    k, groups = quant[name]
+    bits = bits_per_index(k)
+    cb_bytes = (groups or 1) * k * cb_dtype.itemsize
+    entry.update(k=k, bits=bits, nbytes=cb_bytes + -(-n * bits // 8))
+    if groups is not None:
+        entry["groups"] = groups
+    cb, a = _codebook_and_assignments(quantized[name])
+    layout, index_bytes, nnz = _layout(cb.astype(cb_dtype), a, k)
+    if layout == "bitmap":
+        entry.update(layout=layout, nnz=nnz, nbytes=cb_bytes + index_bytes)
+    return entry
+
+
+def _section(
+    entry: dict[str, Any],
+    leaves: dict[str, Any],
+    quant: dict[str, Any],
+    quantized: Quantized,
+    cb_dtype: np.dtype,
+) -> list[bytes | memoryview]:
+    """The bytes of one leaf's section, checked against ``entry["nbytes"]``."""
+    name = entry["path"]
+    if name in quant:
+        cb, a = _host_pair(quantized[name])
+        stored = cb.astype(cb_dtype)
+        if entry.get("layout") == "bitmap":
+            nonzero = _bitmap_mask(stored, a)
+            bitmap = np.packbits(nonzero.reshape(-1), bitorder="little")
+            indices = pack_indices(a[nonzero], cb.shape[-1])
+            section = [stored.tobytes(), bitmap.data, indices.data]
+        else:
+            section = [stored.tobytes(), pack_indices(a, cb.shape[-1]).data]
+    else:
+        raw = np.ascontiguousarray(np.asarray(leaves[name])).reshape(-1)
+        section = [raw.view(np.uint8).data]
+    if sum(memoryview(s).nbytes for s in section) != entry["nbytes"]:
+        raise RuntimeError(f"{name}: section size differs from the metadata")
+    return section
+
+
+def _write_atomic(path: str, sections: Iterable[list[bytes | memoryview]]) -> None:
+    """Write ``sections`` and their SHA-256 to ``path`` through a temp file beside it,
+    renamed into place; the temp file is removed on any failure."""
     tmp = _temp_name(path, os.getpid())
     try:
         _remove_stale_temps(path)
@@ -674,35 +718,10 @@ def save(
     try:
         with os.fdopen(fd, "wb") as f:
             digest = hashlib.sha256()
-
-            def write(chunk: bytes | memoryview) -> None:
-                f.write(chunk)
-                digest.update(chunk)
-
-            write(MAGIC + _HEADER.pack(version, len(meta)) + meta)
-            for entry in entries:
-                name = entry["path"]
-                if name in quant:
-                    cb, a = _host_pair(quantized[name])
-                    stored = cb.astype(cb_dtype)
-                    if entry.get("layout") == "bitmap":
-                        nonzero = _bitmap_mask(stored, a)
-                        bitmap = np.packbits(nonzero.reshape(-1), bitorder="little")
-                        indices = pack_indices(a[nonzero], cb.shape[-1])
-                        section = [stored.tobytes(), bitmap.data, indices.data]
-                    else:
-                        section = [stored.tobytes(), pack_indices(a, cb.shape[-1]).data]
-                else:
-                    section = [
-                        np.ascontiguousarray(np.asarray(leaves[name]))
-                        .reshape(-1)
-                        .view(np.uint8)
-                        .data
-                    ]
-                if sum(memoryview(s).nbytes for s in section) != entry["nbytes"]:
-                    raise RuntimeError(f"{name}: section size differs from the metadata")
-                for s in section:
-                    write(s)
+            for section in sections:
+                for chunk in section:
+                    f.write(chunk)
+                    digest.update(chunk)
             f.write(digest.digest())
             f.flush()
             os.fsync(f.fileno())
@@ -715,8 +734,6 @@ def save(
         if isinstance(err, OSError):
             raise _naming(err, path) from err
         raise
-    overhead = _HEAD_BYTES + len(meta) + _DIGEST_BYTES
-    return SaveInfo(path, payload + overhead, payload, overhead)
 
 
 def _read_meta(f: Any, size: int) -> tuple[dict[str, Any], int]:
