@@ -415,23 +415,7 @@ def plan_bits(
             f"{sorted(set(table) - set(paths))}, only in sensitivity: "
             f"{sorted(set(paths) - set(table))}"
         )
-    ks_of, cost_of, bytes_of = {}, {}, {}
-    for p in paths:
-        ks = sorted(sensitivity[p])
-        if not ks:
-            raise ValueError(f"sensitivity[{p!r}] has no K")
-        missing = [k for k in ks if k not in table[p]]
-        if missing:
-            raise ValueError(f"sizes[{p!r}] has no size for K={missing}")
-        c = np.array([float(sensitivity[p][k]) for k in ks], np.float64)
-        b = np.array([int(table[p][k]) for k in ks], np.int64)
-        if not np.isfinite(c).all():
-            raise ValueError(
-                f"sensitivity[{p!r}] holds NaN or inf: {dict(zip(ks, c, strict=True))}"
-            )
-        if (b < 0).any():
-            raise ValueError(f"sizes[{p!r}] holds negative byte counts")
-        ks_of[p], cost_of[p], bytes_of[p] = ks, c, b
+    ks_of, cost_of, bytes_of = _choice_arrays(sensitivity, table)
 
     smallest = fixed + sum(int(bytes_of[p].min()) for p in paths)
     if smallest > budget:
@@ -440,31 +424,7 @@ def plan_bits(
             f"bytes (every layer at its cheapest K, {fixed:,} fixed bytes); raise the "
             "budget or offer smaller Ks"
         )
-    # rest[l]: the fewest bytes layers l.. can take.
-    rest = np.cumsum([int(bytes_of[p].min()) for p in paths][::-1])[::-1].tolist() + [0]
-    fb = np.zeros(1, np.int64)  # frontier bytes (fixed excluded), ascending
-    fc = np.zeros(1, np.float64)  # frontier costs, strictly descending
-    parents: list[tuple[np.ndarray, np.ndarray]] = []  # per layer: (prev index, choice)
-    for layer, p in enumerate(paths):
-        cb = (fb[:, None] + bytes_of[p][None, :]).ravel()
-        cc = (fc[:, None] + cost_of[p][None, :]).ravel()
-        prev = np.repeat(np.arange(fb.size), bytes_of[p].size)
-        choice = np.tile(np.arange(bytes_of[p].size), fb.size)
-        ok = cb + fixed + rest[layer + 1] <= budget
-        cb, cc, prev, choice = cb[ok], cc[ok], prev[ok], choice[ok]
-        order = np.lexsort((cc, cb))  # bytes ascending, then cost ascending
-        cb, cc, prev, choice = cb[order], cc[order], prev[order], choice[order]
-        best_before = np.concatenate([[np.inf], np.minimum.accumulate(cc)[:-1]])
-        keep = cc < best_before
-        fb, fc = cb[keep], cc[keep]
-        parents.append((prev[keep], choice[keep]))
-    i = int(np.argmin(fc))  # last frontier pair = cheapest; argmin for clarity
-    total_cost = float(fc[i])
-    picks: dict[str, int] = {}
-    for layer in range(len(paths) - 1, -1, -1):
-        prev, choice = parents[layer]
-        picks[paths[layer]] = ks_of[paths[layer]][int(choice[i])]
-        i = int(prev[i])
+    picks, total_cost = _pareto_knapsack(paths, ks_of, cost_of, bytes_of, budget - fixed)
     ks = {p: picks[p] for p in paths}
     layer_bytes = {p: int(table[p][k]) for p, k in ks.items()}
     if isinstance(sizes, LayerBytes):
@@ -486,6 +446,68 @@ def plan_bits(
         fixed_bytes=fixed,
         n=n,
     )
+
+
+def _choice_arrays(
+    sensitivity: Table, table: Mapping[str, Mapping[int, int]]
+) -> tuple[dict[str, list[int]], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per path: its sorted Ks, their costs (float64) and byte sizes (int64), validated."""
+    ks_of, cost_of, bytes_of = {}, {}, {}
+    for p in sensitivity:
+        ks = sorted(sensitivity[p])
+        if not ks:
+            raise ValueError(f"sensitivity[{p!r}] has no K")
+        missing = [k for k in ks if k not in table[p]]
+        if missing:
+            raise ValueError(f"sizes[{p!r}] has no size for K={missing}")
+        c = np.array([float(sensitivity[p][k]) for k in ks], np.float64)
+        b = np.array([int(table[p][k]) for k in ks], np.int64)
+        if not np.isfinite(c).all():
+            raise ValueError(
+                f"sensitivity[{p!r}] holds NaN or inf: {dict(zip(ks, c, strict=True))}"
+            )
+        if (b < 0).any():
+            raise ValueError(f"sizes[{p!r}] holds negative byte counts")
+        ks_of[p], cost_of[p], bytes_of[p] = ks, c, b
+    return ks_of, cost_of, bytes_of
+
+
+def _pareto_knapsack(
+    paths: list[str],
+    ks_of: Mapping[str, list[int]],
+    cost_of: Mapping[str, np.ndarray],
+    bytes_of: Mapping[str, np.ndarray],
+    budget: int,
+) -> tuple[dict[str, int], float]:
+    """``({path: K}, summed cost)`` of the cheapest choice within ``budget`` bytes, by
+    dynamic programming over layers on (bytes, cost) Pareto frontiers (see
+    :func:`plan_bits`); the caller has checked that the smallest choice fits."""
+    # rest[l]: the fewest bytes layers l.. can take.
+    rest = np.cumsum([int(bytes_of[p].min()) for p in paths][::-1])[::-1].tolist() + [0]
+    fb = np.zeros(1, np.int64)  # frontier bytes, ascending
+    fc = np.zeros(1, np.float64)  # frontier costs, strictly descending
+    parents: list[tuple[np.ndarray, np.ndarray]] = []  # per layer: (prev index, choice)
+    for layer, p in enumerate(paths):
+        cb = (fb[:, None] + bytes_of[p][None, :]).ravel()
+        cc = (fc[:, None] + cost_of[p][None, :]).ravel()
+        prev = np.repeat(np.arange(fb.size), bytes_of[p].size)
+        choice = np.tile(np.arange(bytes_of[p].size), fb.size)
+        ok = cb + rest[layer + 1] <= budget
+        cb, cc, prev, choice = cb[ok], cc[ok], prev[ok], choice[ok]
+        order = np.lexsort((cc, cb))  # bytes ascending, then cost ascending
+        cb, cc, prev, choice = cb[order], cc[order], prev[order], choice[order]
+        best_before = np.concatenate([[np.inf], np.minimum.accumulate(cc)[:-1]])
+        keep = cc < best_before
+        fb, fc = cb[keep], cc[keep]
+        parents.append((prev[keep], choice[keep]))
+    i = int(np.argmin(fc))  # last frontier pair = cheapest; argmin for clarity
+    total_cost = float(fc[i])
+    picks: dict[str, int] = {}
+    for layer in range(len(paths) - 1, -1, -1):
+        prev, choice = parents[layer]
+        picks[paths[layer]] = ks_of[paths[layer]][int(choice[i])]
+        i = int(prev[i])
+    return picks, total_cost
 
 
 # --------------------------------------------------------------------------- helpers
