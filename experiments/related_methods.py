@@ -300,6 +300,110 @@ def describe(args: argparse.Namespace, ds: Dataset) -> str:
     return f"{what}, {h}x{w}x{c}, {n_train} train / {n_test} test{picked}"
 
 
+def _pretrain(task: Task, args: argparse.Namespace, seed: int) -> Any:
+    base, _ = fit(
+        task,
+        {"model": task.init(seed)},
+        plain_loss(task),
+        steps=args.pretrain,
+        lr=args.lr,
+        seed=seed,
+        phase=0,
+    )
+    variables = base.params["model"]
+    print(f"seed {seed}: pretrained, test acc {task.accuracy(variables):.3f}", flush=True)
+    return variables
+
+
+def _phase2(task: Task, args: argparse.Namespace, seed: int, loss_fn: Callable, tree: Any):
+    """``(model params, fit stats, seconds)`` after the second phase from ``tree``."""
+    t0 = time.perf_counter()
+    state, stats = fit(
+        task, tree, loss_fn, steps=args.phase2, lr=args.finetune_lr, seed=seed, phase=1
+    )
+    return state.params["model"], stats, time.perf_counter() - t0
+
+
+def _gradient_l1_rows(task, args, seed, variables, paths, trained) -> list[dict[str, Any]]:
+    """Phase 2 plain and with gradient-l1; their FP and UQ accuracies and train gradients."""
+    gl1 = gradient_l1(task.loss, args.gl1_lam)
+
+    def gl1_loss(tree, state, batch, rng, step):
+        total, _ = gl1(tree["model"], batch)
+        return total, state
+
+    trained["none"] = _phase2(task, args, seed, plain_loss(task), {"model": variables})
+    trained["gradient_l1"] = _phase2(task, args, seed, gl1_loss, {"model": variables})
+    rows = []
+    for method in ("none", "gradient_l1"):
+        v, stats, secs = trained[method]
+        loss, pen = train_loss_and_grad_l1(task, v, paths)
+        row = {
+            "seed": seed,
+            "method": method,
+            "lam": args.gl1_lam if method == "gradient_l1" else 0.0,
+            "fp": task.accuracy(v),
+            "uq": {str(b): ptq_accuracy(task, v, paths, 2**b, "uq") for b in BITS},
+            "phase2_s": secs,
+            "step_ms": stats["step_ms"],
+            # Full training set: the plain model interpolates it, so its gradient
+            # (what the penalty targets) is already close to 0.
+            "train_loss": loss,
+            "train_grad_l1": pen,
+        }
+        rows.append(row)
+        print(f"  {method:12s} fp {row['fp']:.3f} uq {row['uq']}", flush=True)
+    return rows
+
+
+def _range_rows(task, args, seed, variables, paths, ks, trained, dkm_rows) -> list[dict[str, Any]]:
+    """Phase 2 with each R2 variant; per variant (and plain) FP, CWS, binary and DKM
+    accuracies. The plain variant's DKM rows go to ``dkm_rows``."""
+    for kind in R2_KINDS:
+        lam = {"linf": args.linf_lam, "margin": args.margin_lam}.get(kind, args.smm_lam)
+
+        def r2_loss(tree, state, batch, rng, step, kind=kind, lam=lam):
+            penalty = range_reg.range_penalty(tree, paths, kind, lam)
+            return task.loss(tree["model"], batch) + penalty, state
+
+        start = {"model": variables, "range": range_reg.init_range_params(variables, paths, kind)}
+        trained[kind] = _phase2(task, args, seed, r2_loss, start)
+    rows = []
+    for variant in ("none", *R2_KINDS):
+        v = trained[variant][0]
+        leaves = named_leaves(v)
+        row = {
+            "seed": seed,
+            "variant": variant,
+            "fp": task.accuracy(v),
+            "max_abs_w": {p: float(jnp.max(jnp.abs(leaves[p]))) for p in paths},
+            "std_w": {p: float(jnp.std(leaves[p])) for p in paths},
+            "cws": {str(k): ptq_accuracy(task, v, paths, k, "cws") for k in ks},
+            "binary_ls": ptq_accuracy(task, v, paths, 2, "binary"),
+            "dkm": {},
+        }
+        for k in ks:
+            acc, dstats = run_dkm(task, v, paths, k, args, seed)
+            row["dkm"][str(k)] = acc
+            if variant == "none":
+                dkm_rows.append({"seed": seed, "method": "dkm", "k": k, "snapped": acc, **dstats})
+        rows.append(row)
+        print(
+            f"  R2 {variant:12s} fp {row['fp']:.3f} cws {row['cws']} dkm {row['dkm']} "
+            f"binary {row['binary_ls']:.3f}",
+            flush=True,
+        )
+    return rows
+
+
+def _nearest_rows(task, args, seed, variables, ks) -> list[dict[str, Any]]:
+    rows = []
+    for k in ks:
+        acc, nstats = run_nearest(task, variables, k, args, seed)
+        rows.append({"seed": seed, "method": "nearest", "k": k, "snapped": acc, **nstats})
+    return rows
+
+
 def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
     machine = common.machine_info() | {
         "uncommitted_at_start": provenance.git_dirty_files(
@@ -310,110 +414,31 @@ def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
     ks = [int(s) for s in args.ks.split(",")]
     out: dict[str, list[dict[str, Any]]] = {"gradient_l1": [], "range": [], "dkm_vs_nearest": []}
     for seed in (int(s) for s in args.seeds.split(",")):
-        base, pre = fit(
-            task,
-            {"model": task.init(seed)},
-            plain_loss(task),
-            steps=args.pretrain,
-            lr=args.lr,
-            seed=seed,
-            phase=0,
-        )
-        variables = base.params["model"]
+        variables = _pretrain(task, args, seed)
         paths = q.select(variables)
-        print(f"seed {seed}: pretrained, test acc {task.accuracy(variables):.3f}", flush=True)
-
-        def phase2(loss_fn, tree, lr=args.finetune_lr, seed=seed):
-            return fit(task, tree, loss_fn, steps=args.phase2, lr=lr, seed=seed, phase=1)
-
         trained: dict[str, Any] = {}
-        t0 = time.perf_counter()
-        state, stats = phase2(plain_loss(task), {"model": variables})
-        trained["none"] = (state.params["model"], stats, time.perf_counter() - t0)
-
-        # 1. gradient l1
-        gl1 = gradient_l1(task.loss, args.gl1_lam)
-
-        def gl1_loss(tree, state, batch, rng, step, gl1=gl1):
-            total, info = gl1(tree["model"], batch)
-            return total, state
-
-        t0 = time.perf_counter()
-        state, stats = phase2(gl1_loss, {"model": variables})
-        trained["gradient_l1"] = (state.params["model"], stats, time.perf_counter() - t0)
-        for method in ("none", "gradient_l1"):
-            v, stats, secs = trained[method]
-            loss, pen = train_loss_and_grad_l1(task, v, paths)
-            row = {
-                "seed": seed,
-                "method": method,
-                "lam": args.gl1_lam if method == "gradient_l1" else 0.0,
-                "fp": task.accuracy(v),
-                "uq": {str(b): ptq_accuracy(task, v, paths, 2**b, "uq") for b in BITS},
-                "phase2_s": secs,
-                "step_ms": stats["step_ms"],
-                # Full training set: the plain model interpolates it, so its gradient
-                # (what the penalty targets) is already close to 0.
-                "train_loss": loss,
-                "train_grad_l1": pen,
-            }
-            out["gradient_l1"].append(row)
-            print(f"  {method:12s} fp {row['fp']:.3f} uq {row['uq']}", flush=True)
-
-        # 2. R2 variants
-        for kind in R2_KINDS:
-            lam = {"linf": args.linf_lam, "margin": args.margin_lam}.get(kind, args.smm_lam)
-
-            def r2_loss(tree, state, batch, rng, step, kind=kind, lam=lam, paths=paths):
-                penalty = range_reg.range_penalty(tree, paths, kind, lam)
-                return task.loss(tree["model"], batch) + penalty, state
-
-            start = {
-                "model": variables,
-                "range": range_reg.init_range_params(variables, paths, kind),
-            }
-            t0 = time.perf_counter()
-            state, stats = phase2(r2_loss, start)
-            trained[kind] = (state.params["model"], stats, time.perf_counter() - t0)
-        for variant in ("none", *R2_KINDS):
-            v, stats, secs = trained[variant]
-            leaves = named_leaves(v)
-            row = {
-                "seed": seed,
-                "variant": variant,
-                "fp": task.accuracy(v),
-                "max_abs_w": {p: float(jnp.max(jnp.abs(leaves[p]))) for p in paths},
-                "std_w": {p: float(jnp.std(leaves[p])) for p in paths},
-                "cws": {str(k): ptq_accuracy(task, v, paths, k, "cws") for k in ks},
-                "binary_ls": ptq_accuracy(task, v, paths, 2, "binary"),
-                "dkm": {},
-            }
-            for k in ks:
-                acc, dstats = run_dkm(task, v, paths, k, args, seed)
-                row["dkm"][str(k)] = acc
-                if variant == "none":
-                    out["dkm_vs_nearest"].append(
-                        {"seed": seed, "method": "dkm", "k": k, "snapped": acc, **dstats}
-                    )
-            out["range"].append(row)
-            print(
-                f"  R2 {variant:12s} fp {row['fp']:.3f} cws {row['cws']} dkm {row['dkm']} "
-                f"binary {row['binary_ls']:.3f}",
-                flush=True,
-            )
-
-        # 3. DKM vs nearest (the DKM rows came from the "none" variant above)
-        for k in ks:
-            acc, nstats = run_nearest(task, trained["none"][0], k, args, seed)
-            out["dkm_vs_nearest"].append(
-                {"seed": seed, "method": "nearest", "k": k, "snapped": acc, **nstats}
-            )
-        for r in out["dkm_vs_nearest"][-2 * len(ks) :]:
+        out["gradient_l1"] += _gradient_l1_rows(task, args, seed, variables, paths, trained)
+        dkm_rows: list[dict[str, Any]] = []
+        out["range"] += _range_rows(task, args, seed, variables, paths, ks, trained, dkm_rows)
+        # DKM vs nearest: the DKM rows came from the plain variant above.
+        nearest_rows = _nearest_rows(task, args, seed, trained["none"][0], ks)
+        out["dkm_vs_nearest"] += dkm_rows + nearest_rows
+        for r in dkm_rows + nearest_rows:
             print(
                 f"  {r['method']:8s} K={r['k']:<3d} snapped {r['snapped']:.3f} "
                 f"{r['step_ms']:.2f} ms/step peak {r['peak_bytes'] / 2**20:.2f} MiB",
                 flush=True,
             )
+    return {
+        "experiment": "related_methods",
+        "command": " ".join(["python -m experiments.related_methods", *args.argv]),
+        "machine": machine,
+        "config": _config_record(args, ds, task),
+        **out,
+    }
+
+
+def _config_record(args: argparse.Namespace, ds: Dataset, task: Task) -> dict[str, Any]:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(task.init(0)))
     tuning = (
         "picked on seed 0 by test accuracy, which the reported seeds exclude: "
@@ -428,24 +453,17 @@ def run(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
             f"not tuned on this dataset: the values below are the digits defaults unless the "
             f"command line overrides them; the digits defaults were {tuning}"
         )
-    return {
-        "experiment": "related_methods",
-        "command": " ".join(["python -m experiments.related_methods", *args.argv]),
-        "machine": machine,
-        "config": {k: v for k, v in vars(args).items() if k not in ("argv", "out_dir", "smoke")}
-        | {
-            "dataset_name": args.dataset,
-            "dataset": describe(args, ds),
-            "model": f"SmallCNN (conv 16, conv 32, fc 64, fc {ds.num_classes}; "
-            f"{n_params:,} parameters)",
-            "quantized": "all conv/dense kernels (codebook.select default), per layer",
-            "optimizer": "Adam; pretrain at lr, phase 2 at finetune_lr, DKM at dkm_lr, "
-            "nearest at nearest_lr",
-            "tuning": tuning,
-            "dkm_tau": "per layer (dkm_tau_frac * mean spacing of the k-means start)^2",
-            "peak_bytes": "compiled memory_analysis of the jitted train step",
-        },
-        **out,
+    return {k: v for k, v in vars(args).items() if k not in ("argv", "out_dir", "smoke")} | {
+        "dataset_name": args.dataset,
+        "dataset": describe(args, ds),
+        "model": f"SmallCNN (conv 16, conv 32, fc 64, fc {ds.num_classes}; "
+        f"{n_params:,} parameters)",
+        "quantized": "all conv/dense kernels (codebook.select default), per layer",
+        "optimizer": "Adam; pretrain at lr, phase 2 at finetune_lr, DKM at dkm_lr, "
+        "nearest at nearest_lr",
+        "tuning": tuning,
+        "dkm_tau": "per layer (dkm_tau_frac * mean spacing of the k-means start)^2",
+        "peak_bytes": "compiled memory_analysis of the jitted train step",
     }
 
 
