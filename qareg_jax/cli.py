@@ -112,6 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_run_methods(run)
+    _add_run_training(run)
+    _add_run_workdir(run)
+
+    rep = sub.add_parser("report", help="tables and plots of a run directory")
+    rep.add_argument("workdir")
+
+    exp = sub.add_parser(
+        "export-pretrained",
+        help="copy only the full-precision models of a run (for --pretrained-from)",
+    )
+    exp.add_argument("workdir", help="a run directory whose pretraining finished")
+    exp.add_argument("dest", help="a new directory; later runs take --pretrained-from DEST")
+
+    prep = sub.add_parser("prepare-data", help="download and prepare a dataset (needs internet)")
+    prep.add_argument("dataset", choices=("cifar10",))
+    prep.add_argument("--data-dir", help="tensorflow-datasets directory")
+    return parser
+
+
+def _add_run_methods(run: argparse.ArgumentParser) -> None:
+    """``qareg run``: config, model, data, and the methods and K to compare."""
     run.add_argument("--config", help="Python file defining get_config() -> pipeline.Config")
     run.add_argument("--model", help=f"one of {', '.join(MODELS)}")
     run.add_argument("--dataset", help=f"one of {', '.join(data.DATASET_NAMES)}")
@@ -188,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dkm-iters", type=int, metavar="N", help="DKM k-means iterations per step (default 3)"
     )
+
+
+def _add_run_training(run: argparse.ArgumentParser) -> None:
+    """``qareg run``: seeds, splits, lambda, phases and the other training settings."""
     run.add_argument(
         "--seeds",
         nargs="+",
@@ -235,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("no", "yes", "both"),
         help="keep representatives at their initial values (both: also run the ablation)",
     )
+
+
+def _add_run_workdir(run: argparse.ArgumentParser) -> None:
+    """``qareg run``: the run directory, resume / overwrite, pretrained sources."""
     run.add_argument("--workdir", default="qareg_run", help="run directory (default: qareg_run)")
     group = run.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run in --workdir")
@@ -247,21 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
         "split and pretraining settings) instead of pretraining",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-    rep = sub.add_parser("report", help="tables and plots of a run directory")
-    rep.add_argument("workdir")
-
-    exp = sub.add_parser(
-        "export-pretrained",
-        help="copy only the full-precision models of a run (for --pretrained-from)",
-    )
-    exp.add_argument("workdir", help="a run directory whose pretraining finished")
-    exp.add_argument("dest", help="a new directory; later runs take --pretrained-from DEST")
-
-    prep = sub.add_parser("prepare-data", help="download and prepare a dataset (needs internet)")
-    prep.add_argument("dataset", choices=("cifar10",))
-    prep.add_argument("--data-dir", help="tensorflow-datasets directory")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> pipeline.Config:
