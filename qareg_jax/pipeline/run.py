@@ -326,6 +326,63 @@ def _run_seed(
     return fp, rows, record
 
 
+def _load_and_check(
+    config: Config, dataset: data.Dataset | None, sources: list[str | os.PathLike]
+) -> tuple[data.Dataset, data.Dataset, Any, dict[Any, Any]]:
+    """``(full dataset, first seed's data, model, compiled steps)``, after every check
+    that needs the data (split sizes, batch size, pretrained sources' training examples,
+    model vs image size, the first step's compilation) and before the workdir is touched."""
+    full = dataset if dataset is not None else data.load_dataset(config.dataset, config.data_dir)
+    first = seed_data(full, config.replace(seed=config.seed_list[0], seeds=None))
+    for source in sources:
+        check_same_training_data(source, config, len(full.train_labels))
+    data.steps_per_epoch(first, config.batch_size)  # batch size vs dataset
+    model_kw = {} if config.dropout_rate is None else {"dropout_rate": config.dropout_rate}
+    model = get_model(config.model, first.num_classes, **model_kw)
+    try:
+        check_input_size(config.model, first.image_shape)
+    except ValueError as e:
+        raise ValueError(
+            f"--model {config.model} does not fit --dataset {config.dataset}: {e}; choose a "
+            "model for small images (small) or a dataset with larger images"
+        ) from None
+    compiled: dict[Any, Any] = {}
+    _check_before_training(config, model, first, compiled)
+    return full, first, model, compiled
+
+
+def _write_results(
+    path: pathlib.Path,
+    config: Config,
+    device: str,
+    pretrains: dict[str, Any],
+    rows: list[dict[str, Any]],
+    plans: dict[str, Any],
+    sources: list[str | os.PathLike],
+    t0: float,
+) -> dict[str, Any]:
+    """The results record of :func:`train_and_evaluate`, written to ``results.json``
+    and ``table.md`` in ``path``."""
+    results = {
+        "config": config.to_dict(),
+        "device": device,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "pretrain": pretrains[str(config.seed_list[0])],
+        "seeds": list(config.seed_list),
+        "rows": rows,
+        "wall_s": time.perf_counter() - t0,
+    }
+    if sources:
+        results["pretrained_from"] = [str(s) for s in sources]
+    if len(config.seed_list) > 1:
+        results["pretrain_by_seed"] = pretrains
+    if config.budget is not None:
+        results["budget_plans"] = plans
+    (path / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (path / "table.md").write_text(report.markdown_table(rows) + "\n")
+    return results
+
+
 def train_and_evaluate(
     config: Config,
     workdir: str | os.PathLike,
@@ -376,23 +433,8 @@ def train_and_evaluate(
     sources = _sources(pretrained_from)
     for source in sources:
         check_pretrained_source(source, config)
-    full = dataset if dataset is not None else data.load_dataset(config.dataset, config.data_dir)
+    full, first, model, compiled = _load_and_check(config, dataset, sources)
     configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
-    first = seed_data(full, configs[0])  # split sizes vs dataset, before any work
-    for source in sources:
-        check_same_training_data(source, config, len(full.train_labels))
-    data.steps_per_epoch(first, config.batch_size)  # batch size vs dataset
-    model_kw = {} if config.dropout_rate is None else {"dropout_rate": config.dropout_rate}
-    model = get_model(config.model, first.num_classes, **model_kw)
-    try:  # model vs image size, before the workdir is touched
-        check_input_size(config.model, first.image_shape)
-    except ValueError as e:
-        raise ValueError(
-            f"--model {config.model} does not fit --dataset {config.dataset}: {e}; choose a "
-            "model for small images (small) or a dataset with larger images"
-        ) from None
-    compiled: dict[Any, Any] = {}
-    _check_before_training(config, model, first, compiled)
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     if say is None:
         say = tqdm.write if progress else lambda message: None
@@ -420,21 +462,4 @@ def train_and_evaluate(
         fp, seed_rows, plans[str(cfg.seed)] = _run_seed(ctx, stages_dir, say)
         pretrains[str(cfg.seed)] = fp.to_json()
         rows += seed_rows
-    results = {
-        "config": config.to_dict(),
-        "device": device,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "pretrain": pretrains[str(configs[0].seed)],
-        "seeds": list(config.seed_list),
-        "rows": rows,
-        "wall_s": time.perf_counter() - t0,
-    }
-    if sources:
-        results["pretrained_from"] = [str(s) for s in sources]
-    if len(configs) > 1:
-        results["pretrain_by_seed"] = pretrains
-    if config.budget is not None:
-        results["budget_plans"] = plans
-    (path / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (path / "table.md").write_text(report.markdown_table(rows) + "\n")
-    return results
+    return _write_results(path, config, device, pretrains, rows, plans, sources, t0)
