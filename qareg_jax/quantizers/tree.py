@@ -72,46 +72,10 @@ def quantize_tree(
     and the others are k-means around it (``kmeans_1d_rows(..., pin_zero=True)``): after
     magnitude pruning, the pruned weights keep their 0 (sHAM's order: prune, then share).
     """
-    if isinstance(method, str):
-        if method not in QUANTIZERS:
-            raise ValueError(f"unknown method {method!r}; choose one of {sorted(QUANTIZERS)}")
-        fn = QUANTIZERS[method]
-    elif callable(method):
-        fn = method
-    else:
-        raise TypeError(f"method must be a name or a callable, got {type(method).__name__}")
-    if isinstance(paths, str):
-        raise TypeError("paths must be a list of path strings, not one string")
-    paths = list(paths)
-    if len(set(paths)) != len(paths):
-        raise ValueError("paths contains duplicates")
-    leaves = named_leaves(params)
-    missing = [p for p in paths if p not in leaves]
-    if missing:
-        raise ValueError(f"paths not in the tree: {missing}")
-    if isinstance(k, Mapping):
-        absent = [p for p in paths if p not in k]
-        if absent:
-            raise ValueError(f"k has no entry for paths {absent}")
-        ks = {p: check_k(k[p]) for p in paths}
-    else:
-        ks = dict.fromkeys(paths, check_k(k))
-    if fn is pws and kw.get("seed") is None:
-        raise ValueError(PWS_SEED_MSG)
-    if group_size is not None and fn is not cws:
-        raise ValueError(
-            f"group_size (grouped codebooks) supports method 'kmeans' or 'cws' only, got {method!r}"
-        )
-    if not isinstance(pin_zero, bool):
-        raise TypeError(f"pin_zero must be True or False, got {pin_zero!r}")
-    if pin_zero and fn is not cws:
-        raise ValueError(f"pin_zero supports method 'kmeans' or 'cws' only, got {method!r}")
-    groups = {}
-    for p in paths:  # dtype / empty / finite / k <= size checks of every layer before any work
-        host_float(leaves[p], f"leaf {p!r}")
-        groups[p] = groups_for(group_size, np.shape(leaves[p]), p)
-        per = int(np.size(leaves[p])) // (groups[p] or 1)
-        check_k_fits(ks[p], per, p if groups[p] is None else f"{p} (each of {groups[p]} groups)")
+    fn = _quantizer(method)
+    paths, leaves, ks = _paths_and_ks(params, paths, k)
+    _check_method_options(fn, method, kw, group_size, pin_zero)
+    groups = _check_layers(leaves, paths, ks, group_size)
     if group_size is not None or pin_zero:
         return _quantize_groups(params, leaves, groups, ks, pin_zero=pin_zero, **kw)
 
@@ -125,6 +89,67 @@ def quantize_tree(
         snapped = codebook.astype(leaf.dtype)[assignments]
         new[p] = jnp.asarray(snapped) if isinstance(leaf, jax.Array) else snapped
     return replace_leaves(params, new), out
+
+
+def _quantizer(method: str | Callable[..., Any]) -> Callable[..., Any]:
+    if isinstance(method, str):
+        if method not in QUANTIZERS:
+            raise ValueError(f"unknown method {method!r}; choose one of {sorted(QUANTIZERS)}")
+        return QUANTIZERS[method]
+    if callable(method):
+        return method
+    raise TypeError(f"method must be a name or a callable, got {type(method).__name__}")
+
+
+def _paths_and_ks(
+    params: Any, paths: Sequence[str], k: int | Mapping[str, int]
+) -> tuple[list[str], dict[str, Any], dict[str, int]]:
+    """``(paths, named leaves, {path: K})``, checked: no duplicates, every path a leaf,
+    every path a valid K."""
+    if isinstance(paths, str):
+        raise TypeError("paths must be a list of path strings, not one string")
+    paths = list(paths)
+    if len(set(paths)) != len(paths):
+        raise ValueError("paths contains duplicates")
+    leaves = named_leaves(params)
+    missing = [p for p in paths if p not in leaves]
+    if missing:
+        raise ValueError(f"paths not in the tree: {missing}")
+    if not isinstance(k, Mapping):
+        return paths, leaves, dict.fromkeys(paths, check_k(k))
+    absent = [p for p in paths if p not in k]
+    if absent:
+        raise ValueError(f"k has no entry for paths {absent}")
+    return paths, leaves, {p: check_k(k[p]) for p in paths}
+
+
+def _check_method_options(
+    fn: Callable[..., Any], method: Any, kw: Mapping[str, Any], group_size: Any, pin_zero: Any
+) -> None:
+    if fn is pws and kw.get("seed") is None:
+        raise ValueError(PWS_SEED_MSG)
+    if group_size is not None and fn is not cws:
+        raise ValueError(
+            f"group_size (grouped codebooks) supports method 'kmeans' or 'cws' only, got {method!r}"
+        )
+    if not isinstance(pin_zero, bool):
+        raise TypeError(f"pin_zero must be True or False, got {pin_zero!r}")
+    if pin_zero and fn is not cws:
+        raise ValueError(f"pin_zero supports method 'kmeans' or 'cws' only, got {method!r}")
+
+
+def _check_layers(
+    leaves: Mapping[str, Any], paths: list[str], ks: Mapping[str, int], group_size: int | None
+) -> dict[str, int | None]:
+    """``{path: number of groups or None}``, after the dtype / empty / finite / k <= size
+    checks of every layer, before any work."""
+    groups = {}
+    for p in paths:
+        host_float(leaves[p], f"leaf {p!r}")
+        groups[p] = groups_for(group_size, np.shape(leaves[p]), p)
+        per = int(np.size(leaves[p])) // (groups[p] or 1)
+        check_k_fits(ks[p], per, p if groups[p] is None else f"{p} (each of {groups[p]} groups)")
+    return groups
 
 
 def _quantize_groups(
