@@ -137,7 +137,7 @@ def reuse_stages(workdir: pathlib.Path, config: train.Config, rundir: pathlib.Pa
     return copied
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="a search config: get_config() and get_variants()")
     parser.add_argument(
@@ -157,52 +157,58 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
-
-    base, variants = load_search(args.config)
-    unknown = sorted(set(args.only or ()) - set(variants))
+    args.base, args.variants = load_search(args.config)
+    unknown = sorted(set(args.only or ()) - set(args.variants))
     if unknown:
-        parser.error(f"--only {unknown}: not in the variants ({', '.join(variants)})")
-    reuse = {v: pathlib.Path(d) for v, d in args.reuse}
-    for variant, rundir in reuse.items():
-        if variant not in variants:
-            parser.error(f"--reuse {variant}: not in the variants ({', '.join(variants)})")
+        parser.error(f"--only {unknown}: not in the variants ({', '.join(args.variants)})")
+    args.reuse = {v: pathlib.Path(d) for v, d in args.reuse}
+    for variant, rundir in args.reuse.items():
+        if variant not in args.variants:
+            parser.error(f"--reuse {variant}: not in the variants ({', '.join(args.variants)})")
         if not (rundir / "config.json").is_file() or not (rundir / "stages").is_dir():
             parser.error(f"--reuse {variant} {rundir}: not a run directory (config.json, stages/)")
+    return args
+
+
+def run_variant(args: argparse.Namespace, variant: str, workdir: pathlib.Path) -> dict[str, Any]:
+    """The results of one variant: read back if it finished, else trained (resumed, or
+    from the stages of ``--reuse``)."""
+    done = workdir / "results.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    changes = args.variants[variant]
+    print(f"== {variant}: {changes}", flush=True)
+    config = args.base.replace(**changes)
+    resume = args.resume and (workdir / "config.json").exists()
+    if variant in args.reuse:
+        print(f"read back: {reuse_stages(workdir, config, args.reuse[variant])}", flush=True)
+        resume = True
+    return train.train_and_evaluate(
+        config, workdir, resume=resume, pretrained_from=args.pretrained_from
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    variants = args.variants
     name = args.name or pathlib.Path(args.config).stem
     parent = pathlib.Path(args.workdir or ROOT / "runs" / name)
     dest = pathlib.Path(args.results) / name
     dest.mkdir(parents=True, exist_ok=True)
     record = provenance.record()
     rows: list[dict[str, Any]] = []
-    for variant, changes in variants.items():
+    for variant in variants:
         workdir = parent / variant
-        done = workdir / "results.json"
-        if done.exists():
-            results = json.loads(done.read_text())
-        elif args.only and variant not in args.only:
+        if args.only and variant not in args.only and not (workdir / "results.json").exists():
             continue
-        else:
-            print(f"== {variant}: {changes}", flush=True)
-            config = base.replace(**changes)
-            resume = args.resume and (workdir / "config.json").exists()
-            if variant in reuse:
-                print(f"read back: {reuse_stages(workdir, config, reuse[variant])}", flush=True)
-                resume = True
-            results = train.train_and_evaluate(
-                config,
-                workdir,
-                resume=resume,
-                pretrained_from=args.pretrained_from,
-            )
-        for row in results["rows"]:
+        for row in run_variant(args, variant, workdir)["rows"]:
             dist = relative_distance(workdir, row["stage"])
             rows.append({**row, "variant": variant, "dist_mean": dist and dist[0],
                          "dist_max": dist and dist[1]})  # fmt: skip
-        table = search_table(rows)
         (dest / "search.md").write_text(
             f"# Recipe search: {name}\n\n"
             + "\n".join(f"- {k}: `{v}`" for k, v in record.items())
-            + f"\n- variants: `{json.dumps(variants)}`\n\n{table}\n"
+            + f"\n- variants: `{json.dumps(variants)}`\n\n{search_table(rows)}\n"
         )
         (dest / "search.json").write_text(
             json.dumps({**record, "variants": variants, "rows": rows}, indent=1) + "\n"
