@@ -404,7 +404,6 @@ def kmeans_1d_rows(x: Any, k: int, max_iter: int = 100, *, pin_zero: bool = Fals
     n = xs.shape[1]
     s1 = np.concatenate([np.zeros((len(xs), 1)), np.cumsum(xs, axis=1)], axis=1)
     s2 = np.concatenate([np.zeros((len(xs), 1)), np.cumsum(xs * xs, axis=1)], axis=1)
-    rows = np.arange(len(xs))[:, None]
     lo, hi = xs[:, :1], xs[:, -1:]
     starts = (
         xs[:, np.minimum(((np.arange(k) + 0.5) / k * n).astype(np.int64), n - 1)],
@@ -412,29 +411,8 @@ def kmeans_1d_rows(x: Any, k: int, max_iter: int = 100, *, pin_zero: bool = Fals
     )
     zero = -mean  # 0.0 in the centred coordinates
     best_c, best_sse = None, None
-    for c in starts:
-        c = c.copy()
-        # Moving the centroid nearest 0 onto it keeps the row sorted, and Lloyd keeps it so.
-        pinned = np.argmin(np.abs(c - zero), axis=1)[:, None] if pin_zero else None
-        if pin_zero:
-            np.put_along_axis(c, pinned, zero, axis=1)
-        edges = None
-        for _ in range(max_iter):
-            inner = _rows_count_le(xs, 0.5 * (c[:, :-1] + c[:, 1:]))
-            new = np.pad(inner, ((0, 0), (1, 0)))
-            new = np.concatenate([new, np.full((len(xs), 1), n)], axis=1)
-            if edges is not None and np.array_equal(new, edges):
-                break
-            edges = new
-            count = edges[:, 1:] - edges[:, :-1]
-            total = s1[rows, edges[:, 1:]] - s1[rows, edges[:, :-1]]
-            c = np.where(count > 0, total / np.maximum(count, 1), c)
-            if pin_zero:
-                np.put_along_axis(c, pinned, zero, axis=1)
-        count = edges[:, 1:] - edges[:, :-1]
-        t1 = s1[rows, edges[:, 1:]] - s1[rows, edges[:, :-1]]
-        t2 = s2[rows, edges[:, 1:]] - s2[rows, edges[:, :-1]]
-        sse = np.sum(np.maximum(t2 - 2 * c * t1 + c * c * count, 0.0), axis=1)
+    for start in starts:
+        c, sse = _lloyd_rows(xs, s1, s2, start.copy(), max_iter, zero if pin_zero else None)
         if best_c is None:
             best_c, best_sse = c, sse
         else:
@@ -445,3 +423,38 @@ def kmeans_1d_rows(x: Any, k: int, max_iter: int = 100, *, pin_zero: bool = Fals
     if pin_zero:  # -m + m is exactly 0.0; set it anyway, whatever the rounding of the sort
         np.put_along_axis(out, np.argmin(np.abs(out), axis=1)[:, None], 0.0, axis=1)
     return out
+
+
+def _lloyd_rows(
+    xs: np.ndarray,
+    s1: np.ndarray,
+    s2: np.ndarray,
+    c: np.ndarray,
+    max_iter: int,
+    zero: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd on sorted rows ``xs`` (G, n) with prefix sums ``s1``, ``s2`` (G, n + 1) from
+    sorted centroids ``c`` (G, k), updated in place; ``zero`` (G, 1): the value each row
+    keeps one centroid at (``pin_zero``), or None. Returns ``(c, SSE per row)``."""
+    n, rows = xs.shape[1], np.arange(len(xs))[:, None]
+    # Moving the centroid nearest 0 onto it keeps the row sorted, and Lloyd keeps it so.
+    pinned = None if zero is None else np.argmin(np.abs(c - zero), axis=1)[:, None]
+    if pinned is not None:
+        np.put_along_axis(c, pinned, zero, axis=1)
+    edges = None
+    for _ in range(max_iter):
+        inner = _rows_count_le(xs, 0.5 * (c[:, :-1] + c[:, 1:]))
+        new = np.pad(inner, ((0, 0), (1, 0)))
+        new = np.concatenate([new, np.full((len(xs), 1), n)], axis=1)
+        if edges is not None and np.array_equal(new, edges):
+            break
+        edges = new
+        count = edges[:, 1:] - edges[:, :-1]
+        total = s1[rows, edges[:, 1:]] - s1[rows, edges[:, :-1]]
+        c = np.where(count > 0, total / np.maximum(count, 1), c)
+        if pinned is not None:
+            np.put_along_axis(c, pinned, zero, axis=1)
+    count = edges[:, 1:] - edges[:, :-1]
+    t1 = s1[rows, edges[:, 1:]] - s1[rows, edges[:, :-1]]
+    t2 = s2[rows, edges[:, 1:]] - s2[rows, edges[:, :-1]]
+    return c, np.sum(np.maximum(t2 - 2 * c * t1 + c * c * count, 0.0), axis=1)
