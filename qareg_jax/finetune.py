@@ -183,6 +183,82 @@ def assignments_by_path(state: optax.OptState) -> dict[str, Array]:
     return named_leaves(found[0].assignments)
 
 
+def _checked_updates(params: Any, updates: Any, specs: Mapping[str, QuantSpec]) -> Any:
+    """``updates`` in the structure of ``params``, refused (ValueError) when its top-level
+    keys differ or it lacks a reps entry of a selected leaf."""
+    if not isinstance(updates, Mapping) or set(updates) != set(params):
+        raise ValueError(
+            f"updates must have the top-level keys of params {sorted(params)}, got "
+            f"{sorted(updates) if isinstance(updates, Mapping) else type(updates)}"
+        )
+    updates = _like(params, updates)
+    missing = [path for path in specs if path not in updates["reps"]]
+    if missing:
+        raise ValueError(
+            f"updates have no reps entries for {missing}: take gradients with respect "
+            "to the whole snapped tree"
+        )
+    return updates
+
+
+def _rep_grads(
+    specs: Mapping[str, QuantSpec],
+    grads: Mapping[str, Array],
+    reps: Mapping[str, Array],
+    assignments: Mapping[str, Array],
+    levels: Mapping[str, Array],
+    rep_grad: str,
+) -> dict[str, Array]:
+    """Each rep's own gradient plus the sum (or mean) of its weights' gradients."""
+    out = dict(reps)
+    for path in specs:
+        g, a = grads[path], assignments[path].astype(jnp.int32)
+        cd = jnp.promote_types(g.dtype, jnp.float32)
+        # Scatter-add with N-d indices: no ravel, so a kernel sharded over a mesh
+        # axis is not gathered onto every device. A grouped leaf sums per group.
+        shape = levels[path].shape
+        total = level_sums(g.astype(cd), a, shape)
+        if rep_grad == "mean":
+            count = level_sums(jnp.ones(a.shape, cd), a, shape)
+            total = total / jnp.maximum(count, 1)
+        r = out[path]
+        total = (r.astype(cd) + total).astype(r.dtype)
+        # A pinned zero level gets no gradient, so the inner optimizer leaves it at 0.
+        out[path] = jnp.where(pin_mask(levels[path]), 0, total) if specs[path].pin_zero else total
+    return out
+
+
+def _exact_updates(
+    specs: Mapping[str, QuantSpec],
+    leaves: Mapping[str, Array],
+    levels: Mapping[str, Array],
+    rep_inner: Mapping[str, Array],
+    assignments: Mapping[str, Array],
+) -> tuple[dict[str, Array], dict[str, Array]]:
+    """``(rep updates, weight updates)`` that keep every weight bitwise on its rep.
+
+    New rep values t = c + u_c as optax.apply_updates would compute them. Reps get
+    t - c and weights t[a] - w: only subtractions and additions of the same values,
+    so a weight on its rep (w == c[a]) lands bitwise where the rep does however XLA
+    fuses them. Returning u_c and u_c[a] instead breaks when XLA contracts
+    ``c + lr * m`` into an FMA in one place and not the other. A leaf with weights
+    off their reps (not snapped) holds its reps still and moves those weights onto
+    them: t - w is exact once w is near t, so this takes one or two updates (a few
+    for levels far below the weights' scale).
+    """
+    rep_updates, weight_updates = {}, {}
+    for path in specs:
+        w, c, u_c = leaves[path], levels[path], rep_inner[path]
+        if specs[path].pin_zero:  # whatever the inner transform adds (e.g. noise)
+            u_c = jnp.where(pin_mask(c), 0, u_c)
+        a = assignments[path]
+        off = jnp.any(_bits(w) != _bits(take_levels(c, a)))
+        t = jnp.where(off, c, jnp.asarray(c + u_c).astype(c.dtype))
+        rep_updates[path] = t - c
+        weight_updates[path] = take_levels(t, a) - w
+    return rep_updates, weight_updates
+
+
 def quantized_finetune(
     inner: optax.GradientTransformation,
     specs: Mapping[str, QuantSpec],
@@ -259,37 +335,10 @@ def quantized_finetune(
         if params is None:
             raise ValueError("quantized_finetune needs params: call update(updates, state, params)")
         leaves, levels = leaves_and_levels(params, specs, need_reps=True)
-        if not isinstance(updates, Mapping) or set(updates) != set(params):
-            raise ValueError(
-                f"updates must have the top-level keys of params {sorted(params)}, got "
-                f"{sorted(updates) if isinstance(updates, Mapping) else type(updates)}"
-            )
-        updates = _like(params, updates)
-        missing = [path for path in specs if path not in updates["reps"]]
-        if missing:
-            raise ValueError(
-                f"updates have no reps entries for {missing}: take gradients with respect "
-                "to the whole snapped tree"
-            )
+        updates = _checked_updates(params, updates, specs)
         assignments = named_leaves(state.assignments)
         grads = named_leaves(updates["model"])
-        rep_grads = dict(updates["reps"])
-        for path in specs:
-            g, a = grads[path], assignments[path].astype(jnp.int32)
-            cd = jnp.promote_types(g.dtype, jnp.float32)
-            # Scatter-add with N-d indices: no ravel, so a kernel sharded over a mesh
-            # axis is not gathered onto every device. A grouped leaf sums per group.
-            shape = levels[path].shape
-            total = level_sums(g.astype(cd), a, shape)
-            if rep_grad == "mean":
-                count = level_sums(jnp.ones(a.shape, cd), a, shape)
-                total = total / jnp.maximum(count, 1)
-            r = rep_grads[path]
-            total = (r.astype(cd) + total).astype(r.dtype)
-            # A pinned zero level gets no gradient, so the inner optimizer leaves it at 0.
-            rep_grads[path] = (
-                jnp.where(pin_mask(levels[path]), 0, total) if specs[path].pin_zero else total
-            )
+        rep_grads = _rep_grads(specs, grads, updates["reps"], assignments, levels, rep_grad)
 
         def zero_fixed(key: str, tree: Any) -> Any:
             """Top-level entry ``key`` with its selected (and frozen) leaves zeroed."""
@@ -308,25 +357,10 @@ def quantized_finetune(
         inner_updates, inner_state = inner.update(
             inner_grads, state.inner_state, params, **extra_args
         )
-        # New rep values t = c + u_c as optax.apply_updates would compute them. Reps get
-        # t - c and weights t[a] - w: only subtractions and additions of the same
-        # values, so a weight on its rep (w == c[a]) lands bitwise where the rep does
-        # however XLA fuses them. Returning u_c and u_c[a] instead breaks when XLA
-        # contracts ``c + lr * m`` into an FMA in one place and not the other.
-        # A leaf with weights off their reps (not snapped) holds its reps still and
-        # moves those weights onto them: t - w is exact once w is near t, so this
-        # takes one or two updates (a few for levels far below the weights' scale).
-        rep_updates, weight_updates = {}, {}
-        for path in specs:
-            w, c, u_c = leaves[path], levels[path], inner_updates["reps"][path]
-            if specs[path].pin_zero:  # whatever the inner transform adds (e.g. noise)
-                u_c = jnp.where(pin_mask(c), 0, u_c)
-            a = assignments[path]
-            off = jnp.any(_bits(w) != _bits(take_levels(c, a)))
-            t = jnp.where(off, c, jnp.asarray(c + u_c).astype(c.dtype))
-            rep_updates[path] = t - c
-            weight_updates[path] = take_levels(t, a) - w
-
+        # t - c for the reps, t[a] - w for the weights (why: _exact_updates).
+        rep_updates, weight_updates = _exact_updates(
+            specs, leaves, levels, inner_updates["reps"], assignments
+        )
         out = {key: zero_fixed(key, tree) for key, tree in inner_updates.items()}
         out["model"] = replace_leaves(out["model"], weight_updates)
         out["reps"] = rep_updates
