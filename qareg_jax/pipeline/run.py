@@ -327,13 +327,16 @@ def _run_seed(
 
 
 def _load_and_check(
-    config: Config, dataset: data.Dataset | None, sources: list[str | os.PathLike]
+    config: Config,
+    first_config: Config,
+    dataset: data.Dataset | None,
+    sources: list[str | os.PathLike],
 ) -> tuple[data.Dataset, data.Dataset, Any, dict[Any, Any]]:
     """``(full dataset, first seed's data, model, compiled steps)``, after every check
     that needs the data (split sizes, batch size, pretrained sources' training examples,
     model vs image size, the first step's compilation) and before the workdir is touched."""
     full = dataset if dataset is not None else data.load_dataset(config.dataset, config.data_dir)
-    first = seed_data(full, config.replace(seed=config.seed_list[0], seeds=None))
+    first = seed_data(full, first_config)  # split sizes vs dataset, before any work
     for source in sources:
         check_same_training_data(source, config, len(full.train_labels))
     data.steps_per_epoch(first, config.batch_size)  # batch size vs dataset
@@ -433,8 +436,8 @@ def train_and_evaluate(
     sources = _sources(pretrained_from)
     for source in sources:
         check_pretrained_source(source, config)
-    full, first, model, compiled = _load_and_check(config, dataset, sources)
     configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
+    full, first, model, compiled = _load_and_check(config, configs[0], dataset, sources)
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     if say is None:
         say = tqdm.write if progress else lambda message: None
