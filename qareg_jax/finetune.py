@@ -481,19 +481,8 @@ def regularize_then_finetune(
       TypeError: ``snap_at`` is not an int.
       ValueError: ``snap_at < 0``, a spec is static, or as :func:`quantized_finetune`.
     """
-    if isinstance(snap_at, bool) or not isinstance(snap_at, int | np.integer):
-        raise TypeError(f"snap_at must be a Python int, got {type(snap_at).__name__}")
-    if snap_at < 0:
-        raise ValueError(f"snap_at must be >= 0, got {snap_at}")
-    specs = dict(specs)
-    static = sorted(path for path, spec in specs.items() if not spec.dynamic)
-    if static:
-        raise ValueError(
-            f"regularize_then_finetune needs dynamic specs; {static} are static (sine, "
-            "cosine) and have no representatives in the tree until snap() adds them: use "
-            "snap() and quantized_finetune() for these"
-        )
-    snap_at = int(snap_at)
+    snap_at = _checked_snap_at(snap_at)
+    specs = _checked_dynamic(specs)
     finetune = quantized_finetune(
         finetune_tx,
         specs,
@@ -514,34 +503,18 @@ def regularize_then_finetune(
             finetune_state=finetune.init(params),
         )
 
-    def zero_but_selected(params: Any, moves: Mapping[str, Array]) -> Any:
-        """Zero updates for ``params``, with ``moves[path]`` at the selected weights."""
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return _like(params, {**zeros, "model": replace_leaves(zeros["model"], moves)})
-
     def snap_updates(params: Any) -> tuple[Any, Any]:
         """First snapping update (each weight onto its nearest rep, or zero); the snapped tree."""
-        leaves, levels = leaves_and_levels(params, specs, need_reps=True)
-        moves, on_levels = {}, {}
-        for path in specs:
-            w, c = leaves[path], levels[path]
-            target = take_levels(c, assign_levels(w, c, index_dtype=index_dtypes[path]))
-            move = target - w
-            # w + (target - w) misses target by an ulp for some weights (|target| < |w| / 2
-            # loses bits in the subtraction); those go to zero instead (w + -w == 0
-            # exactly), from where the settling update's target - 0 lands exactly.
-            lands = _bits((w + move).astype(w.dtype)) == _bits(target)
-            moves[path] = jnp.where(lands, move, -w)
-            on_levels[path] = target
+        moves, on_levels = _snap_moves(params, specs, index_dtypes)
         snapped = {**params, "model": replace_leaves(params["model"], on_levels)}
-        return zero_but_selected(params, moves), _like(params, snapped)
+        return _zero_but_selected(params, moves), _like(params, snapped)
 
     def settle_updates(params: Any, ft_state: QuantizedFinetuneState) -> Any:
         """Second snapping update: ``c[a] - w``, exact now that ``w`` is ``c[a]`` or zero."""
         leaves, levels = leaves_and_levels(params, specs, need_reps=True)
         assignments = named_leaves(ft_state.assignments)
         moves = {p: take_levels(levels[p], assignments[p]) - leaves[p] for p in specs}
-        return zero_but_selected(params, moves)
+        return _zero_but_selected(params, moves)
 
     def update_fn(
         updates: Any,
@@ -574,19 +547,9 @@ def regularize_then_finetune(
             out, ft_state = finetune.update(grads, state.finetune_state, params, **extra_args)
             return out, state.train_state, ft_state
 
-        branches = (train, snap_step, settle, tune)
-        operands = (updates, state, params)
-        # Branches may give different dtypes (an optimizer's f32 updates for bf16
-        # params); lax.switch needs one, and the promotion is exact.
-        shapes = [jax.eval_shape(branch, operands) for branch in branches]
-        dtypes = jax.tree.map(lambda *s: jnp.result_type(*(x.dtype for x in s)), *shapes)
-
-        def promoted(branch: Any) -> Any:
-            return lambda operands: jax.tree.map(lambda x, d: x.astype(d), branch(operands), dtypes)
-
         phase = jnp.clip(state.count - snap_at + 1, 0, 3)  # train, snap, settle, tune
-        out, train_state, ft_state = jax.lax.switch(
-            phase, [promoted(b) for b in branches], operands
+        out, train_state, ft_state = _promoted_switch(
+            phase, (train, snap_step, settle, tune), (updates, state, params)
         )
         new_state = RegularizeThenFinetuneState(
             count=optax.safe_increment(state.count),
@@ -597,3 +560,63 @@ def regularize_then_finetune(
         return out, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _checked_snap_at(snap_at: Any) -> int:
+    if isinstance(snap_at, bool) or not isinstance(snap_at, int | np.integer):
+        raise TypeError(f"snap_at must be a Python int, got {type(snap_at).__name__}")
+    if snap_at < 0:
+        raise ValueError(f"snap_at must be >= 0, got {snap_at}")
+    return int(snap_at)
+
+
+def _checked_dynamic(specs: Mapping[str, QuantSpec]) -> dict[str, QuantSpec]:
+    specs = dict(specs)
+    static = sorted(path for path, spec in specs.items() if not spec.dynamic)
+    if static:
+        raise ValueError(
+            f"regularize_then_finetune needs dynamic specs; {static} are static (sine, "
+            "cosine) and have no representatives in the tree until snap() adds them: use "
+            "snap() and quantized_finetune() for these"
+        )
+    return specs
+
+
+def _zero_but_selected(params: Any, moves: Mapping[str, Array]) -> Any:
+    """Zero updates for ``params``, with ``moves[path]`` at the selected weights."""
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return _like(params, {**zeros, "model": replace_leaves(zeros["model"], moves)})
+
+
+def _snap_moves(
+    params: Any, specs: Mapping[str, QuantSpec], index_dtypes: Mapping[str, Any]
+) -> tuple[dict[str, Array], dict[str, Array]]:
+    """Per path: the move onto the nearest representative (or to zero), and that level."""
+    leaves, levels = leaves_and_levels(params, specs, need_reps=True)
+    moves, on_levels = {}, {}
+    for path in specs:
+        w, c = leaves[path], levels[path]
+        target = take_levels(c, assign_levels(w, c, index_dtype=index_dtypes[path]))
+        move = target - w
+        # w + (target - w) misses target by an ulp for some weights (|target| < |w| / 2
+        # loses bits in the subtraction); those go to zero instead (w + -w == 0
+        # exactly), from where the settling update's target - 0 lands exactly.
+        lands = _bits((w + move).astype(w.dtype)) == _bits(target)
+        moves[path] = jnp.where(lands, move, -w)
+        on_levels[path] = target
+    return moves, on_levels
+
+
+def _promoted_switch(phase: Array, branches: tuple, operands: tuple) -> Any:
+    """``lax.switch`` over branches whose outputs differ only in dtype.
+
+    An optimizer's f32 updates for bf16 params, say: ``lax.switch`` needs one dtype
+    per leaf, and promoting to the common one is exact.
+    """
+    shapes = [jax.eval_shape(branch, operands) for branch in branches]
+    dtypes = jax.tree.map(lambda *s: jnp.result_type(*(x.dtype for x in s)), *shapes)
+
+    def promoted(branch: Any) -> Any:
+        return lambda operands: jax.tree.map(lambda x, d: x.astype(d), branch(operands), dtypes)
+
+    return jax.lax.switch(phase, [promoted(b) for b in branches], operands)
