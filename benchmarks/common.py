@@ -79,3 +79,15 @@ def write_json(payload: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def main(
+    parse: Callable[[list[str] | None], Any],
+    run: Callable[[Any], dict[str, Any]],
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """A benchmark's command line: parse ``argv``, run, write the JSON to ``args.out``."""
+    args = parse(argv)
+    result = run(args)
+    print(f"wrote {write_json(result, args.out)}")
+    return result

@@ -134,11 +134,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse(argv)
-    result = run(args)
-    path = common.write_json(result, args.out)
-    print(f"wrote {path}")
-    return result
+    return common.main(parse, run, argv)
 
 
 if __name__ == "__main__":

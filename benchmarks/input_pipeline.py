@@ -128,10 +128,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse(argv)
-    result = run(args)
-    print(f"wrote {common.write_json(result, args.out)}")
-    return result
+    return common.main(parse, run, argv)
 
 
 if __name__ == "__main__":
