@@ -10,7 +10,7 @@ Pretraining is exactly ``alexnet_cifar10_jpeg_fp.py``'s (the same 45,000 trainin
 table starts from its model; the other 5,000 images are the validation split
 (``val_fraction=0.1``, which leaves exactly those 45,000 for training). The regularized /
 QAT and fine-tuning phases are ``alexnet_cifar10.py``'s (Adam for 20 epochs; Adam 1e-4 for
-10 epochs) divided by ``SHORTEN``: 2 and 1 epochs (704 and 352 steps at batch
+10 epochs) divided by ``SHORTEN``: 2 and 1 epochs (702 and 351 steps at batch
 128). The regularized / QAT phase runs at ``REG_LR``, chosen on the validation split.
 
 The regularizers run with the recommended recipe (the issue's "with the recipe"):

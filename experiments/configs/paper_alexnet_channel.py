@@ -9,8 +9,8 @@ values per layer, about 0.1 % of AlexNet's indices at K = 4)::
         --pretrained-from RUNDIR_OF_THE_FP_ALEXNET
 
 CPU estimate (2-core machine, 0.31-0.41 s per plain step): per K one recipe stage
-(704 + 352 steps, ~9-12 min with the grouped penalty) and one k-means fine-tuning
-(352 steps, ~2.5 min): ~30 min.
+(702 + 351 steps, ~9-12 min with the grouped penalty) and one k-means fine-tuning
+(351 steps, ~2.5 min): ~30 min.
 """
 
 import paper_alexnet

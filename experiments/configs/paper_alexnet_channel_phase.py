@@ -1,6 +1,6 @@
 """The length of the recipe's phases at K = 4 with one codebook per output channel, chosen
 on the 5,000 validation images (issue 13's goal: post-tuning within 1.5 points of the
-full-precision AlexNet's 80.90 %; the table's 704 + 352 steps leave it 2.2 under).
+full-precision AlexNet's 80.90 %; the table's 702 + 351 steps leave it 2.2 under).
 Each variant runs ``paper_alexnet_channel.py`` at K = 4, seed 0, from the same
 full-precision model:
 

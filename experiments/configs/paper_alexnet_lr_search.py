@@ -4,7 +4,7 @@ for training from scratch-like settings; the full-precision model it starts from
 trained with SGD at 0.01 decayed to 0, and the recipe's K = 4 latent net lost 7.8 points
 in two epochs at that rate. Each variant runs the recommended recipe (``nearest`` beside
 STE, ``paper_alexnet_recipe.py``) at K = 4, seed 0, from the same full-precision model,
-for the table's 704 + 352 steps:
+for the table's 702 + 351 steps:
 
     python -m experiments.recipe_search experiments/configs/paper_alexnet_lr_search.py \\
         --pretrained-from RUNDIR_OF_THE_FP_ALEXNET

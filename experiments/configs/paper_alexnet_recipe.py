@@ -9,7 +9,7 @@ use ``"spacing"`` (the same at K = 2), so its own ``nearest + ste1`` rows replac
     python -m experiments.run_table experiments/configs/paper_alexnet_recipe.py \\
         --pretrained-from RUNDIR_OF_THE_FP_ALEXNET
 
-CPU estimate (quiet 2-core Xeon, 0.38 s per plain step): 3 K x (704 + 352) steps ~ 25 min.
+CPU estimate (quiet 2-core Xeon, 0.38 s per plain step): 3 K x (702 + 351) steps ~ 25 min.
 """
 
 import cifar10_jpeg_vgg_qat_damp
