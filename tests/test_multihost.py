@@ -151,4 +151,3 @@ def test_a_killed_worker_fails_the_launcher_naming_it(runs):
     assert "FAILED: process 1 died (killed by SIGKILL)" in run["log"], run["log"][-4000:]
     assert "--die: killing myself" in run["log"]  # the dead worker's log tail is shown
     assert not (run["dir"] / "result.npz").exists()
-    assert run["seconds"] < LIMIT_S

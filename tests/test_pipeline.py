@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from qareg_jax import compress, data, pipeline
+from qareg_jax import compress, data, pipeline, provenance
 from qareg_jax.pipeline import loop
 
 # Tiny settings: one epoch per phase, one regularizer and one baseline at K=2.
@@ -56,7 +56,7 @@ def test_one_epoch_on_mock_cifar10(tmp_path):
         assert set(quantized) == {f"params/{p}/kernel" for p in ("conv1", "conv2", "fc1", "fc2")}
         for codebook, assignments in quantized.values():
             assert codebook.shape == (2,) and assignments.max() <= 1
-    assert results["device"].startswith("cpu")
+    assert results["device"] == provenance.device_name()
     # Per-layer regularizer logs every log_every steps (3 steps per epoch: steps 2 and 3).
     records = [json.loads(line) for line in (tmp_path / "run/metrics/reg-nearest-k2.jsonl").open()]
     reg = [r for r in records if r["phase"] == "reg"]

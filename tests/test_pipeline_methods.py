@@ -8,12 +8,14 @@ import dataclasses
 import functools
 import json
 import re
+import types
 
 import numpy as np
 import pytest
 
 from qareg_jax import compress, data, pipeline, report
 from qareg_jax.models import get_model
+from qareg_jax.pipeline import loop
 from qareg_jax.pipeline.stages import pretrain
 from qareg_jax.qat import ste
 from qareg_jax.snap import snap
@@ -260,10 +262,15 @@ def test_stage_plan_and_old_rows_without_the_new_fields():
     assert "(val)" not in report.markdown_table([row.to_json()])
 
 
-def test_step_timer_skips_the_compiling_interval():
+def test_step_timer_skips_the_compiling_interval_and_the_host_work(monkeypatch):
+    # perf_counter at: start, after sync 5's host work, sync 10, after its host work, sync 20.
+    clock = iter([0.0, 100.0, 101.0, 150.0, 152.0])
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     timer = pipeline.StepTimer(0)
+    timer.sync(5)  # steps 1-5 hold the compilation: not timed
     assert timer.median() is None
-    timer.sync(5)  # compilation
     timer.resume()
-    timer.sync(10)
-    assert timer.median() is not None and timer.median() >= 0
+    timer.sync(10)  # 1 s for 5 steps
+    timer.resume()  # 49 s of checkpointing, not counted
+    timer.sync(20)  # 2 s for 10 steps
+    assert timer.per_step == [0.2, 0.2] and timer.median() == 0.2
