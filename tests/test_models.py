@@ -171,7 +171,7 @@ def test_get_model_factory_and_errors():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="num_classes must be a positive int"):
             get_model("small", bad)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="dropout_rate"):
         get_model("small", 10, dropout_rate=0.5)  # SmallCNN has no dropout
 
 

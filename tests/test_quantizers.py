@@ -432,13 +432,13 @@ def test_error_paths(method):
     kw = {"seed": 0} if method == "pws" else {}
     good = np.linspace(-1, 1, 10, dtype=np.float32)
     k = 2
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(ValueError, match="w contains NaN or inf"):
         fn(np.array([0.0, np.nan], np.float32), k, **kw)
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(ValueError, match="w contains NaN or inf"):
         fn(np.array([0.0, np.inf]), k, **kw)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="w is empty"):
         fn(np.zeros(0, np.float32), k, **kw)
-    with pytest.raises(TypeError, match="float array"):
+    with pytest.raises(TypeError, match="w must be a float array"):
         fn(np.arange(10), k, **kw)
     with pytest.raises(ValueError, match="k must be an integer >= 2"):
         fn(good, 1, **kw)
@@ -465,9 +465,9 @@ def test_error_paths_of_options():
         q.kmeans_1d(w, 4, max_iter=0)
     with pytest.raises(TypeError, match="max_iter"):
         q.kmeans_1d(w, 4, max_iter=10.0)
-    with pytest.raises(ValueError, match="tol"):
+    with pytest.raises(ValueError, match="tol must be >= 0"):
         q.kmeans_1d(w, 4, tol=-1.0)
-    with pytest.raises(ValueError, match="mu"):
+    with pytest.raises(ValueError, match="mu must be a finite number >= 0"):
         q.ecsq(w, 4, mu=-1.0)
     with pytest.raises(ValueError, match="exactly 2 levels"):
         q.binary_ls(w, 3)

@@ -32,7 +32,7 @@ def test_default_is_digits_with_the_old_output_names():
     assert related_methods.output_stem(args) == "related_methods_cifar10_jpeg"
 
 
-def test_absent_or_wrong_data_fails_with_a_clear_message(tmp_path, monkeypatch):
+def test_absent_or_wrong_data_fails_with_a_clear_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("QAREG_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(SystemExit, match="needs --data-path"):
         related_methods.main(["--smoke", "--dataset", "cifar10_jpeg"])
@@ -43,10 +43,13 @@ def test_absent_or_wrong_data_fails_with_a_clear_message(tmp_path, monkeypatch):
     folder = _tiny_folder(tmp_path / "imgs")
     with pytest.raises(SystemExit, match="not the ten CIFAR-10 classes"):
         related_methods.main(["--smoke", "--dataset", "cifar10_jpeg", "--data-path", str(folder)])
-    with pytest.raises(SystemExit):  # argparse: digits takes no --data-path
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # argparse: digits takes no --data-path
         related_methods.parse(["--data-path", str(folder)])
-    with pytest.raises(SystemExit):
+    assert info.value.code == 2 and "--data-path" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
         related_methods.parse(["--dataset", "folder", "--train-subset", "0"])
+    assert info.value.code == 2 and "--train-subset" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -158,9 +158,9 @@ def test_errors():
     assert snap({"model": tp["model"], "reps": {}}, big)[1]["d/kernel"].dtype == jnp.uint16
     with pytest.raises(TypeError, match="integer dtype"):
         assign(w, jnp.float32([0.0, 1.0]), index_dtype=jnp.float32)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"levels must have shape \(K,\)"):
         assign(w, jnp.zeros((2, 2)))
-    with pytest.raises(TypeError, match="floating"):
+    with pytest.raises(TypeError, match="w must be a floating"):
         assign(jnp.ones(3, jnp.int32), jnp.float32([0.0, 1.0]))
 
 
