@@ -317,7 +317,7 @@ def test_ctrl_c_at_random_points_exits_cleanly_and_resume_gives_the_same_rows(tm
     # imports is Python's own traceback), so some land in checkpoint saves: the old code
     # printed orbax tracebacks, lost interrupts in gc callbacks, or crashed (SIGSEGV).
     seed = random.randrange(2**32)
-    rng, workdir = random.Random(seed), tmp_path / "interrupted"
+    rng, workdir, interrupted = random.Random(seed), tmp_path / "interrupted", 0
     for i in range(10):
         proc = _demo_process(workdir)
         first = proc.stdout.readline()  # blocks until start-up is done
@@ -331,8 +331,10 @@ def test_ctrl_c_at_random_points_exits_cleanly_and_resume_gives_the_same_rows(tm
         if proc.returncode == 0:  # finished before the interrupt
             break
         assert proc.returncode == cli.EXIT_INTERRUPTED and err == cli.INTERRUPTED + "\n", where
+        interrupted += 1
         # Saves are never cut: no partial (temporary) checkpoint directories are left.
         assert not list(workdir.glob("checkpoints/**/*.orbax-checkpoint-tmp*")), where
+    assert interrupted, f"no run was interrupted (seed {seed}): the test tested nothing"
     proc = _demo_process(workdir)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0 and "Traceback" not in err, err
