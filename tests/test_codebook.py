@@ -367,3 +367,25 @@ def test_schedule_bad_at_step_0_is_refused():
         q.QuantSpec(lam=lambda step: jnp.nan)
     with pytest.raises(ValueError, match="lam schedule must be >= 0"):
         q.QuantSpec(lam=lambda step: jnp.inf)
+
+
+def test_init_representatives_each_method():
+    rng = np.random.default_rng(0)
+    w = rng.standard_t(3, size=(64, 32)).astype(np.float32)
+    flat = np.asarray(w, np.float64).ravel()
+    k = 4
+    grid = q.init_representatives(None, k, "grid", -1.0, 2.0)  # needs no weights
+    np.testing.assert_array_equal(grid, np.linspace(-1.0, 2.0, k))
+    quantile = q.init_representatives(w, k, "quantile", -1.0, 2.0)
+    np.testing.assert_allclose(quantile, np.quantile(flat, (np.arange(k) + 0.5) / k))
+    km = q.init_representatives(w, k, "kmeans", -1.0, 2.0)
+    np.testing.assert_allclose(km, np.sort(np.asarray(q.quantizers.kmeans_1d(flat, k)[0])))
+    # k-means levels are the means of their clusters (a Lloyd fixed point).
+    a = np.argmin(np.abs(flat[:, None] - km[None]), axis=1)
+    np.testing.assert_allclose(km, [flat[a == j].mean() for j in range(k)], rtol=1e-6)
+    for method in ("grid", "quantile", "kmeans"):
+        c = q.init_representatives(w, k, method, -1.0, 2.0, pin_zero=True)
+        assert c.shape == (k,) and np.all(np.diff(c) > 0), (method, c)
+        assert np.count_nonzero(c == 0.0) == 1, (method, c)
+    with pytest.raises(ValueError, match="unknown init 'random'; allowed: grid, quantile"):
+        q.init_representatives(w, k, "random", -1.0, 2.0)

@@ -274,3 +274,9 @@ def test_step_timer_skips_the_compiling_interval_and_the_host_work(monkeypatch):
     timer.resume()  # 49 s of checkpointing, not counted
     timer.sync(20)  # 2 s for 10 steps
     assert timer.per_step == [0.2, 0.2] and timer.median() == 0.2
+
+
+def test_run_phase_refuses_a_hook_without_hook_every():
+    # Raised before anything is read or trained: the context and state are never touched.
+    with pytest.raises(ValueError, match="a hook needs hook_every"):
+        loop.run_phase(None, "s", "reg", None, None, 1, hook=lambda state: state)
