@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 from qareg_jax import report
 
@@ -67,6 +68,14 @@ def test_histograms_of_grouped_codebooks_draw_one_group(tmp_path):
          "levels_before": [[-0.5, 0.5], [-0.4, 0.4]],
          "levels_after": [[-0.6, 0.6], [-0.3, 0.3]]}  # fmt: skip
     row = {"histograms": {"fc1": h}, "method": "nearest", "k": 2}
+    figures = []
+    with mock.patch.object(report, "_save", side_effect=lambda fig, path: figures.append(fig)):
+        report.plot_histograms(row, tmp_path / "h.png")
+    ax = figures[0].axes[0]
+    assert ax.get_title() == "fc1 (levels of group 0 of 2)"
+    # Group 0's levels only: dashed before, solid after.
+    drawn = sorted((line.get_linestyle(), line.get_xdata()[0]) for line in ax.lines)
+    assert drawn == [("-", -0.6), ("-", 0.6), ("--", -0.5), ("--", 0.5)]
     out = report.plot_histograms(row, tmp_path / "h.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
