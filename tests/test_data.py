@@ -16,15 +16,11 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from experiments.configs import data_paths
 from qareg_jax import data
 
-# As experiments/configs/data_paths.py finds it: $QAREG_CIFAR10_JPEG, else beside the repo.
-SHARED_TARBALL = pathlib.Path(
-    os.environ.get(
-        "QAREG_CIFAR10_JPEG",
-        pathlib.Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg75.tar.gz",
-    )
-)
+# Where the configs find it: $QAREG_CIFAR10_JPEG, else beside the repository.
+SHARED_TARBALL = pathlib.Path(data_paths.cifar10_jpeg().removeprefix("folder:"))
 
 
 # ----------------------------------------------------------------------------- helpers
