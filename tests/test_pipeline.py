@@ -180,11 +180,13 @@ def test_ctrl_c_during_a_checkpoint_save_lets_it_finish_then_stops(tmp_path, def
 
 @contextlib.contextmanager
 def _gc_disabled() -> Iterator[None]:
+    enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.enable()
+        if enabled:  # as the runner had it
+            gc.enable()
 
 
 def test_a_second_ctrl_c_raises_at_once(default_sigint):
