@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -323,8 +324,12 @@ def test_ctrl_c_at_random_points_exits_cleanly_and_resume_gives_the_same_rows(tm
     whole = _demo_process(tmp_path / "whole")
     first = whole.stdout.readline()
     start = time.monotonic()
-    # Read on through the same buffer: communicate() would drop what readline() buffered.
-    out, err = first + whole.stdout.read(), whole.stderr.read()
+    # Read on through the same buffer (communicate() would drop what readline() buffered),
+    # stderr beside it in a thread so that neither pipe can fill and stall the child.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        err_read = pool.submit(whole.stderr.read)
+        out = first + whole.stdout.read()
+        err = err_read.result()
     duration = time.monotonic() - start
     assert whole.wait() == 0 and out.startswith("plan:") and "\nestimate: " in out, err
 
