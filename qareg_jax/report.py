@@ -220,6 +220,7 @@ def method_styles(methods: Sequence[str]) -> dict[str, tuple[Any, str]]:
 
 
 _LINE_STYLES = {"baseline": "--", "qat": "-."}  # other kinds: solid
+_LEGEND_INSIDE = 6  # most methods whose legend fits inside the post-tuning panel
 
 
 def _accuracy_figure(
@@ -232,9 +233,11 @@ def _accuracy_figure(
     mean and std over seeds) against ``x(agg)``, the full-precision accuracy dotted;
     ``mark(ax, mine, key, color)`` adds to each method's line (``mine``: its rows in x
     order, ``key``: "acc_pre" or "acc_post")."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
     methods = list(dict.fromkeys(agg["method"] for agg in aggs))
+    # Beyond a few methods a legend inside the panel hides points: it goes beside them.
+    outside = len(methods) > _LEGEND_INSIDE
+    fig = Figure(figsize=(13.5 if outside else 11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
     look = method_styles(methods)
     for ax, key, title in zip(
         axes, ("acc_pre", "acc_post"), ("pre-tuning", "post-tuning"), strict=True
@@ -260,7 +263,10 @@ def _accuracy_figure(
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize=7, loc="lower right")
+    if outside:
+        fig.legend(*axes[1].get_legend_handles_labels(), fontsize=7, loc="outside right center")
+    else:
+        axes[1].legend(fontsize=7, loc="lower right")
     return fig
 
 

@@ -32,6 +32,18 @@ def test_many_methods_get_distinct_colours_and_markers():
     assert list(fig.axes[0].get_xticks()) == [1, 2]
 
 
+def test_a_long_legend_goes_beside_the_panels_a_short_one_inside():
+    many = report.accuracy_vs_bits_figure([_row(f"m{i}", 2) for i in range(13)])
+    (legend,) = many.legends  # a figure legend, none inside the axes
+    assert all(ax.get_legend() is None for ax in many.axes)
+    assert len(legend.get_texts()) == 14  # the methods and full precision
+    many.canvas.draw()
+    box = legend.get_window_extent()
+    assert all(box.x0 >= ax.get_window_extent().x1 for ax in many.axes)
+    few = report.accuracy_vs_bits_figure([_row("ste", 2), _row("kmeans", 2)])
+    assert not few.legends and few.axes[1].get_legend() is not None
+
+
 def test_size_plot_puts_each_method_at_its_file_sizes_and_rings_budget_rows():
     rows = [
         {**_row("ste", 2), "file_bytes": 48_000},
