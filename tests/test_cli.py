@@ -262,18 +262,30 @@ def test_run_flags_for_groups_zero_and_pruning(capsys):
     assert "--prune S magnitude-prune every quantized layer" in out
 
 
+# A child of a background job inherits SIGINT ignored (Python then never raises
+# KeyboardInterrupt): the child gives itself the default disposition, as a terminal would,
+# then execs the command. (preexec_fn would do it between fork and exec, and a fork of
+# this multithreaded JAX process can deadlock there.)
+_SIGINT_DEFAULT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+def _python_with_ctrl_c(*args: str) -> list[str]:
+    """``python ARGS`` with SIGINT at its default disposition, whatever this process has."""
+    return [sys.executable, "-c", _SIGINT_DEFAULT, *args]
+
+
 def _demo_process(workdir: pathlib.Path) -> subprocess.Popen:
     """``qareg demo --fast`` in a child; faulthandler prints the stacks of a crash."""
-    cmd = [sys.executable, "-m", "qareg_jax.cli", "demo", "--fast", "--workdir", str(workdir)]
+    cmd = _python_with_ctrl_c("-m", "qareg_jax.cli", "demo", "--fast", "--workdir", str(workdir))
     return subprocess.Popen(
         [*cmd, "--no-progress"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONFAULTHANDLER": "1"},
-        # A child of a background job inherits SIGINT ignored (Python then never raises
-        # KeyboardInterrupt): give it the default disposition, as a terminal would.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -292,14 +304,13 @@ def test_interruptible_defers_a_ctrl_c_to_the_end_and_returns_130(capsys, defaul
 @pytest.mark.slow
 def test_experiment_script_ctrl_c_prints_one_line_not_a_traceback(tmp_path):
     root = pathlib.Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "experiments.run_table", "experiments/configs/digits_small.py"]
+    cmd = _python_with_ctrl_c("-m", "experiments.run_table", "experiments/configs/digits_small.py")
     proc = subprocess.Popen(
         [*cmd, "--workdir", str(tmp_path / "run"), "--results", str(tmp_path / "results")],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     first = proc.stdout.readline()  # the plan: start-up is over, training begins
     proc.send_signal(signal.SIGINT)
