@@ -49,7 +49,9 @@ from .validation import (
 )
 
 Schedule = Callable[[Any], Any]
-INTERVALS = ("minmax", "percentile", "std")
+INTERVALS = ("minmax", "percentile", "std", "mse")
+# Weights per row that the "mse" interval fits on (a fixed random subsample beyond it).
+MSE_SAMPLE = 1 << 17
 INITS = ("grid", "quantile", "kmeans")
 REDUCTIONS = ("mean", "sum")
 # Per-layer penalty divisors fixed at attach time (QuantSpec.normalize).
@@ -84,8 +86,11 @@ class QuantSpec:
       interval: how ``[lo, hi]`` is chosen when attached: "minmax" (the leaf's
         min and max), "percentile" (``[p, 100 - p]`` percentiles, ``p =
         interval_param``, default 1.0) or "std" (``mean +- s * std``, ``s =
-        interval_param``, default 3.0, clipped to min/max).
-      interval_param: the ``p`` or ``s`` above.
+        interval_param``, default 3.0, clipped to min/max) or "mse" (the interval whose
+        K evenly spaced levels, placed as the regularizer places them, snap the leaf's
+        weights with the least squared error: see :func:`mse_grid`; for a static
+        penalty its levels then sit where the weights are, not on the outliers).
+      interval_param: the ``p`` or ``s`` above (unused by "minmax" and "mse").
       lo, hi: explicit interval; when set, ``interval`` is ignored. Filled in by ``attach``.
       init: representatives' start for dynamic regularizers: "grid" (K points on
         ``[lo, hi]`` including the ends), "quantile" (quantiles ``(j + 1/2) / K``
@@ -520,6 +525,8 @@ def resolve_interval(w: np.ndarray, spec: QuantSpec, path: str = "") -> tuple[fl
         if not 0 < p < 50:
             raise ValueError(f"interval_param (percentile) must be in (0, 50), got {p}")
         lo, hi = np.percentile(flat, [p, 100 - p])
+    elif spec.interval == "mse":
+        lo, hi = (float(b[0]) for b in _mse_intervals(flat[None], spec))
     else:
         s = 3.0 if spec.interval_param is None else spec.interval_param
         mu, sd = flat.mean(), flat.std()
@@ -531,6 +538,73 @@ def resolve_interval(w: np.ndarray, spec: QuantSpec, path: str = "") -> tuple[fl
             "is constant; give lo/hi explicitly (e.g. overrides={path: dict(lo=..., hi=...)})"
         )
     return float(lo), float(hi)
+
+
+def mse_grid(rows: np.ndarray, k: int, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, spacing)`` (G,) of the K evenly spaced levels ``first + j * spacing``
+    that snap each row of ``rows`` (G, n) with the least squared error (a local minimum).
+
+    Lloyd's iteration constrained to a uniform grid (:func:`_uniform_lloyd`), started
+    from the min-max grid and from ``mean +- 2 std``; the better end point per row is
+    kept. Rows longer than ``MSE_SAMPLE`` are fitted on a fixed random subsample.
+    """
+    x = np.asarray(rows, np.float64)
+    if x.shape[1] > MSE_SAMPLE:
+        keep = np.random.default_rng(0).choice(x.shape[1], MSE_SAMPLE, replace=False)
+        x = x[:, np.sort(keep)]
+    mu, sd = x.mean(axis=1), x.std(axis=1)
+    lo, hi = x.min(axis=1), x.max(axis=1)
+    # A constant row keeps step 0 (its NaNs fail every test in the fit), so the caller
+    # sees an empty interval and says so.
+    err, first, step = _uniform_lloyd(x, lo, (hi - lo) / (k - 1), k, iters)
+    a, b = np.maximum(mu - 2 * sd, lo), np.minimum(mu + 2 * sd, hi)
+    err2, first2, step2 = _uniform_lloyd(x, a, (b - a) / (k - 1), k, iters)
+    better = err2 < err
+    return np.where(better, first2, first), np.where(better, step2, step)
+
+
+def _uniform_lloyd(
+    x: np.ndarray, first: np.ndarray, step: np.ndarray, k: int, iters: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean squared error, first, step)`` (G,) after alternating: each weight to its
+    nearest of the K levels, then ``(first, step)`` refitted by least squares on
+    ``w ~ first + j * step``. Neither step raises the error."""
+
+    def levels_of(first, step):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.clip(np.rint((x - first[:, None]) / step[:, None]), 0, k - 1)
+
+    n = x.shape[1]
+    sx = x.sum(axis=1)
+    for _ in range(iters):
+        j = levels_of(first, step)
+        sj = j.sum(axis=1)
+        den = n * (j * j).sum(axis=1) - sj * sj
+        with np.errstate(divide="ignore", invalid="ignore"):
+            new_step = (n * (j * x).sum(axis=1) - sj * sx) / den
+        # All weights on one level (den 0), or a flipped fit: keep that row's grid.
+        ok = (den > 0) & (new_step > 0)
+        new_step = np.where(ok, new_step, step)
+        new_first = np.where(ok, (sx - new_step * sj) / n, first)
+        if np.array_equal(new_first, first) and np.array_equal(new_step, step):
+            break
+        first, step = new_first, new_step
+    err = ((x - first[:, None] - levels_of(first, step) * step[:, None]) ** 2).mean(axis=1)
+    return err, first, step
+
+
+def _mse_intervals(rows: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` (G,) whose levels under ``spec``'s regularizer are :func:`mse_grid`'s:
+    a static penalty's own layout of K levels on ``[lo, hi]`` (sine: both ends; cosine:
+    bin centres), otherwise K points including the ends (``init="grid"``)."""
+    first, step = mse_grid(rows, spec.k)
+    entry = registry.get(spec.regularizer)
+    unit = entry.levels(spec.k, 0.0, 1.0) if entry.levels is not None else None
+    if unit is None:
+        return first, first + (spec.k - 1) * step
+    width = step / (unit[1] - unit[0])  # the levels are affine in (lo, hi)
+    lo = first - unit[0] * width
+    return lo, lo + width
 
 
 def init_representatives(
@@ -663,6 +737,8 @@ def _group_intervals(rows: np.ndarray, spec: QuantSpec, path: str) -> tuple[np.n
         if not 0 < p < 50:
             raise ValueError(f"interval_param (percentile) must be in (0, 50), got {p}")
         lo, hi = np.percentile(rows, [p, 100 - p], axis=1)
+    elif spec.interval == "mse":
+        lo, hi = _mse_intervals(rows, spec)
     else:
         s = 3.0 if spec.interval_param is None else spec.interval_param
         mu, sd = rows.mean(axis=1), rows.std(axis=1)

@@ -52,7 +52,8 @@ def test_every_search_config_has_valid_variants(path):
 
 def test_the_static_interval_variants_put_both_penalties_on_the_same_levels():
     """sine and cosine share one level set per K, at a Gaussian's optimal points (K = 2:
-    the k-means centroids +- 0.8 std; K = 4: the uniform grid +- 0.5, +- 1.5 std)."""
+    the k-means centroids +- 0.8 std; K = 4: the uniform grid +- 0.5, +- 1.5 std), set
+    by hand (``std``) or fitted (``mse``)."""
     from qareg_jax import codebook, regularizers
 
     w = np.random.default_rng(0).normal(0.0, 0.05, 200_000)
@@ -68,7 +69,9 @@ def test_the_static_interval_variants_put_both_penalties_on_the_same_levels():
         )
         lo, hi = codebook.resolve_interval(w, spec)
         levels = regularizers.static_levels(reg, k, lo, hi)
-        np.testing.assert_allclose(levels / w.std(), expected[k], atol=0.02, err_msg=name)
+        # "mse" fits a sample: a uniform grid's error is flat in its offset near the optimum
+        atol = 0.03 if cfg.interval == "mse" else 0.02
+        np.testing.assert_allclose(levels / w.std(), expected[k], atol=atol, err_msg=name)
 
 
 def test_a_bad_variant_is_named(tmp_path):

@@ -15,8 +15,13 @@ k-means centroids ``+- 0.8 std``, at K = 4 the uniform grid ``+- 0.5, +- 1.5 std
 levels include both ends of ``[a, b]`` and cosine's are the centres of K equal bins, so the
 same levels need ``s`` = 0.8 / 1.6 (sine / cosine) at K = 2 and 1.5 / 2.0 at K = 4. The
 ``minmax`` variant is the table's own rows: add ``--reuse minmax RUNDIR_OF_THE_TABLE`` and
-its ``reg-{sine,cosine}-ste1-k{2,4}`` stages are read back instead of trained. CPU: ~20 min
-per new variant on a 2-core EPYC beside another run.
+its ``reg-{sine,cosine}-ste1-k{2,4}`` stages are read back instead of trained.
+
+The ``mse`` variants need no ``s``: ``interval="mse"`` fits, per layer, the K evenly
+spaced levels that snap its weights with the least squared error
+(``codebook.mse_grid``; for a Gaussian, the ``std`` variants' levels) and places the
+interval so that the penalty's minima are those levels. CPU: ~20 min per new variant on
+a 2-core EPYC beside another run, ~30 beside two.
 """
 
 import paper_alexnet
@@ -46,5 +51,9 @@ def get_variants() -> dict[str, dict]:
                 regularizers=(reg,), ks=(k,), interval="std", interval_param=s
             )
             for (reg, k), s in STD_MULTIPLE.items()
+        },
+        **{
+            f"{reg}-mse-k{k}": dict(regularizers=(reg,), ks=(k,), interval="mse")
+            for reg, k in STD_MULTIPLE
         },
     }
