@@ -18,7 +18,8 @@ trained method at K = 2 and 4 (chosen on the validation split). ``--method-cost 
 adds the per-step time ratios of one ``benchmarks.method_cost`` run under the table.
 ``--partial`` writes the same files from the stages finished so far, without training
 (a run of hours in progress, or stopped), marked as partial. ``stages/`` keeps the stage
-records, from which a run whose directory was lost is rebuilt.
+records, from which a run whose directory was lost is rebuilt: ``--pretrained-from`` the
+same full-precision model and ``--stages-from experiments/results/paper_<model>``.
 """
 
 from __future__ import annotations
@@ -304,6 +305,12 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         help="start from the full-precision models of these runs (same pretraining settings)",
     )
+    parser.add_argument(
+        "--stages-from",
+        metavar="DIR",
+        help="read the finished stages recorded in DIR/stages (an earlier run of this table, "
+        "or the committed experiments/results/paper_<model>) instead of training them",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny setting (tests, CPU)")
     parser.add_argument(
         "--partial",
@@ -331,6 +338,7 @@ def _run(args: argparse.Namespace, config: train.Config, workdir: pathlib.Path) 
         resume=args.resume,
         overwrite=args.overwrite,
         pretrained_from=args.pretrained_from,
+        stages_from=args.stages_from,
     )
 
 
@@ -402,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("give --resume or --overwrite, not both")
-    if args.partial and (args.resume or args.overwrite or args.pretrained_from):
-        parser.error("--partial reads the run in --workdir: no --resume, --overwrite or "
-                     "--pretrained-from")  # fmt: skip
+    if args.partial and (args.resume or args.overwrite or args.pretrained_from or args.stages_from):
+        parser.error("--partial reads the run in --workdir: no --resume, --overwrite, "
+                     "--pretrained-from or --stages-from")  # fmt: skip
     config = load(args.model, args.tiny)
     cost = None
     if args.method_cost:

@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="start from the full-precision models of these runs (same pretraining settings)",
     )
+    parser.add_argument(
+        "--stages-from",
+        metavar="DIR",
+        help="read the finished stages recorded in DIR/stages (an earlier run of this config, "
+        "or the results folder it wrote) instead of training them",
+    )
     parser.add_argument("--workdir", help="run directory (default: runs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     parser.add_argument("--overwrite", action="store_true", help="delete the run in --workdir")
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         pretrained_from=args.pretrained_from,
+        stages_from=args.stages_from,
     )
     dest = pathlib.Path(args.results) / name
     settings = pathlib.Path(args.config)

@@ -133,6 +133,13 @@ def test_argument_errors_are_clear(tmp_path, capsys):
         paper_table.main(["--model", "alexnet", "--partial", "--workdir", str(tmp_path / "no")])
     err = capsys.readouterr().err
     assert "--partial: workdir" in err and "holds no run; nothing to report" in err
+    with pytest.raises(SystemExit):
+        paper_table.main(["--model", "alexnet", "--partial", "--stages-from", str(tmp_path)])
+    assert "no --resume, --overwrite, --pretrained-from or --stages-from" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paper_table.main(["--model", "alexnet", "--tiny", "--stages-from", str(tmp_path / "no")])
+    assert "--stages-from: " in (err := capsys.readouterr().err) and "no stages/ folder" in err
+    assert not (tmp_path / "no").exists()
 
 
 def _fake_cifar_tarball(root: pathlib.Path, train: int = 30, test: int = 5) -> pathlib.Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 
@@ -228,3 +229,41 @@ def test_a_pretraining_record_of_another_checkpoint_is_refused(tmp_path, source)
     record.write_text(json.dumps({**stored, "digest": "0" * 16}))
     with pytest.raises(WorkdirError, match="mixes two runs"):
         pipeline.train_and_evaluate(TARGET, run, progress=False, resume=True, stop_after=1)
+
+
+def test_a_lost_run_is_rebuilt_from_its_model_and_its_stage_records(tmp_path, source):
+    # The run's directory is lost; its stage records (as a results folder keeps them) and
+    # the full-precision model rebuild it: recorded stages are read back, others train.
+    path, _ = source
+    config = TARGET.replace(baselines=("kmeans",))
+    lost = pipeline.train_and_evaluate(
+        config, tmp_path / "lost", progress=False, pretrained_from=path
+    )
+    kept = tmp_path / "results"
+    (kept / "stages").mkdir(parents=True)
+    for name in ("pretrain", "reg-nearest-k2"):  # ptq-kmeans-k2's record was not kept
+        shutil.copy2(tmp_path / f"lost/stages/{name}.json", kept / "stages")
+    shutil.rmtree(tmp_path / "lost")
+    said = []
+    rebuilt = pipeline.train_and_evaluate(
+        config, tmp_path / "new", progress=False, say=said.append, stop_after=1,
+        pretrained_from=path, stages_from=kept,
+    )  # fmt: skip
+    assert f"1 finished stages copied from {str(kept)!r}: reg-nearest-k2" in said
+    assert rebuilt["rows"][0] == lost["rows"][0]  # read back (timings included), not trained
+    untimed = [{k: v for k, v in r.items() if k not in TIMINGS} for r in rebuilt["rows"]]
+    assert untimed[1] == {k: v for k, v in lost["rows"][1].items() if k not in TIMINGS}
+
+
+def test_stage_records_of_another_model_or_none_are_refused_before_any_work(tmp_path, source):
+    path, _ = source
+    kept = tmp_path / "results"
+    (kept / "stages").mkdir(parents=True)
+    (kept / "stages/pretrain.json").write_text(json.dumps({"acc_fp": 0.5, "digest": "0" * 16}))
+    with pytest.raises(WorkdirError, match="records seed 1's full-precision model 0000"):
+        pipeline.train_and_evaluate(
+            TARGET, tmp_path / "t", progress=False, pretrained_from=path, stages_from=kept
+        )
+    with pytest.raises(WorkdirError, match="--stages-from: .* holds no stage records"):
+        pipeline.train_and_evaluate(TARGET, tmp_path / "t", progress=False, stages_from=tmp_path)
+    assert not (tmp_path / "t").exists()

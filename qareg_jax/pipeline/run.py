@@ -50,8 +50,11 @@ from .workdir import (
     WorkdirError,
     check_pretrained_source,
     check_resumable,
+    check_stage_source,
     import_pretrained,
+    import_stage_records,
     prepare_workdir,
+    seed_dirs,
     stored_config,
 )
 
@@ -386,6 +389,23 @@ def _write_results(
     return results
 
 
+def _import_stages(
+    source: str | os.PathLike, path: pathlib.Path, config: Config, say: Callable[[str], None]
+) -> None:
+    """Copy into ``path`` the records of ``config``'s planned stages (every seed) that
+    ``source`` holds and ``path`` lacks, and say which."""
+    subs = seed_dirs(config.to_dict()).values()
+    names = [
+        f"{sub}/{st.name}" if sub else st.name for sub in subs for st in planned_stages(config)
+    ]
+    read = import_stage_records(source, path, names)
+    say(
+        f"{len(read)} finished stages copied from {str(source)!r}"
+        + (": " if read else "")
+        + ", ".join(read)
+    )
+
+
 def train_and_evaluate(
     config: Config,
     workdir: str | os.PathLike,
@@ -397,6 +417,7 @@ def train_and_evaluate(
     dataset: data.Dataset | None = None,
     say: Callable[[str], None] | None = None,
     pretrained_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    stages_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Run every stage of ``config`` (for every seed) in ``workdir``; returns the results.
 
@@ -417,6 +438,11 @@ def train_and_evaluate(
         (same pretraining fields, ``workdir.PRETRAIN_FIELDS``, and training examples) this
         run starts from instead of pretraining; each seed comes from the first directory
         holding it, seeds none holds pretrain as usual.
+      stages_from: a folder with the ``stages/`` records of an earlier run of the same
+        config (its run directory, or the results folder it wrote): the stages it holds
+        and ``workdir`` lacks are read back instead of trained, each checked to come from
+        this run's full-precision model. With ``pretrained_from``, this rebuilds a run
+        whose directory was lost.
 
     Returns:
       ``{"rows": [StageResult.to_json()...], "pretrain": {...}, "config", "device", "date",
@@ -427,7 +453,8 @@ def train_and_evaluate(
 
     Raises:
       WorkdirError: ``resume`` without a run in ``workdir`` (before loading data), a
-        workdir holding another run, or a ``pretrained_from`` that cannot serve.
+        workdir holding another run, or a ``pretrained_from`` or ``stages_from`` that
+        cannot serve.
       ValueError: ``config.budget`` below the smallest packed model (before any training).
     """
     t0 = time.perf_counter()
@@ -436,6 +463,8 @@ def train_and_evaluate(
     sources = _sources(pretrained_from)
     for source in sources:
         check_pretrained_source(source, config)
+    if stages_from is not None:
+        check_stage_source(stages_from, config, sources)
     configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
     full, first, model, compiled = _load_and_check(config, configs[0], dataset, sources)
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
@@ -447,6 +476,8 @@ def train_and_evaluate(
         copied += seeds
         if seeds:
             say(f"pretrained models of seeds {seeds} copied from {str(source)!r}")
+    if stages_from is not None:
+        _import_stages(stages_from, path, config, say)
     text, steps = plan(config, first, copied)
     say(text)
     on_timed = _estimator(steps, say)

@@ -6,7 +6,7 @@ import json
 import os
 import pathlib
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .config import Config
@@ -245,3 +245,61 @@ def export_pretrained(source: str | os.PathLike, dest: str | os.PathLike) -> lis
         shutil.rmtree(out, ignore_errors=True)  # no half-written source for later runs
         raise
     return sorted(seeds)
+
+
+def _fp_digest(stages: pathlib.Path, sub: str) -> str | None:
+    """The full-precision model's digest recorded in ``stages/<sub>/pretrain.json``."""
+    file = stages / sub / "pretrain.json"
+    return json.loads(file.read_text()).get("digest") if file.is_file() else None
+
+
+def check_stage_source(
+    source: str | os.PathLike, config: Config, pretrained: Sequence[str | os.PathLike] = ()
+) -> pathlib.Path:
+    """``source`` as a path if its ``stages/`` can serve ``config``'s run (cheap: before
+    the data). Where both ``source`` and a run in ``pretrained`` (``--pretrained-from``)
+    record a seed's full-precision model, the two digests must agree: records written
+    from another model would be refused only after the model is restored.
+
+    Raises:
+      WorkdirError: ``source`` holds no ``stages/`` folder, or its records come from
+        another full-precision model than ``pretrained``'s.
+    """
+    path = pathlib.Path(source)
+    if not (path / "stages").is_dir():
+        raise WorkdirError(
+            f"--stages-from: {str(path)!r} holds no stage records (no stages/ folder); give "
+            "a run directory or a results folder such as experiments/results/paper_alexnet"
+        )
+    for seed, sub in seed_dirs(config.to_dict()).items():
+        recorded = _fp_digest(path / "stages", sub)
+        for run in pretrained:
+            src_sub = check_pretrained_source(run, config).get(seed)
+            model = None if src_sub is None else _fp_digest(pathlib.Path(run) / "stages", src_sub)
+            if None not in (recorded, model) and recorded != model:
+                raise WorkdirError(
+                    f"--stages-from: {str(path)!r} records seed {seed}'s full-precision model "
+                    f"{recorded}, but --pretrained-from {str(run)!r} holds {model}: its "
+                    "stages would not be this run's"
+                )
+            if src_sub is not None:
+                break  # the seed's model comes from the first run that holds it
+    return path
+
+
+def import_stage_records(
+    source: str | os.PathLike, dest: pathlib.Path, names: Iterable[str]
+) -> list[str]:
+    """Copy ``source/stages/<name>.json`` into the run directory ``dest`` for each stage
+    ``name`` (e.g. ``"reg-nearest-k4"``, ``"seed-1/qat-ste-k2"``) that ``source`` holds
+    and ``dest`` lacks: the run reads them back instead of training those stages (each
+    checked against the run's full-precision model). Returns the names copied, in order.
+    """
+    copied = []
+    for name in names:
+        src, to = pathlib.Path(source) / "stages" / f"{name}.json", dest / "stages" / f"{name}.json"
+        if src.is_file() and not to.exists():
+            to.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, to)
+            copied.append(name)
+    return copied
