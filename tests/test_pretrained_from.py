@@ -250,6 +250,12 @@ def test_a_lost_run_is_rebuilt_from_its_model_and_its_stage_records(tmp_path, so
         pretrained_from=path, stages_from=kept,
     )  # fmt: skip
     assert f"1 finished stages copied from {str(kept)!r}: reg-nearest-k2" in said
+    plan = next(line for line in said if line.startswith("plan:")).splitlines()
+    assert plan[0].endswith("0 optimizer steps left (1 recorded stages)")  # kmeans: no tuning
+    assert (
+        plan[2].endswith("(recorded: read back)")
+        and plan[3] == "  ptq-kmeans-k2: finetune 0 (0 epochs)"
+    )
     assert rebuilt["rows"][0] == lost["rows"][0]  # read back (timings included), not trained
     untimed = [{k: v for k, v in r.items() if k not in TIMINGS} for r in rebuilt["rows"]]
     assert untimed[1] == {k: v for k, v in lost["rows"][1].items() if k not in TIMINGS}
@@ -267,3 +273,26 @@ def test_stage_records_of_another_model_or_none_are_refused_before_any_work(tmp_
     with pytest.raises(WorkdirError, match="--stages-from: .* holds no stage records"):
         pipeline.train_and_evaluate(TARGET, tmp_path / "t", progress=False, stages_from=tmp_path)
     assert not (tmp_path / "t").exists()
+
+
+def test_the_plan_counts_only_the_steps_left():
+    # Two seeds (5 steps per epoch): seed 0 pretrained and both seeds' regularized stage
+    # recorded; left: seed 1's pretraining (5) and its kmeans stage (no fine-tuning).
+    config = SOURCE.replace(regularizers=("nearest",), reg_epochs=1, finetune_epochs=1)
+    ds = pipeline.run.load_data(config)
+    full = pipeline.run.plan(config, ds)
+    assert full[1] == 2 * 5 + 2 * (5 + 5) + 2 * 5 and full[0].splitlines()[0].endswith(
+        "40 optimizer steps in all"
+    )
+    recorded = {
+        "seed-0/pretrain",
+        "seed-0/reg-nearest-k2",
+        "seed-1/reg-nearest-k2",
+        "seed-0/ptq-kmeans-k2",
+    }
+    text, steps = pipeline.run.plan(config, ds, recorded=recorded)
+    assert steps == 5 + 5  # seed 1: pretraining, then kmeans' one fine-tuning epoch
+    lines = text.splitlines()
+    assert lines[0].endswith("10 optimizer steps left (3 recorded stages)")
+    assert lines[1].endswith("(finished: restored from its checkpoint)")
+    assert lines[2].endswith("(recorded: read back)") and lines[3].endswith("(partly recorded)")

@@ -31,7 +31,7 @@ import json
 import os
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -173,28 +173,45 @@ def _stage_phases(config: Config, stage: Stage, spe: int) -> list[tuple[str, int
     return [(phase, config.reg_epochs, config.reg_epochs * spe), tune]
 
 
-def plan(config: Config, ds: data.Dataset, copied: Sequence[int] = ()) -> tuple[str, int]:
+def plan(
+    config: Config, ds: data.Dataset, copied: Sequence[int] = (), recorded: Collection[str] = ()
+) -> tuple[str, int]:
     """``(text, steps)``: the run's stages with the optimizer steps of each phase, and the
-    steps of the whole run (every seed; the seeds in ``copied`` do not pretrain), printed
-    before any work."""
+    steps left to run (every seed; the seeds in ``copied`` do not pretrain, and the stage
+    ids in ``recorded``, e.g. ``"seed-1/qat-ste-k2"``, are read back), printed before any
+    work."""
     spe = data.steps_per_epoch(ds, config.batch_size)
-    seeds = len(config.seed_list)
+    dirs = seed_dirs(config.to_dict())
+    seeds = len(dirs)
+
+    def todo(name: str, skip: Collection[int] = ()) -> int:  # the seeds still to run it
+        return sum(
+            s not in skip and f"{d}/{name}".lstrip("/") not in recorded for s, d in dirs.items()
+        )
+
     pre = config.pretrain_epochs * spe
-    fresh = seeds - len(set(copied) & set(config.seed_list))
+    fresh = todo("pretrain", skip=copied)
     lines = [f"  pretrain: train {pre} steps ({_epochs(config.pretrain_epochs)})"]
-    if fresh < seeds:
+    if copied:
         lines[0] += f"; copied for seeds {sorted(copied)}, not trained again"
-    per_seed = 0
+    elif fresh < seeds:
+        lines[0] += " (finished: restored from its checkpoint)"
+    steps, done = pre * fresh, 0
     for stage in planned_stages(config):
         phases = _stage_phases(config, stage, spe)
-        per_seed += sum(n for _, _, n in phases)
+        left = todo(stage.name)
+        steps += sum(n for _, _, n in phases) * left
         parts = " + ".join(f"{p} {n} ({_epochs(e)})" for p, e, n in phases)
-        lines.append(f"  {stage.name}: {parts}")
-    steps = pre * fresh + per_seed * seeds
+        done += seeds - left
+        mark = (
+            "" if left == seeds else " (recorded: read back)" if not left else " (partly recorded)"
+        )
+        lines.append(f"  {stage.name}: {parts}{mark}")
+    total = f"{steps:,} optimizer steps " + (f"left ({done} recorded stages)" if done else "in all")
     head = (
         f"plan: {len(lines) - 1} stages after pretraining, {seeds} seed{'s' if seeds > 1 else ''}"
         f"; {spe} steps per epoch ({len(ds.train_labels):,} examples, batch "
-        f"{config.batch_size}); {steps:,} optimizer steps in all"
+        f"{config.batch_size}); {total}"
     )
     if config.budget is not None:
         lines.append(
@@ -478,7 +495,10 @@ def train_and_evaluate(
             say(f"pretrained models of seeds {seeds} copied from {str(source)!r}")
     if stages_from is not None:
         _import_stages(stages_from, path, config, say)
-    text, steps = plan(config, first, copied)
+    recorded = {
+        str(p.relative_to(path / "stages").with_suffix("")) for p in path.glob("stages/**/*.json")
+    }
+    text, steps = plan(config, first, copied, recorded)
     say(text)
     on_timed = _estimator(steps, say)
     check_interrupt()
