@@ -36,8 +36,7 @@ from typing import Any
 
 from experiments import combine, run_table
 from qareg_jax import cli, provenance, report, train
-from qareg_jax.pipeline import planned_stages
-from qareg_jax.pipeline.workdir import WorkdirError, prepare_workdir, seed_dirs
+from qareg_jax.pipeline.workdir import WorkdirError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "experiments" / "configs"
@@ -157,31 +156,6 @@ def _against_qat(qats: Sequence[dict[str, Any]], top_reg: dict[str, Any]) -> lis
         f"ratio leaves out, pre-tuning: {'; '.join(parts)}.",
         "",
     ]
-
-
-def partial_results(config: train.Config, workdir: pathlib.Path) -> dict[str, Any]:
-    """The results of the stages finished so far by the run of ``config`` in ``workdir``,
-    without training: its pretraining row, the finished planned stages' rows and
-    ``"partial"``: ``"<n> of <m> stages"``.
-
-    Raises:
-      WorkdirError: ``workdir`` holds no run, or a run of another config.
-    """
-    if not (workdir / "config.json").is_file():
-        raise WorkdirError(f"workdir {str(workdir)!r} holds no run; nothing to report")
-    prepare_workdir(workdir, config, resume=True)  # the same config; writes nothing
-    seeds, subs = config.seed_list, seed_dirs(config.to_dict())
-    names = [stage.name for stage in planned_stages(config)]
-    planned = [str(pathlib.PurePath(subs[s], name)) for s in seeds for name in names]
-    rows = [r for r in report.load_rows(workdir)[0] if r["stage"] in planned]
-    fp_file = workdir / "stages" / subs[seeds[0]] / "pretrain.json"
-    return {
-        "config": config.to_dict(),
-        "pretrain": json.loads(fp_file.read_text()) if fp_file.is_file() else None,
-        "seeds": list(seeds),
-        "rows": sorted(rows, key=lambda r: planned.index(r["stage"])),
-        "partial": f"{len(rows)} of {len(planned)} stages",
-    }
 
 
 def write_claim(
@@ -331,7 +305,7 @@ def _run(args: argparse.Namespace, config: train.Config, workdir: pathlib.Path) 
     """The results: of the whole run (training what is not finished) or, with
     ``--partial``, of the stages finished so far. WorkdirError before any work."""
     if args.partial:
-        return partial_results(config, workdir)
+        return run_table.partial_results(config, workdir)
     return train.train_and_evaluate(
         config,
         workdir,
@@ -340,24 +314,6 @@ def _run(args: argparse.Namespace, config: train.Config, workdir: pathlib.Path) 
         pretrained_from=args.pretrained_from,
         stages_from=args.stages_from,
     )
-
-
-def copy_stage_records(
-    rows: Sequence[dict[str, Any]], workdir: pathlib.Path, dest: pathlib.Path
-) -> None:
-    """Copy the records of ``rows``' stages and of the pretraining (``stages/**.json``,
-    with the histograms) to ``dest/stages/``: with the full-precision model, they rebuild
-    the run if its directory is lost (copied into a new run's ``stages/``, they are read
-    back instead of trained, once checked to come from the same model)."""
-    names = [r["stage"] for r in rows] + [
-        str(p.relative_to(workdir / "stages").with_suffix(""))
-        for p in (workdir / "stages").rglob("pretrain.json")
-    ]
-    for name in names:
-        src = workdir / "stages" / f"{name}.json"
-        if src.is_file():
-            (dest / "stages" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / "stages" / f"{name}.json")
 
 
 def write_outputs(
@@ -375,12 +331,6 @@ def write_outputs(
     dest = pathlib.Path(args.results) / (f"paper_{args.model}" + ("_tiny" if args.tiny else ""))
     began = None if args.partial else start
     table, record = run_table.write_results(config, workdir, results, dest, began, commit)
-    if args.partial:
-        text = (dest / "table.md").read_text()
-        (dest / "table.md").write_text(
-            f"# Partial: {results['partial']} finished; the run goes on\n\n{text}"
-        )
-    copy_stage_records(results["rows"], workdir, dest)
     shorten = None if args.tiny else shorten_factor(config_path(args.model))
     hists = best_histograms(results["rows"], workdir, dest)
     settings = config_path(args.model).relative_to(ROOT)

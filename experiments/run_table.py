@@ -12,8 +12,12 @@ The run lives in ``--workdir`` (default ``runs/<name>``, git-ignored; ``--resume
 continues it). The table goes to ``experiments/results/<name>/``: ``table.md`` (with a
 header naming the command, date, machine and git commit), ``table.csv``,
 ``results.json`` (rows + the same provenance + the full config) and the PNG plots
-(accuracy vs bits, training curves, and the weight histograms of the first K).
-``--stage`` runs one row of a table alone, with the numbers it has in the whole run.
+(accuracy vs bits, training curves, and the weight histograms of the first K), and
+``stages/``, the stage records. ``--stage`` runs one row of a table alone, with the
+numbers it has in the whole run. ``--partial`` writes the same files from the stages
+finished so far (a run of hours in progress, or stopped), marked as partial; if a run
+directory is lost, ``--pretrained-from`` its full-precision model and ``--stages-from``
+the results folder rebuild it, training only the stages not recorded there.
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ import pathlib
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from qareg_jax import cli, pipeline, provenance, report, train
+from qareg_jax.pipeline import planned_stages
+from qareg_jax.pipeline.workdir import WorkdirError, prepare_workdir, seed_dirs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="experiments/configs/<name>.py")
     parser.add_argument("--name", help="results name (default: the config file's stem)")
@@ -61,9 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="run directory (default: runs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     parser.add_argument("--overwrite", action="store_true", help="delete the run in --workdir")
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="write the results of the stages finished so far in --workdir; no training",
+    )
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Any, str]:
+    """The config of ``args`` (its subsets, seeds or one stage) and the results name."""
+    if args.partial and (args.resume or args.overwrite or args.pretrained_from or args.stages_from):
+        parser.error("--partial reads the run in --workdir: no --resume, --overwrite, "
+                     "--pretrained-from or --stages-from")  # fmt: skip
     config = train.load_config(args.config)
     changes = {}
     for field in ("regularizers", "ks", "baselines", "qat"):
@@ -85,24 +103,40 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             parser.error(f"--stage: {e}")
         name = args.name or f"{name}_{args.stage}"
-    workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
+    return config, name
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    config, name = _config(parser, args)
+    workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
     start, commit = time.perf_counter(), provenance.git_commit()
-    results = train.train_and_evaluate(
-        config,
-        workdir,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        pretrained_from=args.pretrained_from,
-        stages_from=args.stages_from,
-    )
+    if args.partial:
+        try:
+            results = partial_results(config, workdir)
+        except WorkdirError as e:
+            parser.error(f"--partial: {e}")
+        if not results["rows"]:
+            parser.error(f"--partial: no stage of {str(workdir)!r} has finished yet")
+    else:
+        results = train.train_and_evaluate(
+            config,
+            workdir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            pretrained_from=args.pretrained_from,
+            stages_from=args.stages_from,
+        )
     dest = pathlib.Path(args.results) / name
     settings = pathlib.Path(args.config)
     if settings.resolve().is_relative_to(ROOT):
         settings = settings.resolve().relative_to(ROOT)
-    table, record = write_results(config, workdir, results, dest, start, commit, settings)
+    began = None if args.partial else start
+    table, record = write_results(config, workdir, results, dest, began, commit, settings)
     print(table)
-    print(f"\nwritten to {dest} in {record['wall_s']:.0f} s")
+    took = f" in {record['wall_s']:.0f} s" if "wall_s" in record else ""
+    print(f"\nwritten to {dest}{took}")
     return 0
 
 
@@ -115,9 +149,11 @@ def write_results(
     commit: str | None = None,
     config_file: str | os.PathLike | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Write the report of the finished run in ``workdir`` to ``dest``: ``table.md``
-    (provenance header), ``table.csv``, ``results.json`` and the PNG plots (histograms of
-    the first K only, or of the budget stages when ``config.ks`` is empty). ``start``:
+    """Write the report of the run in ``workdir`` to ``dest``: ``table.md`` (provenance
+    header; marked partial when ``results`` is :func:`partial_results`'), ``table.csv``,
+    ``results.json``, the PNG plots (histograms of the first K only, or of the budget
+    stages when ``config.ks`` is empty) and ``stages/``, the stage records that rebuild the
+    run with ``--stages-from`` if its directory is lost. ``start``:
     ``time.perf_counter()`` when the run began (None: no ``wall_s``, e.g. for a report of
     a run in progress); ``commit``: the git commit the run started
     from (default: the current one), since a run of hours may outlive several commits;
@@ -136,9 +172,15 @@ def write_results(
     header = "\n".join(f"- {key}: `{value}`" for key, value in record.items())
     label = config.dataset_label or config.dataset
     rows = row_commands(results["rows"], config_file, config) if config_file else ""
-    (dest / "table.md").write_text(
-        f"# {config.model} on {label}\n\n{header}\n\n{out['table']}\n{rows}"
+    partial = (
+        f"# Partial: {results['partial']} finished; the run goes on\n\n"
+        if "partial" in results
+        else ""
     )
+    (dest / "table.md").write_text(
+        f"{partial}# {config.model} on {label}\n\n{header}\n\n{out['table']}\n{rows}"
+    )
+    copy_stage_records(results["rows"], workdir, dest)
     shutil.copy(workdir / "table.csv", dest / "table.csv")
     # Histograms of the first K only; a budget-only config (ks=()) has those of its plans.
     hists = f"-k{min(config.ks)}" if config.ks else "-budget"
@@ -146,6 +188,49 @@ def write_results(
         if not png.name.startswith("hist_") or png.stem.endswith(hists):
             shutil.copy(png, dest / png.name)
     return out["table"], record
+
+
+def partial_results(config: train.Config, workdir: pathlib.Path) -> dict[str, Any]:
+    """The results of the stages finished so far by the run of ``config`` in ``workdir``,
+    without training: its pretraining row, the finished planned stages' rows and
+    ``"partial"``: ``"<n> of <m> stages"``.
+
+    Raises:
+      WorkdirError: ``workdir`` holds no run, or a run of another config.
+    """
+    if not (workdir / "config.json").is_file():
+        raise WorkdirError(f"workdir {str(workdir)!r} holds no run; nothing to report")
+    prepare_workdir(workdir, config, resume=True)  # the same config; writes nothing
+    seeds, subs = config.seed_list, seed_dirs(config.to_dict())
+    names = [stage.name for stage in planned_stages(config)]
+    planned = [str(pathlib.PurePath(subs[s], name)) for s in seeds for name in names]
+    rows = [r for r in report.load_rows(workdir)[0] if r["stage"] in planned]
+    fp_file = workdir / "stages" / subs[seeds[0]] / "pretrain.json"
+    return {
+        "config": config.to_dict(),
+        "pretrain": json.loads(fp_file.read_text()) if fp_file.is_file() else None,
+        "seeds": list(seeds),
+        "rows": sorted(rows, key=lambda r: planned.index(r["stage"])),
+        "partial": f"{len(rows)} of {len(planned)} stages",
+    }
+
+
+def copy_stage_records(
+    rows: Sequence[dict[str, Any]], workdir: pathlib.Path, dest: pathlib.Path
+) -> None:
+    """Copy the records of ``rows``' stages and of the pretraining (``stages/**.json``,
+    with the histograms) to ``dest/stages/``: with the full-precision model, they rebuild
+    the run if its directory is lost (copied into a new run's ``stages/``, they are read
+    back instead of trained, once checked to come from the same model)."""
+    names = [r["stage"] for r in rows] + [
+        str(p.relative_to(workdir / "stages").with_suffix(""))
+        for p in (workdir / "stages").rglob("pretrain.json")
+    ]
+    for name in names:
+        src = workdir / "stages" / f"{name}.json"
+        if src.is_file():
+            (dest / "stages" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / "stages" / f"{name}.json")
 
 
 def row_commands(

@@ -3,6 +3,9 @@ plans that stage only, with every setting kept, and it trains to the row's numbe
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from experiments import run_table
@@ -100,3 +103,41 @@ def test_row_commands_name_each_rows_stage_and_seed():
     ]
     single = run_table.row_commands(rows[:1], "x.py", SMALL)
     assert "--seeds" not in single and "--stage reg-nearest-k4 --pretrained-from" in single
+
+
+def test_run_table_partial_then_a_lost_run_rebuilt_from_the_results(tmp_path, whole_run, capsys):
+    # The whole run with one stage unfinished: --partial reports the others and keeps their
+    # records; the run directory lost, --stages-from those records and --pretrained-from
+    # the model rebuild it, training the unfinished stage only.
+    workdir, whole = whole_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    (run / "stages/qat-ste-k2.json").unlink()
+    (run / "results.json").unlink()  # written when a run ends
+    config = tmp_path / "small.py"  # SMALL as a config file
+    body = f"    return pipeline.Config(**{SMALL.to_dict()!r})\n"
+    config.write_text(f"from qareg_jax import pipeline\n\n\ndef get_config():\n{body}")
+    results = tmp_path / "results"
+    argv = [str(config), "--workdir", str(run), "--results", str(results), "--name", "t"]
+    assert run_table.main([*argv, "--partial"]) == 0
+    assert (results / "t/table.md").read_text().startswith("# Partial: 3 of 4 stages finished")
+    kept = sorted(p.name for p in (results / "t/stages").iterdir())
+    assert kept == [
+        "pretrain.json",
+        "ptq-kmeans-k2.json",
+        "reg-nearest-frozen-k2.json",
+        "reg-nearest-k2.json",
+    ]
+    argv = [str(config), "--workdir", str(tmp_path / "new"), "--results", str(tmp_path / "r2")]
+    argv += ["--pretrained-from", str(workdir), "--stages-from", str(results / "t")]
+    capsys.readouterr()
+    assert run_table.main(argv) == 0
+    assert f"3 finished stages copied from {str(results / 't')!r}" in capsys.readouterr().out
+    rebuilt = json.loads((tmp_path / "r2/small/results.json").read_text())["rows"]
+    assert [_without_time(r) for r in rebuilt] == [_without_time(r) for r in whole["rows"]]
+    read_back = [r for r in rebuilt if r["stage"] != "qat-ste-k2"]
+    assert read_back == [r for r in whole["rows"] if r["stage"] != "qat-ste-k2"]  # timings too
+    err_argv = [str(config), "--workdir", str(tmp_path / "none"), "--partial"]
+    with pytest.raises(SystemExit):
+        run_table.main(err_argv)
+    assert "--partial: workdir" in capsys.readouterr().err
