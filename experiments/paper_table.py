@@ -301,21 +301,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace, config: train.Config, workdir: pathlib.Path) -> dict:
-    """The results: of the whole run (training what is not finished) or, with
-    ``--partial``, of the stages finished so far. WorkdirError before any work."""
-    if args.partial:
-        return run_table.partial_results(config, workdir)
-    return train.train_and_evaluate(
-        config,
-        workdir,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        pretrained_from=args.pretrained_from,
-        stages_from=args.stages_from,
-    )
-
-
 def write_outputs(
     args: argparse.Namespace,
     config: train.Config,
@@ -374,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
     start, commit = time.perf_counter(), provenance.git_commit()
     try:
-        results = _run(args, config, workdir)
+        results = run_table.results_of(args, config, workdir)
     except WorkdirError as e:  # raised before any data is read or any training
         hint = (
             " (--tiny pretrains its own tiny model)" if args.tiny and args.pretrained_from else ""

@@ -106,28 +106,33 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[
     return config, name
 
 
+def results_of(args: argparse.Namespace, config: train.Config, workdir: pathlib.Path) -> dict:
+    """The results: of the whole run (training what is not finished) or, with
+    ``--partial``, of the stages finished so far. WorkdirError before any work."""
+    if args.partial:
+        return partial_results(config, workdir)
+    return train.train_and_evaluate(
+        config,
+        workdir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        pretrained_from=args.pretrained_from,
+        stages_from=args.stages_from,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     config, name = _config(parser, args)
     workdir = pathlib.Path(args.workdir or ROOT / "runs" / name)
     start, commit = time.perf_counter(), provenance.git_commit()
-    if args.partial:
-        try:
-            results = partial_results(config, workdir)
-        except WorkdirError as e:
-            parser.error(f"--partial: {e}")
-        if not results["rows"]:
-            parser.error(f"--partial: no stage of {str(workdir)!r} has finished yet")
-    else:
-        results = train.train_and_evaluate(
-            config,
-            workdir,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            pretrained_from=args.pretrained_from,
-            stages_from=args.stages_from,
-        )
+    try:
+        results = results_of(args, config, workdir)
+    except WorkdirError as e:  # a run directory or a source that cannot serve
+        parser.error(f"{'--partial: ' if args.partial else ''}{e}")
+    if args.partial and not results["rows"]:
+        parser.error(f"--partial: no stage of {str(workdir)!r} has finished yet")
     dest = pathlib.Path(args.results) / name
     settings = pathlib.Path(args.config)
     if settings.resolve().is_relative_to(ROOT):
