@@ -16,7 +16,10 @@ validation columns only; the test columns are there for the report.
 ``--reuse VARIANT RUNDIR`` reads VARIANT's finished stages from another run of the same
 settings (``RUNDIR/stages/*.json``, e.g. the paper table's rows) instead of training them:
 those the variant plans are copied into its run directory, which then resumes; config fields that
-differ from RUNDIR's are printed.
+differ from RUNDIR's are printed. The results folder keeps each variant's stage records
+(``<variant>/stages/``); ``--stages-from`` that folder rebuilds a search whose run
+directories were lost (each variant reads back the stages recorded there, checked against
+its full-precision model; the distance columns need the models, so they read ``-``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import run_table
 from qareg_jax import cli, provenance, train
 from qareg_jax.pipeline import stages
 from qareg_jax.pipeline import workdir as workdirs
@@ -155,6 +159,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar=("VARIANT", "RUNDIR"),
         help="read VARIANT's finished stages from RUNDIR (a run of the same settings)",
     )
+    parser.add_argument(
+        "--stages-from",
+        metavar="DIR",
+        type=pathlib.Path,
+        help="an earlier search's results folder: each variant reads back the stages recorded "
+        "in DIR/<variant>/stages instead of training them",
+    )
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
     args.base, args.variants = load_search(args.config)
@@ -167,6 +178,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--reuse {variant}: not in the variants ({', '.join(args.variants)})")
         if not (rundir / "config.json").is_file() or not (rundir / "stages").is_dir():
             parser.error(f"--reuse {variant} {rundir}: not a run directory (config.json, stages/)")
+    if args.stages_from and not any(
+        (args.stages_from / v / "stages").is_dir() for v in args.variants
+    ):
+        parser.error(
+            f"--stages-from {args.stages_from}: no <variant>/stages/ folder of these variants"
+        )
     return args
 
 
@@ -183,8 +200,13 @@ def run_variant(args: argparse.Namespace, variant: str, workdir: pathlib.Path) -
     if variant in args.reuse:
         print(f"read back: {reuse_stages(workdir, config, args.reuse[variant])}", flush=True)
         resume = True
+    kept = args.stages_from and args.stages_from / variant
     return train.train_and_evaluate(
-        config, workdir, resume=resume, pretrained_from=args.pretrained_from
+        config,
+        workdir,
+        resume=resume,
+        pretrained_from=args.pretrained_from,
+        stages_from=kept if kept and (kept / "stages").is_dir() else None,
     )
 
 
@@ -201,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir = parent / variant
         if args.only and variant not in args.only and not (workdir / "results.json").exists():
             continue
-        for row in run_variant(args, variant, workdir)["rows"]:
+        results = run_variant(args, variant, workdir)
+        run_table.copy_stage_records(results["rows"], workdir, dest / variant)
+        for row in results["rows"]:
             dist = relative_distance(workdir, row["stage"])
             rows.append({**row, "variant": variant, "dist_mean": dist and dist[0],
                          "dist_max": dist and dist[1]})  # fmt: skip

@@ -225,8 +225,8 @@ def copy_stage_records(
 ) -> None:
     """Copy the records of ``rows``' stages and of the pretraining (``stages/**.json``,
     with the histograms) to ``dest/stages/``: with the full-precision model, they rebuild
-    the run if its directory is lost (copied into a new run's ``stages/``, they are read
-    back instead of trained, once checked to come from the same model)."""
+    the run if its directory is lost (``--stages-from dest``: read back instead of
+    trained, once checked to come from the same model)."""
     names = [r["stage"] for r in rows] + [
         str(p.relative_to(workdir / "stages").with_suffix(""))
         for p in (workdir / "stages").rglob("pretrain.json")

@@ -121,6 +121,23 @@ def test_a_tiny_search_runs_marks_the_best_on_validation_and_reads_back(tmp_path
     assert not (tmp_path / "runs2/a/stages/reg-wells-k9.json").exists()
     out = capsys.readouterr().out
     assert "its config differs in: nothing" in out
+    # The run directories lost, --stages-from the results folder rebuilds the search: both
+    # variants read back from their records (no regularized phase trains again).
+    assert sorted(p.name for p in (tmp_path / "results/tiny_search/a/stages").iterdir()) == [
+        "pretrain.json", "reg-nearest-k2.json"
+    ]  # fmt: skip
+    argv3 = [str(tmp_path / "tiny_search.py"), "--workdir", str(tmp_path / "runs3")]
+    argv3 += ["--results", str(tmp_path / "results3")]
+    assert recipe_search.main([*argv3, "--stages-from", str(tmp_path / "results/tiny_search")]) == 0
+    rows3 = json.loads((tmp_path / "results3/tiny_search/search.json").read_text())["rows"]
+    dist = ("dist_mean", "dist_max")  # they need the models, which the records do not keep
+    assert [{k: v for k, v in r.items() if k not in dist} for r in rows3] == [
+        {k: v for k, v in r.items() if k not in dist} for r in rows
+    ]
+    assert not list((tmp_path / "runs3").rglob("checkpoints/reg-nearest-k2"))
+    with pytest.raises(SystemExit):
+        recipe_search.main([*argv3, "--stages-from", str(tmp_path)])
+    assert "no <variant>/stages/ folder" in capsys.readouterr().err
     for bad, why in ((["c", str(tmp_path)], "not in the variants"),
                      (["a", str(tmp_path / "none")], "not a run directory")):  # fmt: skip
         with pytest.raises(SystemExit):
