@@ -282,8 +282,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stages-from",
         metavar="DIR",
-        help="read the finished stages recorded in DIR/stages (an earlier run of this table, "
-        "or the committed experiments/results/paper_<model>) instead of training them",
+        nargs="+",
+        help="read the finished stages recorded in DIR/stages instead of training them: "
+        "an earlier run of this table or experiments/results/paper_<model> (several: each "
+        "stage from the first that records it)",
     )
     parser.add_argument("--tiny", action="store_true", help="tiny setting (tests, CPU)")
     parser.add_argument(

@@ -62,8 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stages-from",
         metavar="DIR",
-        help="read the finished stages recorded in DIR/stages (an earlier run of this config, "
-        "or the results folder it wrote) instead of training them",
+        nargs="+",
+        help="read the finished stages recorded in DIR/stages instead of training them: "
+        "an earlier run of this config or its results folder (several: each stage from "
+        "the first that records it)",
     )
     parser.add_argument("--workdir", help="run directory (default: runs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")

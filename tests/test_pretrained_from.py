@@ -296,3 +296,23 @@ def test_the_plan_counts_only_the_steps_left():
     assert lines[0].endswith("10 optimizer steps left (3 recorded stages)")
     assert lines[1].endswith("(finished: restored from its checkpoint)")
     assert lines[2].endswith("(recorded: read back)") and lines[3].endswith("(partly recorded)")
+
+
+def test_several_stage_sources_each_stage_from_the_first_that_records_it(tmp_path, source):
+    path, _ = source
+    config = TARGET.replace(baselines=("kmeans",))
+    pipeline.train_and_evaluate(config, tmp_path / "run", progress=False, pretrained_from=path)
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "run/stages").iterdir()}
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, names, wall in ((first, ["reg-nearest-k2"], 1.0), (second, list(records), 2.0)):
+        (folder / "stages").mkdir(parents=True)
+        for name in ["pretrain", *names]:
+            record = records[name] if name == "pretrain" else {**records[name], "wall_s": wall}
+            (folder / f"stages/{name}.json").write_text(json.dumps(record))
+    out = pipeline.train_and_evaluate(
+        config, tmp_path / "new", progress=False, stop_after=1, pretrained_from=path,
+        stages_from=[first, second],
+    )  # fmt: skip
+    assert [(r["stage"], r["wall_s"]) for r in out["rows"]] == [
+        ("reg-nearest-k2", 1.0), ("ptq-kmeans-k2", 2.0)
+    ]  # fmt: skip

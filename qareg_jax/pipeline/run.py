@@ -434,7 +434,7 @@ def train_and_evaluate(
     dataset: data.Dataset | None = None,
     say: Callable[[str], None] | None = None,
     pretrained_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-    stages_from: str | os.PathLike | None = None,
+    stages_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Run every stage of ``config`` (for every seed) in ``workdir``; returns the results.
 
@@ -456,10 +456,10 @@ def train_and_evaluate(
         run starts from instead of pretraining; each seed comes from the first directory
         holding it, seeds none holds pretrain as usual.
       stages_from: a folder with the ``stages/`` records of an earlier run of the same
-        config (its run directory, or the results folder it wrote): the stages it holds
-        and ``workdir`` lacks are read back instead of trained, each checked to come from
-        this run's full-precision model. With ``pretrained_from``, this rebuilds a run
-        whose directory was lost.
+        config (its run directory, or the results folder it wrote), or several (each stage
+        from the first that records it): the stages they hold and ``workdir`` lacks are
+        read back instead of trained, each checked to come from this run's full-precision
+        model. With ``pretrained_from``, this rebuilds a run whose directory was lost.
 
     Returns:
       ``{"rows": [StageResult.to_json()...], "pretrain": {...}, "config", "device", "date",
@@ -480,8 +480,9 @@ def train_and_evaluate(
     sources = _sources(pretrained_from)
     for source in sources:
         check_pretrained_source(source, config)
-    if stages_from is not None:
-        check_stage_source(stages_from, config, sources)
+    kept = _sources(stages_from)
+    for source in kept:
+        check_stage_source(source, config, sources)
     configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
     full, first, model, compiled = _load_and_check(config, configs[0], dataset, sources)
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
@@ -493,8 +494,8 @@ def train_and_evaluate(
         copied += seeds
         if seeds:
             say(f"pretrained models of seeds {seeds} copied from {str(source)!r}")
-    if stages_from is not None:
-        _import_stages(stages_from, path, config, say)
+    for source in kept:
+        _import_stages(source, path, config, say)
     recorded = {
         str(p.relative_to(path / "stages").with_suffix("")) for p in path.glob("stages/**/*.json")
     }
