@@ -34,7 +34,12 @@ from typing import Any
 
 from qareg_jax import cli, pipeline, provenance, report, train
 from qareg_jax.pipeline import planned_stages
-from qareg_jax.pipeline.workdir import WorkdirError, prepare_workdir, seed_dirs
+from qareg_jax.pipeline.workdir import (
+    WorkdirError,
+    prepare_workdir,
+    seed_dirs,
+    stage_ids,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -209,8 +214,7 @@ def partial_results(config: train.Config, workdir: pathlib.Path) -> dict[str, An
         raise WorkdirError(f"workdir {str(workdir)!r} holds no run; nothing to report")
     prepare_workdir(workdir, config, resume=True)  # the same config; writes nothing
     seeds, subs = config.seed_list, seed_dirs(config.to_dict())
-    names = [stage.name for stage in planned_stages(config)]
-    planned = [str(pathlib.PurePath(subs[s], name)) for s in seeds for name in names]
+    planned = stage_ids(config, (stage.name for stage in planned_stages(config)))
     rows = [r for r in report.load_rows(workdir)[0] if r["stage"] in planned]
     fp_file = workdir / "stages" / subs[seeds[0]] / "pretrain.json"
     return {

@@ -599,9 +599,9 @@ def _mse_intervals(rows: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.nd
     bin centres), otherwise K points including the ends (``init="grid"``)."""
     first, step = mse_grid(rows, spec.k)
     entry = registry.get(spec.regularizer)
-    unit = entry.levels(spec.k, 0.0, 1.0) if entry.levels is not None else None
-    if unit is None:
+    if entry.levels is None:
         return first, first + (spec.k - 1) * step
+    unit = entry.levels(spec.k, 0.0, 1.0)
     width = step / (unit[1] - unit[0])  # the levels are affine in (lo, hi)
     lo = first - unit[0] * width
     return lo, lo + width

@@ -10,7 +10,7 @@ import pytest
 
 from experiments import run_table
 from qareg_jax import pipeline
-from qareg_jax.pipeline import config_for_stage, planned_stages
+from qareg_jax.pipeline import config_for_stage, planned_stages, workdir
 
 # Every kind of stage, a static and a dynamic penalty, the frozen ablation, two Ks, a budget.
 WHOLE = pipeline.Config(
@@ -141,3 +141,11 @@ def test_run_table_partial_then_a_lost_run_rebuilt_from_the_results(tmp_path, wh
     with pytest.raises(SystemExit):
         run_table.main(err_argv)
     assert "--partial: workdir" in capsys.readouterr().err
+
+
+def test_stage_ids_name_records_as_the_run_writes_them():
+    names = [s.name for s in planned_stages(SMALL)]
+    assert workdir.stage_ids(SMALL, names) == names  # one seed: no subdirectory
+    two = workdir.stage_ids(SMALL.replace(seeds=(1, 2)), names)
+    assert two == [f"seed-{s}/{n}" for s in (1, 2) for n in names]
+    assert workdir.stage_id("", "pretrain") == "pretrain"

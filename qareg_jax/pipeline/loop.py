@@ -26,6 +26,7 @@ from ..codebook import QuantSpec
 from ..penalty import penalty_stats
 from .config import Config
 from .steps import StepFn, TrainState, empty_window, init_variables, make_eval_fn
+from .workdir import stage_id as _stage_id
 
 
 class TrainingDivergedError(RuntimeError):
@@ -131,7 +132,7 @@ class Context:
         Paths use it; data-order and dropout seeds use the bare ``stage`` (with
         ``config.seed``), so a seed of a multi-seed run computes what a one-seed run would.
         """
-        return f"{self.subdir}/{stage}" if self.subdir else stage
+        return _stage_id(self.subdir, stage)
 
     def initial_variables(self) -> dict[str, Any]:
         """The model's random initialisation for ``config.seed`` (computed once per run:

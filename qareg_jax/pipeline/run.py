@@ -55,6 +55,8 @@ from .workdir import (
     import_stage_records,
     prepare_workdir,
     seed_dirs,
+    stage_id,
+    stage_ids,
     stored_config,
 )
 
@@ -185,9 +187,7 @@ def plan(
     seeds = len(dirs)
 
     def todo(name: str, skip: Collection[int] = ()) -> int:  # the seeds still to run it
-        return sum(
-            s not in skip and f"{d}/{name}".lstrip("/") not in recorded for s, d in dirs.items()
-        )
+        return sum(s not in skip and stage_id(d, name) not in recorded for s, d in dirs.items())
 
     pre = config.pretrain_epochs * spe
     fresh = todo("pretrain", skip=copied)
@@ -411,10 +411,7 @@ def _import_stages(
 ) -> None:
     """Copy into ``path`` the records of ``config``'s planned stages (every seed) that
     ``source`` holds and ``path`` lacks, and say which."""
-    subs = seed_dirs(config.to_dict()).values()
-    names = [
-        f"{sub}/{st.name}" if sub else st.name for sub in subs for st in planned_stages(config)
-    ]
+    names = stage_ids(config, (st.name for st in planned_stages(config)))
     read = import_stage_records(source, path, names)
     say(
         f"{len(read)} finished stages copied from {str(source)!r}"
@@ -478,11 +475,10 @@ def train_and_evaluate(
     if resume:
         check_resumable(workdir)  # before the data: a mistyped workdir must not start a run
     sources = _sources(pretrained_from)
-    for source in sources:
-        check_pretrained_source(source, config)
+    held = {source: check_pretrained_source(source, config) for source in sources}
     kept = _sources(stages_from)
     for source in kept:
-        check_stage_source(source, config, sources)
+        check_stage_source(source, config, held)
     configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
     full, first, model, compiled = _load_and_check(config, configs[0], dataset, sources)
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)

@@ -6,7 +6,7 @@ import json
 import os
 import pathlib
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .config import Config
@@ -123,6 +123,19 @@ def seed_dirs(config: Mapping[str, Any]) -> dict[int, str]:
     ``""`` for a one-seed run, ``"seed-S"`` for each seed of a run of several."""
     seeds = config.get("seeds") or [config.get("seed", 0)]
     return {int(s): (f"seed-{s}" if len(seeds) > 1 else "") for s in seeds}
+
+
+def stage_id(sub: str, stage: str) -> str:
+    """``stage``'s id under a seed's subdirectory ``sub`` (see :func:`seed_dirs`), as
+    stage records, metrics and checkpoints are named: ``"seed-1/qat-ste-k2"``, or the
+    bare ``stage`` in a one-seed run (``sub == ""``)."""
+    return f"{sub}/{stage}" if sub else stage
+
+
+def stage_ids(config: Config, names: Iterable[str]) -> list[str]:
+    """The ids of the stages ``names`` for every seed of ``config``, seed by seed."""
+    names = list(names)
+    return [stage_id(sub, name) for sub in seed_dirs(config.to_dict()).values() for name in names]
 
 
 def stored_config(source: str | os.PathLike) -> dict[str, Any]:
@@ -254,12 +267,16 @@ def _fp_digest(stages: pathlib.Path, sub: str) -> str | None:
 
 
 def check_stage_source(
-    source: str | os.PathLike, config: Config, pretrained: Sequence[str | os.PathLike] = ()
+    source: str | os.PathLike,
+    config: Config,
+    pretrained: Mapping[str | os.PathLike, Mapping[int, str]] | None = None,
 ) -> pathlib.Path:
     """``source`` as a path if its ``stages/`` can serve ``config``'s run (cheap: before
-    the data). Where both ``source`` and a run in ``pretrained`` (``--pretrained-from``)
-    record a seed's full-precision model, the two digests must agree: records written
-    from another model would be refused only after the model is restored.
+    the data). ``pretrained`` maps each ``--pretrained-from`` run, in order, to what
+    :func:`check_pretrained_source` returned for it (``{seed: subdir}``). Where both
+    ``source`` and such a run record a seed's full-precision model, the two digests must
+    agree: records written from another model would be refused only after the model is
+    restored.
 
     Raises:
       WorkdirError: ``source`` holds no ``stages/`` folder, or its records come from
@@ -273,8 +290,8 @@ def check_stage_source(
         )
     for seed, sub in seed_dirs(config.to_dict()).items():
         recorded = _fp_digest(path / "stages", sub)
-        for run in pretrained:
-            src_sub = check_pretrained_source(run, config).get(seed)
+        for run, subs in (pretrained or {}).items():
+            src_sub = subs.get(seed)
             model = None if src_sub is None else _fp_digest(pathlib.Path(run) / "stages", src_sub)
             if None not in (recorded, model) and recorded != model:
                 raise WorkdirError(
