@@ -1,12 +1,14 @@
-"""Peak memory and time of a DKM forward+backward: blocked ``dkm_layer`` vs the O(NK) reference.
+"""Peak memory, time and float32 accuracy of a DKM forward+backward: ``dkm_layer`` (blocked,
+hand-written backward pass) vs the O(NK) reference.
 
 For each layer size N and cluster count K it jit-compiles ``value_and_grad`` of
-``0.5 * sum(W~^2)`` with ``W~ = dkm_layer(w, c, tau, iters)`` (ours: blocks with
-recomputation) and with ``dkm_layer_reference`` (the straightforward N x K version),
-reads the compiled memory analysis (arguments + outputs + temps - aliases; no
-allocation needed, so it is reported even where the run is skipped) and times the
-compiled call. A reference run whose compiled footprint exceeds ``--max-gb`` is
-not executed (said so in the JSON).
+``0.5 * sum(W~^2)`` with ``W~ = dkm_layer(w, c, tau, iters)`` and with
+``dkm_layer_reference`` (the straightforward N x K version under autodiff), reads the
+compiled memory analysis (arguments + outputs + temps - aliases; no allocation needed,
+so it is reported even where the run is skipped) and times the compiled call. A run
+whose compiled footprint exceeds ``--max-gb`` is not executed (said so in the JSON).
+Accuracy: the relative error of the loss and of its gradient against the same
+computation in float64 (``dkm_layer``'s blocks, x64 enabled).
 
     python -m benchmarks.dkm_memory            # N in {1M, 8M}, K in {16, 256}
     python -m benchmarks.dkm_memory --smoke    # tiny sizes, seconds
@@ -23,21 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from qareg_jax.contrib import dkm, dkm_core
+from qareg_jax.contrib import dkm
+
+IMPLS = {"blocked": dkm.dkm_layer, "reference": dkm.dkm_layer_reference}
 
 
-def _blocked(w: jax.Array, c: jax.Array, tau: float, iters: int) -> tuple[jax.Array, jax.Array]:
-    # The block size that dkm_layer's default takes above DIRECT_ELEMENTS, at every size.
-    return dkm.dkm_layer(w, c, tau, iters, block_size=dkm_core._block_size(None, c.shape[0]))
-
-
-IMPLS = {"blocked": _blocked, "reference": dkm.dkm_layer_reference}
-
-
-def compile_case(impl: str, n: int, k: int, iters: int):
+def compile_case(impl: str, n: int, k: int, iters: int, dtype: Any = jnp.float32):
     """The compiled forward+backward for one case and its inputs."""
-    w = jnp.asarray(np.random.default_rng(0).normal(0.0, 0.05, n), jnp.float32)
-    c = jnp.linspace(-0.15, 0.15, k, dtype=jnp.float32)
+    w = jnp.asarray(np.random.default_rng(0).normal(0.0, 0.05, n), dtype)
+    c = jnp.linspace(-0.15, 0.15, k, dtype=dtype)
     tau = float((0.3 / (k - 1) / 2) ** 2)  # (half the centroid spacing)^2
     fn = IMPLS[impl]
 
@@ -46,6 +42,24 @@ def compile_case(impl: str, n: int, k: int, iters: int):
 
     compiled = jax.jit(jax.value_and_grad(loss)).lower(w).compile()
     return compiled, w
+
+
+def exact_case(n: int, k: int, iters: int) -> tuple[float, np.ndarray]:
+    """The loss and its gradient in float64 (blocked sums, x64 enabled)."""
+    with jax.enable_x64(True):
+        compiled, w = compile_case("blocked", n, k, iters, jnp.float64)
+        value, grad = compiled(w)
+        return float(value), np.asarray(grad)
+
+
+def errors(out: Any, exact: tuple[float, np.ndarray]) -> dict[str, float]:
+    """Relative errors of a float32 ``(loss, grad)`` against ``exact``."""
+    value, grad = float(out[0]), np.asarray(out[1], np.float64)
+    scale = np.abs(exact[1]).max()
+    return {
+        "loss_rel_error_vs_float64": abs(value - exact[0]) / abs(exact[0]),
+        "grad_rel_error_vs_float64": float(np.abs(grad - exact[1]).max() / scale),
+    }
 
 
 def time_case(compiled: Any, w: jax.Array, repeats: int) -> list[float]:
@@ -58,6 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for n in (int(s) for s in args.ns.split(",")):
         for k in (int(s) for s in args.ks.split(",")):
+            exact = exact_case(n, k, args.iters)
             for impl in IMPLS:
                 compiled, w = compile_case(impl, n, k, args.iters)
                 stats = compiled.memory_analysis()
@@ -78,11 +93,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     times = time_case(compiled, w, args.repeats)
                     row["time_s"] = common.median(times)
                     row["times_s"] = times
+                    row.update(errors(compiled(w), exact))
                 del compiled, w
                 rows.append(row)
                 t = f"{row['time_s']:8.3f} s" if "time_s" in row else "  skipped"
+                err = row.get("grad_rel_error_vs_float64", float("nan"))
                 print(
-                    f"N={n:>9d} K={k:<4d} {impl:9s} {t}  peak {(total or 0) / 2**20:10.1f} MiB",
+                    f"N={n:>9d} K={k:<4d} {impl:9s} {t}  peak {(total or 0) / 2**20:10.1f} MiB"
+                    f"  grad error {err:.1e}",
                     flush=True,
                 )
     for row in rows:
@@ -107,7 +125,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "repeats": args.repeats,
             "max_gb": args.max_gb,
             "computation": "jit(value_and_grad(0.5 * sum(dkm(w)^2))), float32, 1-D weights",
-            "block_size": "2**19 // K weights per block (dkm_layer's default above 2**26 N K)",
+            "block_size": "2**19 // K weights per block (dkm_layer's default)",
+            "accuracy": "relative error vs the same loss in float64 (max over the gradient)",
             "memory": "compiled memory_analysis: arguments + outputs + temps - aliases",
             "timing": "median of repeats after one warm-up call",
         },
