@@ -229,19 +229,21 @@ def partial_results(config: train.Config, workdir: pathlib.Path) -> dict[str, An
 def copy_stage_records(
     rows: Sequence[dict[str, Any]], workdir: pathlib.Path, dest: pathlib.Path
 ) -> None:
-    """Copy the records of ``rows``' stages and of the pretraining (``stages/**.json``,
-    with the histograms) to ``dest/stages/``: with the full-precision model, they rebuild
-    the run if its directory is lost (``--stages-from dest``: read back instead of
-    trained, once checked to come from the same model)."""
+    """Copy the records of ``rows``' stages and of the pretraining (``stages/**.json``)
+    and their training metrics (``metrics/**.jsonl``, for the training plots) to ``dest``:
+    with the full-precision model, they rebuild the run if its directory is lost
+    (``--stages-from dest``: read back instead of trained, once checked to come from the
+    same model)."""
     names = [r["stage"] for r in rows] + [
         str(p.relative_to(workdir / "stages").with_suffix(""))
         for p in (workdir / "stages").rglob("pretrain.json")
     ]
     for name in names:
-        src = workdir / "stages" / f"{name}.json"
-        if src.is_file():
-            (dest / "stages" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / "stages" / f"{name}.json")
+        for kind, suffix in (("stages", ".json"), ("metrics", ".jsonl")):
+            src = workdir / kind / f"{name}{suffix}"
+            if src.is_file():
+                (dest / kind / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / kind / f"{name}{suffix}")
 
 
 def row_commands(

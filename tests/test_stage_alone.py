@@ -128,11 +128,17 @@ def test_run_table_partial_then_a_lost_run_rebuilt_from_the_results(tmp_path, wh
         "reg-nearest-frozen-k2.json",
         "reg-nearest-k2.json",
     ]
+    kept_metrics = sorted(p.name for p in (results / "t/metrics").iterdir())
+    assert kept_metrics == [n.replace(".json", ".jsonl") for n in kept]
     argv = [str(config), "--workdir", str(tmp_path / "new"), "--results", str(tmp_path / "r2")]
     argv += ["--pretrained-from", str(workdir), "--stages-from", str(results / "t")]
     capsys.readouterr()
     assert run_table.main(argv) == 0
     assert f"3 finished stages copied from {str(results / 't')!r}" in capsys.readouterr().out
+    # The training curves of the stages read back come with them (the plots keep them).
+    for name in ("reg-nearest-k2", "reg-nearest-frozen-k2"):
+        got = (tmp_path / "new/metrics" / f"{name}.jsonl").read_text()
+        assert got == (workdir / "metrics" / f"{name}.jsonl").read_text()
     rebuilt = json.loads((tmp_path / "r2/small/results.json").read_text())["rows"]
     assert [_without_time(r) for r in rebuilt] == [_without_time(r) for r in whole["rows"]]
     read_back = [r for r in rebuilt if r["stage"] != "qat-ste-k2"]

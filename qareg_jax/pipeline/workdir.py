@@ -309,7 +309,8 @@ def import_stage_records(
 ) -> list[str]:
     """Copy ``source/stages/<name>.json`` into the run directory ``dest`` for each stage
     ``name`` (e.g. ``"reg-nearest-k4"``, ``"seed-1/qat-ste-k2"``) that ``source`` holds
-    and ``dest`` lacks: the run reads them back instead of training those stages (each
+    and ``dest`` lacks, with its training metrics (``metrics/<name>.jsonl``) where
+    ``source`` keeps them: the run reads them back instead of training those stages (each
     checked against the run's full-precision model). Returns the names copied, in order.
     """
     copied = []
@@ -318,5 +319,9 @@ def import_stage_records(
         if src.is_file() and not to.exists():
             to.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, to)
+            metrics = pathlib.Path(source) / "metrics" / f"{name}.jsonl"
+            if metrics.is_file():
+                (dest / "metrics" / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(metrics, dest / "metrics" / f"{name}.jsonl")
             copied.append(name)
     return copied
