@@ -19,7 +19,13 @@ def _w(shape, seed=0, scale=0.1):
 @pytest.mark.parametrize("keep", [True, False], ids=["A-kept", "A-recomputed"])
 @pytest.mark.parametrize(
     ("shape", "k", "block", "iters"),
-    [((37, 29), 4, None, 1), ((37, 29), 8, 100, 3), ((1000,), 16, 7, 2), ((3, 3, 4, 8), 2, 64, 5)],
+    [
+        ((37, 29), 4, None, 1),
+        ((37, 29), 8, 100, 3),
+        ((1000,), 16, 7, 2),
+        ((3, 3, 4, 8), 2, 64, 5),
+        ((16, 8), 4, 32, 2),  # whole blocks, no remainder
+    ],
 )
 def test_matches_reference_values_and_gradients(shape, k, block, iters, keep, monkeypatch):
     monkeypatch.setattr(dkm_core, "KEEP_ELEMENTS", dkm_core.KEEP_ELEMENTS if keep else 0)

@@ -197,12 +197,9 @@ def _sums(w: Array, c: Array, tau: Array, keep: bool) -> tuple[tuple[Array, Arra
 
 def _as_part(outs: list[Array], w: tuple[Array, Array]) -> tuple[Array, Array]:
     """Per-block ``(B, K)`` outputs as a split part ``(blocks (nb, B, K), rest (r, K))``."""
-    (blocks, rest), k = w, outs[-1].shape[-1]
-    full = [o for o in outs if o.shape[1:-1] == blocks.shape[1:] and blocks.shape[0]]
-    return (
-        full[0] if full else jnp.zeros((0, *blocks.shape[1:], k), outs[-1].dtype),
-        outs[-1][0] if rest.shape[0] else jnp.zeros((0, k), outs[-1].dtype),
-    )
+    (blocks, rest), k, dtype = w, outs[0].shape[-1], outs[0].dtype
+    full = outs[0] if blocks.shape[0] else jnp.zeros((0, blocks.shape[1], k), dtype)
+    return full, outs[-1][0] if rest.shape[0] else jnp.zeros((0, k), dtype)
 
 
 def _forward(w: Array, c: Array, tau: Array, iters: int, block: int, keep: bool):
