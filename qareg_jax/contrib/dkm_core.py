@@ -14,13 +14,14 @@ Memory and accuracy. The reference implementation (:func:`dkm_layer_reference`) 
 the ``N x K`` matrix ``A``, and reverse-mode autodiff keeps several of them per
 iteration: 8M weights at K = 256 need tens of GB. Its float32 sums over all ``N``
 weights also lose accuracy on large layers (on AlexNet's 16.8M-weight fc2 at K = 2, a
-relative error of 5e-2 in the loss of ``W~`` and 7e-3 in its gradient against float64:
+relative error of 5e-3 in the loss of ``W~`` and 6e-3 in its gradient against float64:
 ``benchmarks/results/dkm_memory_alexnet_fc2.json``). :func:`dkm_layer` computes the same
 formulas on blocks of ``block_size`` weights (``lax.map`` over the blocks): every sum
 over the weights is summed within a block, then over the blocks, which keeps float32
 within about 1e-6 of float64. Its backward pass is written by hand
-(``jax.custom_vjp``): it recomputes each block's ``A`` from the weights and the
-iteration's centroids instead of storing it, so peak memory is
+(``jax.custom_vjp``). Up to ``KEEP_ELEMENTS`` (weight, centroid) pairs it keeps each
+iteration's ``A`` from the forward pass; above, it recomputes each block's ``A`` from
+the weights and the iteration's centroids instead of storing it, so peak memory is
 ``O(N + block_size * K)`` per layer, at the price of computing ``A`` once more per
 iteration. Binning the weights into a fixed-size histogram would be cheaper still,
 but it is exact only for weights that share a bin, so it is not used.
@@ -43,7 +44,7 @@ Array = jax.Array
 _BLOCK_ELEMENTS = 1 << 19
 # Up to this many (weight, centroid) pairs (256 MB per N x K float32 array; AlexNet's
 # 16.8M-weight fc2 at K <= 4) the forward pass keeps each iteration's A for the backward
-# pass instead of recomputing it: iters N x K arrays of memory for about 1.5x less time.
+# pass instead of recomputing it: iters N x K arrays of memory for about 1.2x less time.
 KEEP_ELEMENTS = 1 << 26
 
 
@@ -101,7 +102,7 @@ def dkm_layer(
     *,
     block_size: int | None = None,
 ) -> tuple[Array, Array]:
-    """Soft-clustered weights ``W~ = A c`` of one array, in ``O(N + block_size K)`` memory.
+    """Soft-clustered weights ``W~ = A c`` of one array (memory: see the module docstring).
 
     Args:
       w: weights, any shape (``N`` values), floating dtype.
@@ -113,8 +114,8 @@ def dkm_layer(
 
     Returns:
       ``(w_soft, new_centroids)``: ``w_soft`` has the shape and dtype of ``w`` and is
-      differentiable in ``w`` and ``tau``; ``new_centroids`` ``(K,)`` float32 (or wider), gradient
-      stopped, for warm-starting the next step.
+      differentiable in ``w`` and ``tau``; ``new_centroids`` ``(K,)`` float32 (or wider),
+      gradient stopped, for warm-starting the next step.
 
     Raises:
       TypeError: non-float ``w`` or ``centroids``, non-int ``iters`` or ``block_size``.
