@@ -36,6 +36,7 @@ from qareg_jax import cli, pipeline, provenance, report, train
 from qareg_jax.pipeline import planned_stages
 from qareg_jax.pipeline.workdir import (
     WorkdirError,
+    copy_record,
     prepare_workdir,
     seed_dirs,
     stage_ids,
@@ -239,11 +240,7 @@ def copy_stage_records(
         for p in (workdir / "stages").rglob("pretrain.json")
     ]
     for name in names:
-        for kind, suffix in (("stages", ".json"), ("metrics", ".jsonl")):
-            src = workdir / kind / f"{name}{suffix}"
-            if src.is_file():
-                (dest / kind / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest / kind / f"{name}{suffix}")
+        copy_record(workdir, name, dest)
 
 
 def row_commands(

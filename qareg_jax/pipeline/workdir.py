@@ -205,11 +205,22 @@ def _copy_pretraining(src: pathlib.Path, sub: str, dest: pathlib.Path, to: str) 
     the run ``src``'s seed directory ``sub`` to the run ``dest``'s ``to``."""
     phase = src / "checkpoints" / sub / "pretrain" / "train"
     _copy_last_checkpoint(phase, dest / "checkpoints" / to / "pretrain" / "train")
+    copy_record(src, stage_id(sub, "pretrain"), dest, stage_id(to, "pretrain"))
+
+
+def copy_record(src: pathlib.Path, name: str, dest: pathlib.Path, to: str | None = None) -> bool:
+    """Copy the stage record ``src/stages/<name>.json`` to ``dest/stages/<to>.json`` (``to``
+    defaults to ``name``) with its training metrics ``metrics/<name>.jsonl`` where ``src``
+    has them. Returns False, copying nothing, when ``src`` has no such record."""
+    to = name if to is None else to
+    if not (src / "stages" / f"{name}.json").is_file():
+        return False
     for kind, suffix in (("stages", ".json"), ("metrics", ".jsonl")):
-        file = src / kind / sub / f"pretrain{suffix}"
+        file = src / kind / f"{name}{suffix}"
         if file.is_file():
-            (dest / kind / to).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(file, dest / kind / to / file.name)
+            (dest / kind / f"{to}{suffix}").parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, dest / kind / f"{to}{suffix}")
+    return True
 
 
 def _copy_last_checkpoint(phase: pathlib.Path, to: pathlib.Path) -> None:
@@ -313,15 +324,9 @@ def import_stage_records(
     ``source`` keeps them: the run reads them back instead of training those stages (each
     checked against the run's full-precision model). Returns the names copied, in order.
     """
-    copied = []
-    for name in names:
-        src, to = pathlib.Path(source) / "stages" / f"{name}.json", dest / "stages" / f"{name}.json"
-        if src.is_file() and not to.exists():
-            to.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, to)
-            metrics = pathlib.Path(source) / "metrics" / f"{name}.jsonl"
-            if metrics.is_file():
-                (dest / "metrics" / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(metrics, dest / "metrics" / f"{name}.jsonl")
-            copied.append(name)
-    return copied
+    source = pathlib.Path(source)
+    return [
+        name
+        for name in names
+        if not (dest / "stages" / f"{name}.json").exists() and copy_record(source, name, dest)
+    ]
