@@ -273,19 +273,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", help="run directory (default: runs/paper_<model>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     parser.add_argument("--overwrite", action="store_true", help="delete the run in --workdir")
-    parser.add_argument(
-        "--pretrained-from",
-        metavar="RUNDIR",
-        nargs="+",
-        help="start from the full-precision models of these runs (same pretraining settings)",
-    )
-    parser.add_argument(
-        "--stages-from",
-        metavar="DIR",
-        nargs="+",
-        help="read the finished stages recorded in DIR/stages instead of training them: "
-        "an earlier run of this table or experiments/results/paper_<model> (several: each "
-        "stage from the first that records it)",
+    run_table.add_source_arguments(
+        parser, "an earlier run of this table or experiments/results/paper_<model>"
     )
     parser.add_argument("--tiny", action="store_true", help="tiny setting (tests, CPU)")
     parser.add_argument(

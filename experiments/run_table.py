@@ -45,6 +45,23 @@ from qareg_jax.pipeline.workdir import (
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def add_source_arguments(parser: argparse.ArgumentParser, earlier: str) -> None:
+    """``--pretrained-from`` and ``--stages-from``; ``earlier`` says what DIR may be."""
+    parser.add_argument(
+        "--pretrained-from",
+        metavar="RUNDIR",
+        nargs="+",
+        help="start from the full-precision models of these runs (same pretraining settings)",
+    )
+    parser.add_argument(
+        "--stages-from",
+        metavar="DIR",
+        nargs="+",
+        help=f"read the finished stages recorded in DIR/stages instead of training them: "
+        f"{earlier} (several: each stage from the first that records it)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="experiments/configs/<name>.py")
@@ -59,20 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         "of a results table's rows; default name: <config>_<stage>)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="run these seeds (mean +- std)")
-    parser.add_argument(
-        "--pretrained-from",
-        metavar="RUNDIR",
-        nargs="+",
-        help="start from the full-precision models of these runs (same pretraining settings)",
-    )
-    parser.add_argument(
-        "--stages-from",
-        metavar="DIR",
-        nargs="+",
-        help="read the finished stages recorded in DIR/stages instead of training them: "
-        "an earlier run of this config or its results folder (several: each stage from "
-        "the first that records it)",
-    )
+    add_source_arguments(parser, "an earlier run of this config or its results folder")
     parser.add_argument("--workdir", help="run directory (default: runs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     parser.add_argument("--overwrite", action="store_true", help="delete the run in --workdir")
