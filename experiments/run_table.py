@@ -220,7 +220,7 @@ def partial_results(config: train.Config, workdir: pathlib.Path) -> dict[str, An
     prepare_workdir(workdir, config, resume=True)  # the same config; writes nothing
     seeds, subs = config.seed_list, seed_dirs(config.to_dict())
     planned = stage_ids(config, (stage.name for stage in planned_stages(config)))
-    rows = [r for r in report.load_rows(workdir)[0] if r["stage"] in planned]
+    rows = [r for r in report.stage_rows(workdir) if r["stage"] in planned]
     fp_file = workdir / "stages" / subs[seeds[0]] / "pretrain.json"
     return {
         "config": config.to_dict(),

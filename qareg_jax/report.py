@@ -192,13 +192,20 @@ def load_rows(workdir: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[st
     if (path / "results.json").exists():
         results = json.loads((path / "results.json").read_text())
         return results["rows"], results
+    return stage_rows(path), {}
+
+
+def stage_rows(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of the stages a run has finished, from their records (``stages/**.json``,
+    the pretraining's left out): current even where a stage was trained again after the
+    run's ``results.json`` was written."""
     rows = []
-    for file in sorted((path / "stages").rglob("*.json")):
+    for file in sorted((pathlib.Path(workdir) / "stages").rglob("*.json")):
         if file.stem != "pretrain":
-            rows.append(json.loads(file.read_text()))
-    for row in rows:
-        row.pop("histograms", None)
-    return rows, {}
+            row = json.loads(file.read_text())
+            row.pop("histograms", None)
+            rows.append(row)
+    return rows
 
 
 def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:

@@ -105,6 +105,22 @@ def test_row_commands_name_each_rows_stage_and_seed():
     assert "--seeds" not in single and "--stage reg-nearest-k4 --pretrained-from" in single
 
 
+def test_partial_reads_the_records_not_a_stale_results_json(tmp_path, whole_run):
+    # A finished run whose stage is trained again (its record replaced, results.json left
+    # from the first end): --partial reports the new record.
+    workdir, whole = whole_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    record = run / "stages/qat-ste-k2.json"
+    row = json.loads(record.read_text())
+    row["acc_pre"] = 0.123
+    record.write_text(json.dumps(row))
+    assert (run / "results.json").is_file()
+    rows = run_table.partial_results(SMALL, run)["rows"]
+    assert [r["acc_pre"] for r in rows if r["stage"] == "qat-ste-k2"] == [0.123]
+    assert len(rows) == len(whole["rows"])
+
+
 def test_run_table_partial_then_a_lost_run_rebuilt_from_the_results(tmp_path, whole_run, capsys):
     # The whole run with one stage unfinished: --partial reports the others and keeps their
     # records; the run directory lost, --stages-from those records and --pretrained-from
