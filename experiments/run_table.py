@@ -178,7 +178,7 @@ def write_results(
 
     Returns ``(markdown table, provenance record)``.
     """
-    out = report.write_report(workdir)
+    out = report.write_report(workdir, results["rows"])
     record = provenance.record()
     record = {**record, "git_commit": commit or record["git_commit"]}
     if start is not None:

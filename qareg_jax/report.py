@@ -436,8 +436,11 @@ def plot_histograms(stage_row: dict[str, Any], path: pathlib.Path) -> pathlib.Pa
     return _save(fig, path)
 
 
-def write_report(workdir: str | os.PathLike) -> dict[str, Any]:
-    """Write ``table.md``, ``table.csv`` and ``plots/*.png`` for the run in ``workdir``.
+def write_report(
+    workdir: str | os.PathLike, rows: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Write ``table.md``, ``table.csv`` and ``plots/*.png`` for the run in ``workdir``:
+    of ``rows`` (default: the run's, :func:`load_rows`).
 
     Returns ``{"table": markdown text, "files": [paths written]}``.
 
@@ -445,7 +448,8 @@ def write_report(workdir: str | os.PathLike) -> dict[str, Any]:
       FileNotFoundError: ``workdir`` holds no run. ValueError: it has no finished stage.
     """
     path = pathlib.Path(workdir)
-    rows, _ = load_rows(path)
+    if rows is None:
+        rows, _ = load_rows(path)
     if not rows:
         raise ValueError(f"{str(path)!r} has no finished stage yet; nothing to report")
     table = markdown_table(rows)

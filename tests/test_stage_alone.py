@@ -119,6 +119,10 @@ def test_partial_reads_the_records_not_a_stale_results_json(tmp_path, whole_run)
     rows = run_table.partial_results(SMALL, run)["rows"]
     assert [r["acc_pre"] for r in rows if r["stage"] == "qat-ste-k2"] == [0.123]
     assert len(rows) == len(whole["rows"])
+    results = tmp_path / "results"
+    run_table.write_results(SMALL, run, {"rows": rows, "partial": "4 of 4"}, results, None)
+    (line,) = [x for x in (results / "table.md").read_text().splitlines() if "| ste |" in x]
+    assert "| 12.30 |" in line
 
 
 def test_run_table_partial_then_a_lost_run_rebuilt_from_the_results(tmp_path, whole_run, capsys):
