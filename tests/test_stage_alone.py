@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from experiments import run_table
-from qareg_jax import pipeline
+from qareg_jax import pipeline, report
 from qareg_jax.pipeline import config_for_stage, planned_stages, workdir
 
 # Every kind of stage, a static and a dynamic penalty, the frozen ablation, two Ks, a budget.
@@ -123,6 +123,24 @@ def test_partial_reads_the_records_not_a_stale_results_json(tmp_path, whole_run)
     run_table.write_results(SMALL, run, {"rows": rows, "partial": "4 of 4"}, results, None)
     (line,) = [x for x in (results / "table.md").read_text().splitlines() if "| ste |" in x]
     assert "| 12.30 |" in line
+
+
+def test_a_resumed_run_drops_its_earlier_results_until_it_ends_again(tmp_path, whole_run):
+    # A finished run whose stage is trained again: while it trains, its readers see the
+    # records, not the first end's results.json; its end writes results.json again.
+    workdir, whole = whole_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    (run / "stages/qat-ste-k2.json").unlink()
+    shutil.rmtree(run / "checkpoints/qat-ste-k2")  # trained again from its first step
+    with pytest.raises(pipeline.TrainingInterrupted):
+        pipeline.train_and_evaluate(SMALL, run, resume=True, progress=False, stop_after=1)
+    assert not (run / "results.json").exists()
+    rows, results = report.load_rows(run)
+    assert results == {} and "qat-ste-k2" not in [r["stage"] for r in rows]
+    again = pipeline.train_and_evaluate(SMALL, run, resume=True, progress=False)
+    assert json.loads((run / "results.json").read_text())["rows"] == again["rows"]
+    assert [r["stage"] for r in again["rows"]] == [r["stage"] for r in whole["rows"]]
 
 
 def test_run_table_partial_then_a_lost_run_rebuilt_from_the_results(tmp_path, whole_run, capsys):

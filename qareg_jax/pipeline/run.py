@@ -439,7 +439,8 @@ def train_and_evaluate(
       config: the experiment.
       workdir: run directory (see the module docstring); refused if it holds another run.
       resume: continue the run in ``workdir`` (same config): finished stages are read
-        back, an interrupted phase restarts from its last checkpoint.
+        back, an interrupted phase restarts from its last checkpoint; the ``results.json``
+        of an earlier end is removed (written again when the run ends).
       overwrite: delete the run in ``workdir`` first.
       progress: tqdm bars and one line per finished stage.
       stop_after: raise ``TrainingInterrupted`` after this many optimizer steps.
@@ -482,6 +483,9 @@ def train_and_evaluate(
     configs = [config.replace(seed=s, seeds=None) for s in config.seed_list]
     full, first, model, compiled = _load_and_check(config, configs[0], dataset, sources)
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
+    # An earlier end's results no longer describe a run that trains again; until this one
+    # ends, readers (report.load_rows) fall back to the stage records.
+    (path / "results.json").unlink(missing_ok=True)
     if say is None:
         say = tqdm.write if progress else lambda message: None
     copied: list[int] = []
