@@ -135,11 +135,12 @@ def test_a_resumed_run_drops_its_earlier_results_until_it_ends_again(tmp_path, w
     shutil.rmtree(run / "checkpoints/qat-ste-k2")  # trained again from its first step
     with pytest.raises(pipeline.TrainingInterrupted):
         pipeline.train_and_evaluate(SMALL, run, resume=True, progress=False, stop_after=1)
-    assert not (run / "results.json").exists()
+    assert not (run / "results.json").exists() and not (run / "table.md").exists()
     rows, results = report.load_rows(run)
     assert results == {} and "qat-ste-k2" not in [r["stage"] for r in rows]
     again = pipeline.train_and_evaluate(SMALL, run, resume=True, progress=False)
     assert json.loads((run / "results.json").read_text())["rows"] == again["rows"]
+    assert "| ste | 2 |" in (run / "table.md").read_text()
     assert [r["stage"] for r in again["rows"]] == [r["stage"] for r in whole["rows"]]
 
 

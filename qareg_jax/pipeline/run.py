@@ -440,7 +440,7 @@ def train_and_evaluate(
       workdir: run directory (see the module docstring); refused if it holds another run.
       resume: continue the run in ``workdir`` (same config): finished stages are read
         back, an interrupted phase restarts from its last checkpoint; the ``results.json``
-        of an earlier end is removed (written again when the run ends).
+        and ``table.md`` of an earlier end are removed (written again when the run ends).
       overwrite: delete the run in ``workdir`` first.
       progress: tqdm bars and one line per finished stage.
       stop_after: raise ``TrainingInterrupted`` after this many optimizer steps.
@@ -485,7 +485,8 @@ def train_and_evaluate(
     path = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     # An earlier end's results no longer describe a run that trains again; until this one
     # ends, readers (report.load_rows) fall back to the stage records.
-    (path / "results.json").unlink(missing_ok=True)
+    for written_at_end in ("results.json", "table.md"):
+        (path / written_at_end).unlink(missing_ok=True)
     if say is None:
         say = tqdm.write if progress else lambda message: None
     copied: list[int] = []
