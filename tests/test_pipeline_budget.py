@@ -78,6 +78,7 @@ def test_run_table_writes_the_results_of_a_budget_only_config(budget_run, tmp_pa
     workdir, results, _ = budget_run
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
+    (copy / "plots").mkdir(exist_ok=True)  # whether or not another test wrote the report
     for name in ("hist_seed-0_reg-nearest-budget.png", "hist_seed-0_reg-nearest-k2.png"):
         (copy / "plots" / name).write_bytes(b"png")
     dest = tmp_path / "results"
