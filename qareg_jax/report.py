@@ -100,7 +100,8 @@ def seed_count(rows: Sequence[dict[str, Any]]) -> int:
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, dataset, method, K, budget), in first-seen order: the first
     row's text fields, ``n_seeds``, and ``<key>_mean`` / ``<key>_std`` (``np.std``, ddof 0;
-    None when no row has the key) of every ``NUMERIC`` key. (Budget rows have K None: two
+    None when no row has the key) / ``<key>_n`` (the rows that have it) of every
+    ``NUMERIC`` key. (Budget rows have K None: two
     budgets of one method stay two rows.)"""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
@@ -116,6 +117,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [r[key] for r in group if r.get(key) is not None]
             agg[f"{key}_mean"] = float(np.mean(values)) if values else None
             agg[f"{key}_std"] = float(np.std(values)) if values else None
+            agg[f"{key}_n"] = len(values)
         out.append(agg)
     return out
 
@@ -132,6 +134,14 @@ def _columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     cols = [(k, f"{t} (test)" if k.startswith("acc") else t) for k, t in cols]
     at = [k for k, _ in cols].index("acc_post") + 1
     return cols[:at] + list(VAL_COLUMNS) + cols[at:]
+
+
+def _mean_cell(agg: dict[str, Any], key: str) -> str:
+    """``mean ± std`` of ``key`` in an :func:`aggregate` row; a single value has no spread
+    to show, and a key some seeds lack says how many have it."""
+    n = agg[f"{key}_n"]
+    text = _fmt(key, agg[f"{key}_mean"], agg[f"{key}_std"] if n > 1 else None)
+    return text if n in (0, agg["n_seeds"]) else f"{text} (n={n})"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -151,13 +161,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         return "\n".join([head, rule, *body])
     body, aggs = [], aggregate(rows)
     for agg in aggs:
-        one = agg["n_seeds"] == 1  # a single seed has no spread to show
-        cells = [
-            _fmt(key, agg[f"{key}_mean"], None if one else agg[f"{key}_std"])
-            if f"{key}_mean" in agg
-            else _fmt(key, agg.get(key))
-            for key, _ in cols
-        ]
+        cells = [_mean_cell(agg, key) if f"{key}_mean" in agg else _fmt(key, agg.get(key))
+                 for key, _ in cols]  # fmt: skip
         body.append("| " + " | ".join(cells) + " |")
     note = f"Mean ± std (numpy, ddof 0) over {seed_count(rows)} seeds."
     if {agg["n_seeds"] for agg in aggs} != {seed_count(rows)}:
@@ -165,6 +170,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             "Mean ± std (numpy, ddof 0) over each row's seeds (the seeds column); a row "
             "of one seed shows its value."
         )
+    if any(0 < agg[f"{key}_n"] < agg["n_seeds"] for agg in aggs for key in NUMERIC):
+        note += " A cell marked (n=…) holds the value of only that many of its row's seeds."
     return "\n".join([head, rule, *body, "", note])
 
 

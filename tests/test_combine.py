@@ -78,3 +78,20 @@ def test_a_one_seed_row_beside_three_seed_rows_shows_no_spread(tmp_path):
     assert "±" not in sine and "| 1 | 80.00 | - | 50.00 | 50.00 |" in sine  # FP, reg, pre, post
     assert "71.00 ± 0.82" in ste  # pre over 3 seeds
     assert "over each row's seeds" in table
+
+
+def test_a_column_only_some_seeds_have_shows_their_count_and_no_false_spread(tmp_path):
+    # Seed 0 of the paper table has a validation split, the seed rows have none: its
+    # validation accuracy is one seed's value, not a mean with zero spread.
+    a = _result(tmp_path / "a", "ste", [0], 0.7)
+    result = json.loads((tmp_path / "a" / "results.json").read_text())
+    result["rows"][0]["acc_val_pre"] = 0.65
+    (tmp_path / "a" / "results.json").write_text(json.dumps(result))
+    b = _result(tmp_path / "b", "ste", [1, 2], 0.7)
+    out = tmp_path / "results"
+    assert combine.main(["t", a, b, "--results", str(out)]) == 0
+    table = (out / "t" / "table.md").read_text()
+    ste = next(line for line in table.splitlines() if "| ste |" in line)
+    assert "| 65.00 (n=1) |" in ste and "65.00 ±" not in ste
+    assert "71.00 ± 0.82" in ste  # test pre-tuning: all three seeds
+    assert "(n=…)" in table  # the note explains the count
