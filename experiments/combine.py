@@ -7,7 +7,8 @@ source, an accuracy-vs-bits plot, and the per-step costs of one benchmark run:
         --method-cost benchmarks/results/method_cost_cifar_vgg.json
 
 Writes ``experiments/results/<name>/table.md``, ``rows.json``, ``accuracy_vs_bits.png``
-(rows with one K) and ``accuracy_vs_size.png`` (every row, against the packed size).
+(rows with one K) and ``accuracy_vs_size.png`` (every row, against the packed size); with
+``--claim MODEL`` also ``claim.md``, the paper's ratio claim tested on the combined rows.
 Rows are taken as they are (per seed); a method and K (and budget) present in several
 sources are aggregated together (combine only runs of the same setting), and the same
 seed of a method and K in two sources is refused: ``--label SOURCE TEXT`` names one
@@ -23,6 +24,7 @@ import shlex
 import sys
 from typing import Any
 
+from experiments import paper_table
 from qareg_jax import provenance, report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -81,6 +83,29 @@ def cost_table(path: str) -> str:
     return "\n".join(lines)
 
 
+def write_claim(
+    rows: list[dict[str, Any]], model: str, provenance_lines: list[str], dest: pathlib.Path
+) -> pathlib.Path:
+    """``dest/claim.md``: the paper's statement (labelled as the paper's) and, per K, the
+    ratios of the regularizers' pre-tuning accuracies to the baselines' over the combined
+    rows (``paper_table.claim_lines``)."""
+    head = [
+        f"# The paper's claim, tested: {rows[0]['model']} on {rows[0]['dataset']} (combined)",
+        "",
+        *provenance_lines,
+        "",
+        f"**The paper's statement** ({paper_table.PAPER}): {paper_table.PAPER_STATEMENT}.",
+        "",
+        "**Ours**: the ratio of each regularizer's pre-tuning accuracy (snapped, before "
+        "fine-tuning; test split, mean over the seeds each row ran) to each post-training "
+        "baseline's, from the same full-precision model per seed.",
+        "",
+    ]
+    path = dest / "claim.md"
+    path.write_text("\n".join(head + paper_table.claim_lines(rows, model)).rstrip() + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="results name: experiments/results/<name>/")
@@ -95,14 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("SOURCE", "TEXT"),
         help="append ' [TEXT]' to the methods of SOURCE (to tell two runs of a method apart)",
     )
+    parser.add_argument(
+        "--claim",
+        choices=paper_table.MODELS,
+        help="also write claim.md: the paper's ratio claim for this model, tested on the rows",
+    )
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
     rows, sources = load_sources(args.sources, dict(args.label))
     dest = pathlib.Path(args.results) / args.name
     dest.mkdir(parents=True, exist_ok=True)
-    parts = [
-        f"# {rows[0]['model']} on {rows[0]['dataset']}: combined table",
-        "",
+    where = [
         f"- written: `{provenance.utc_now()}` by `python -m experiments.combine "
         f"{shlex.join(argv if argv is not None else sys.argv[1:])}`",
         "- sources (each row's numbers come from its source's run):",
@@ -112,12 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             for s in sources
         ),
         *(f"- note: {note}" for note in args.note),
-        "",
-        report.markdown_table(rows),
     ]
+    parts = [f"# {rows[0]['model']} on {rows[0]['dataset']}: combined table", "", *where, ""]
+    parts.append(report.markdown_table(rows))
     if args.method_cost:
         parts += ["", cost_table(args.method_cost)]
     (dest / "table.md").write_text("\n".join(parts) + "\n")
+    if args.claim:
+        write_claim(rows, args.claim, where, dest)
     (dest / "rows.json").write_text(json.dumps({"sources": sources, "rows": rows}, indent=1))
     if any(r["k"] is not None for r in rows):
         report.plot_accuracy_vs_bits(rows, dest / "accuracy_vs_bits.png")

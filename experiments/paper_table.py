@@ -93,12 +93,19 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def _seeds(n: int) -> str:
+    return "1 seed" if n == 1 else f"{n} seeds"
+
+
 def claim_lines(rows: Sequence[dict[str, Any]], model: str) -> list[str]:
     """The body of ``claim.md``: per K a table with one line per (regularizer, baseline)
-    of pre-tuning accuracies (mean over seeds) and their ratio, and one plain sentence
-    saying whether our largest ratio reaches the paper's."""
+    of pre-tuning accuracies (mean over seeds; each method names its seeds where their
+    number differs) and their ratio, and one plain sentence saying whether our largest
+    ratio reaches the paper's."""
     target = PAPER_RATIO[model]
     aggs = report.aggregate(rows)
+    if len({a["n_seeds"] for a in aggs}) > 1:  # rows of several seeds beside single ones
+        aggs = [{**a, "method": f"{a['method']} ({_seeds(a['n_seeds'])})"} for a in aggs]
     lines: list[str] = []
     for k in sorted({a["k"] for a in aggs}):
         regs = [a for a in aggs if a["k"] == k and a.get("kind") == "regularizer"]

@@ -95,3 +95,22 @@ def test_a_column_only_some_seeds_have_shows_their_count_and_no_false_spread(tmp
     assert "| 65.00 (n=1) |" in ste and "65.00 ±" not in ste
     assert "71.00 ± 0.82" in ste  # test pre-tuning: all three seeds
     assert "(n=…)" in table  # the note explains the count
+
+
+def test_claim_of_combined_rows_names_each_methods_seeds(tmp_path):
+    reg = _result(tmp_path / "reg", "softmin + ste1", [0, 1, 2], 0.7)
+    base = _result(tmp_path / "base", "kmeans", [0], 0.1)
+    for path, kind in ((reg, "regularizer"), (base, "baseline")):
+        file = tmp_path / path / "results.json"
+        result = json.loads(file.read_text())
+        result["rows"] = [{**r, "kind": kind} for r in result["rows"]]
+        file.write_text(json.dumps(result))
+    out = tmp_path / "results"
+    assert combine.main(["t", reg, base, "--results", str(out), "--claim", "alexnet"]) == 0
+    claim = (out / "t" / "claim.md").read_text()
+    assert "The paper's statement" in claim and f"`{reg}`" in claim
+    # softmin's pre-tuning: 0.71 mean of 3 seeds; kmeans's: 0.10 of seed 0
+    assert "| 2 | softmin + ste1 (3 seeds) | kmeans (1 seed) | 71.00 | 10.00 | 7.10x |" in claim
+    assert "reaches the paper's 3x for alexnet" in claim
+    with pytest.raises(SystemExit):
+        combine.main(["t", reg, "--results", str(out), "--claim", "resnet"])
