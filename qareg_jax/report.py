@@ -101,8 +101,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, dataset, method, K, budget), in first-seen order: the first
     row's text fields, ``n_seeds``, and ``<key>_mean`` / ``<key>_std`` (``np.std``, ddof 0;
     None when no row has the key) / ``<key>_n`` (the rows that have it) of every
-    ``NUMERIC`` key. (Budget rows have K None: two
-    budgets of one method stay two rows.)"""
+    ``NUMERIC`` key. (Budget rows have K None: two budgets of one method stay two rows.)"""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         key = (row["model"], row["dataset"], row["method"], row["k"], row.get("budget_bytes"))

@@ -1,6 +1,7 @@
 """experiments/combine.py: one table from several run_table results."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -101,7 +102,7 @@ def test_claim_of_combined_rows_names_each_methods_seeds(tmp_path):
     reg = _result(tmp_path / "reg", "softmin + ste1", [0, 1, 2], 0.7)
     base = _result(tmp_path / "base", "kmeans", [0], 0.1)
     for path, kind in ((reg, "regularizer"), (base, "baseline")):
-        file = tmp_path / path / "results.json"
+        file = pathlib.Path(path) / "results.json"
         result = json.loads(file.read_text())
         result["rows"] = [{**r, "kind": kind} for r in result["rows"]]
         file.write_text(json.dumps(result))
