@@ -89,18 +89,12 @@ def write_claim(
     """``dest/claim.md``: the paper's statement (labelled as the paper's) and, per K, the
     ratios of the regularizers' pre-tuning accuracies to the baselines' over the combined
     rows (``paper_table.claim_lines``)."""
-    head = [
-        f"# The paper's claim, tested: {rows[0]['model']} on {rows[0]['dataset']} (combined)",
-        "",
-        *provenance_lines,
-        "",
-        f"**The paper's statement** ({paper_table.PAPER}): {paper_table.PAPER_STATEMENT}.",
-        "",
-        "**Ours**: the ratio of each regularizer's pre-tuning accuracy (snapped, before "
-        "fine-tuning; test split, mean over the seeds each row ran) to each post-training "
-        "baseline's, from the same full-precision model per seed.",
-        "",
-    ]
+    head = paper_table.claim_head(
+        f"{rows[0]['model']} on {rows[0]['dataset']} (combined)",
+        provenance_lines,
+        "the seeds each row ran",
+        "the same full-precision model per seed",
+    )
     path = dest / "claim.md"
     path.write_text("\n".join(head + paper_table.claim_lines(rows, model)).rstrip() + "\n")
     return path

@@ -165,6 +165,29 @@ def _against_qat(qats: Sequence[dict[str, Any]], top_reg: dict[str, Any]) -> lis
     ]
 
 
+def claim_head(
+    title: str, provenance: Sequence[str], seeds: str, source: str, more: str = ""
+) -> list[str]:
+    """The head of ``claim.md``: title, provenance lines, the paper's statement (labelled as
+    the paper's) and what our ratio measures (``seeds``: whose mean; ``source``: which
+    full-precision model; ``more``: sentences that follow)."""
+    ours = (
+        "**Ours**: the ratio of each regularizer's pre-tuning accuracy (snapped, before "
+        f"fine-tuning; test split, mean over {seeds}) to each post-training baseline's, from "
+        f"{source}. {more}"
+    )
+    return [
+        f"# The paper's claim, tested: {title}",
+        "",
+        *provenance,
+        "",
+        f"**The paper's statement** ({PAPER}): {PAPER_STATEMENT}.",
+        "",
+        ours.rstrip(),
+        "",
+    ]
+
+
 def write_claim(
     rows: Sequence[dict[str, Any]],
     model: str,
@@ -179,20 +202,13 @@ def write_claim(
     """Write ``dest/claim.md`` (provenance header, the paper's statement labelled as the
     paper's, then :func:`claim_lines`); ``partial``: "<n> of <m> stages" of a run in
     progress."""
-    header = [f"- {key}: `{value}`" for key, value in record.items()]
-    head = [
-        f"# The paper's claim, tested: {model} on {config.dataset_label or config.dataset}",
-        "",
-        *header,
-        "",
-        f"**The paper's statement** ({PAPER}): {PAPER_STATEMENT}.",
-        "",
-        "**Ours**: the ratio of each regularizer's pre-tuning accuracy (snapped, before "
-        "fine-tuning; test split, mean over seeds "
-        f"{', '.join(map(str, config.seed_list))}) to each post-training baseline's, from "
-        f"the same full-precision model. {phases_note(config, shorten)}{recipe_note(config)}",
-        "",
-    ]
+    head = claim_head(
+        f"{model} on {config.dataset_label or config.dataset}",
+        [f"- {key}: `{value}`" for key, value in record.items()],
+        f"seeds {', '.join(map(str, config.seed_list))}",
+        "the same full-precision model",
+        f"{phases_note(config, shorten)}{recipe_note(config)}",
+    )
     if tiny:
         head += ["**Tiny setting (`--tiny`): a test of the code path, not a result.**", ""]
     if partial:
