@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from unittest import mock
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from qareg_jax import compress, data, pipeline, provenance
-from qareg_jax.pipeline import loop
+from qareg_jax.pipeline import loop, stages
 
 # Tiny settings: one epoch per phase, one regularizer and one baseline at K=2.
 TINY = pipeline.Config(
@@ -176,6 +177,43 @@ def test_ctrl_c_during_a_checkpoint_save_lets_it_finish_then_stops(tmp_path, def
     assert manager.all_steps() == [3]  # the save completed; no step ran after it
     assert not list(tmp_path.glob("checkpoints/**/*tmp*"))
     manager.restore(3)
+
+
+def test_the_loop_keeps_at_most_two_steps_ahead_of_the_device(tmp_path):
+    # Each step gets 20 chained 256 x 256 matmuls. Unbounded, the host would queue all steps
+    # up to its next sync (log_every = 100) in microseconds, and a Ctrl-C would wait for them.
+    # (Not a host callback as the slow part: JAX runs those programs synchronously on CPU.)
+    ahead = []
+
+    def slowed(run_phase):
+        def wrapped(ctx, stage, phase, state, step_fn, *args, **kwargs):
+            outputs = []
+
+            @jax.jit  # does not donate, so every output can be asked whether it is ready
+            def slow_step(state, batch):
+                new = step_fn(state, batch)
+                count = new.window["count"]
+                x = jnp.full((256, 256), count, jnp.float32) / 256
+                for _ in range(20):
+                    x = jnp.tanh(x @ x)
+                count = count + jnp.isnan(x[0, 0]).astype(count.dtype)  # depends on x
+                return new.replace(window={**new.window, "count": count})
+
+            def step(state, batch):
+                ahead.append(sum(not out.window["count"].is_ready() for out in outputs))
+                outputs.append(slow_step(state, batch))
+                return outputs[-1]
+
+            return run_phase(ctx, stage, phase, state, step, *args, **kwargs)
+
+        return wrapped
+
+    config = TINY.replace(train_subset=160, log_every=100, checkpoint_every=100)
+    with mock.patch.object(stages, "run_phase", slowed(stages.run_phase)):
+        pipeline.train_and_evaluate(config, tmp_path, progress=False)
+    # 10 steps in each phase: pretrain, nearest (reg, finetune), k-means (finetune)
+    assert len(ahead) == 40
+    assert max(ahead) <= loop.MAX_STEPS_AHEAD, ahead
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -35,6 +36,25 @@ class TrainingDivergedError(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """Raised by the ``stop_after`` hook of ``train_and_evaluate`` (tests, debugging)."""
+
+
+# Steps the host may dispatch before the oldest of them has run. JAX dispatches
+# asynchronously: unbounded, the loop queues every step up to its next host sync
+# (``log_every`` steps), so a Ctrl-C waits for all of them to run (minutes for a slow
+# step) and the progress bar counts steps not yet computed. Two keep the device busy.
+MAX_STEPS_AHEAD = 2
+
+
+def _bound_steps_ahead(pending: collections.deque, state: TrainState) -> None:
+    """Record ``state``'s step as dispatched; wait for the oldest one beyond
+    :data:`MAX_STEPS_AHEAD`.
+
+    The marker is a copy of a scalar of ``state``: the next step donates the state's
+    buffers, and a copy outlives them.
+    """
+    pending.append(state.window["count"] + 0)
+    while len(pending) > MAX_STEPS_AHEAD:
+        pending.popleft().block_until_ready()
 
 
 # Set by the SIGINT handler of :func:`deferred_interrupts`; read by :func:`check_interrupt`.
@@ -305,11 +325,13 @@ def run_phase(
     batches = batches_from(ctx.ds, cfg.batch_size, phase_seed(cfg.seed, f"{stage}/{phase}"), start)
     desc, timer = f"{sid} {phase}", StepTimer(start)
     bar = tqdm(total=total, initial=start, desc=desc, disable=not ctx.progress, leave=False)
+    pending: collections.deque = collections.deque()
     try:
         for step in range(start + 1, total + 1):
             # Here, not inside the save below: a Ctrl-C waits for a save to complete.
             check_interrupt()
             state = step_fn(state, next(batches))
+            _bound_steps_ahead(pending, state)
             bar.update()
             ctx.counter[0] += 1
             if ctx.stop_after is not None and ctx.counter[0] >= ctx.stop_after:
